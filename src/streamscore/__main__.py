@@ -1,0 +1,5 @@
+"""Allow ``python -m streamscore``."""
+
+from streamscore.cli import main
+
+main()

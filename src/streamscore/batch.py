@@ -1,0 +1,337 @@
+"""``streamscore batch``: score every Parquet file under INPUT into a mirrored OUTPUT tree.
+
+Built for unattended nightly runs:
+
+* one output file per input file, at the same relative path (hive ``key=value/`` folders
+  included), written under a temporary name and renamed when complete;
+* an input whose output already carries the same source fingerprint, model sha256 and
+  options digest is skipped, so a rerun after a crash resumes where it stopped;
+* rows that cannot be scored go to ``OUTPUT/_rejected/`` with a reason (``--on-error``);
+* a corrupt input is reported and the others still run; the summary says the run was
+  partial and is also written to ``OUTPUT/_streamscore_run.json``;
+* a lock file refuses a second run on the same OUTPUT while one is running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from streamscore import __version__
+from streamscore.config import BatchOptions, OnError
+from streamscore.errors import InputError, LockedError
+from streamscore.model import resolve_model
+from streamscore.model.session import LoadedModel, load_model
+from streamscore.pipeline import SourceBatch, run_pipeline
+from streamscore.reporting import Reporter, SilentReporter
+from streamscore.scoring import ScoredBatch, Scorer
+from streamscore.sinks.parquet import ParquetFileSink, remove_stale_temp_files
+from streamscore.sources.parquet import (
+    ParquetInput,
+    ParquetSource,
+    discover_parquet,
+    fingerprint,
+    open_parquet,
+)
+
+LOCK_NAME = ".streamscore.lock"
+SUMMARY_NAME = "_streamscore_run.json"
+REJECTED_DIR = "_rejected"
+META_PREFIX = "streamscore."
+
+
+@dataclass
+class FileResult:
+    """What happened to one input file."""
+
+    input: str
+    output: str
+    status: str  # ok | skipped | failed
+    rows_in: int = 0
+    rows_scored: int = 0
+    rows_rejected: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+    def event(self) -> dict[str, Any]:
+        payload = {"event": "file", **asdict(self)}
+        return {k: v for k, v in payload.items() if v is not None}
+
+
+@dataclass
+class BatchSummary:
+    """The outcome of one batch run; also written to OUTPUT/_streamscore_run.json."""
+
+    run_id: str
+    output: str
+    model: str
+    model_version: str
+    model_sha256: str
+    provider: str
+    files_ok: int = 0
+    files_skipped: int = 0
+    files_failed: int = 0
+    rows_in: int = 0
+    rows_scored: int = 0
+    rows_rejected: int = 0
+    seconds: float = 0.0
+    rows_per_second: float = 0.0
+    rejected_reasons: dict[str, int] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    streamscore_version: str = __version__
+
+    @property
+    def partial(self) -> bool:
+        return self.files_failed > 0
+
+    def add(self, result: FileResult) -> None:
+        if result.status == "ok":
+            self.files_ok += 1
+        elif result.status == "skipped":
+            self.files_skipped += 1
+        else:
+            self.files_failed += 1
+            self.failures.append(f"{result.input}: {result.error}")
+        self.rows_in += result.rows_in
+        self.rows_scored += result.rows_scored
+        self.rows_rejected += result.rows_rejected
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _PlannedFile:
+    item: ParquetInput
+    output: Path
+    rejected: Path
+    scorer: Scorer
+    columns: list[str]
+    keep: list[str]
+    rows: int
+    fingerprint: str
+
+
+@contextlib.contextmanager
+def output_lock(output: Path, run_id: str) -> Iterator[None]:
+    """Hold an exclusive lock on OUTPUT for the run; the OS frees it if the process dies."""
+    output.mkdir(parents=True, exist_ok=True)
+    path = output / LOCK_NAME
+    handle = path.open("a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise LockedError(
+                f"{output} is being written by another streamscore run ({holder})",
+                hint="wait for it to finish; the lock is released when that process exits",
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}, run {run_id}")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+def options_digest(options: BatchOptions) -> str:
+    """Identifies everything besides model and input that changes an output file."""
+    s = options.scoring
+    described = {
+        "features": s.features,
+        "outputs": s.outputs,
+        "keep": [s.keep.mode, list(s.keep.names)],
+        "reject_nan": s.reject_nan,
+        "on_error": options.on_error.value,
+    }
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _output_metadata(path: Path) -> dict[str, str]:
+    try:
+        raw = pq.read_metadata(path).metadata or {}
+    except Exception:  # unreadable output counts as absent: it will be rewritten
+        return {}
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def _is_current(output: Path, wanted: dict[str, str]) -> bool:
+    if not output.is_file():
+        return False
+    found = _output_metadata(output)
+    return all(found.get(key) == value for key, value in wanted.items())
+
+
+class BatchRun:
+    """One execution of ``streamscore batch``; use :func:`run_batch`."""
+
+    def __init__(self, options: BatchOptions, model: LoadedModel, reporter: Reporter) -> None:
+        self.options = options
+        self.model = model
+        self.reporter = reporter
+        self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+        self.digest = options_digest(options)
+        ref = model.ref
+        self.summary = BatchSummary(
+            run_id=self.run_id,
+            output=str(options.output),
+            model=ref.name,
+            model_version=ref.version,
+            model_sha256=ref.sha256,
+            provider=model.provider,
+        )
+
+    def _identity(self, fp: str) -> dict[str, str]:
+        return {
+            META_PREFIX + "source_fingerprint": fp,
+            META_PREFIX + "model_sha256": self.model.ref.sha256,
+            META_PREFIX + "options_digest": self.digest,
+        }
+
+    def plan(self, item: ParquetInput) -> _PlannedFile | FileResult:
+        """Check one input before reading its data: skip it, fail it, or plan it."""
+        output = self.options.output / item.relative
+        base = FileResult(str(item.relative), str(output), "failed")
+        try:
+            parquet = open_parquet(item.path)
+            schema = parquet.schema_arrow
+            rows = parquet.metadata.num_rows
+            parquet.close()
+            fp = fingerprint(item.path)
+            if not self.options.force and _is_current(output, self._identity(fp)):
+                base.status = "skipped"
+                return base
+            s = self.options.scoring
+            scorer = Scorer.for_schema(
+                self.model, schema, features=s.features, outputs=s.outputs, reject_nan=s.reject_nan
+            )
+        except InputError as exc:
+            base.error = exc.one_line()
+            return base
+        names = list(schema.names)
+        keep = s.keep.resolve(names, scorer.plan.columns)
+        quarantine = self.options.on_error is OnError.quarantine
+        wanted = set(names) if quarantine else set(scorer.plan.columns) | set(keep)
+        return _PlannedFile(
+            item=item,
+            output=output,
+            rejected=self.options.output / REJECTED_DIR / item.relative,
+            scorer=scorer,
+            columns=[name for name in names if name in wanted],
+            keep=keep,
+            rows=rows,
+            fingerprint=fp,
+        )
+
+    def score_file(self, planned: _PlannedFile) -> FileResult:
+        """Read, score and write one planned file; input errors fail only this file."""
+        started = time.perf_counter()
+        result = FileResult(str(planned.item.relative), str(planned.output), "ok")
+        metadata = {
+            **self._identity(planned.fingerprint),
+            META_PREFIX + "model_name": self.model.ref.name,
+            META_PREFIX + "model_version": self.model.ref.version,
+            META_PREFIX + "version": __version__,
+            META_PREFIX + "source_file": str(planned.item.path),
+            META_PREFIX + "run_id": self.run_id,
+            META_PREFIX + "provider": self.model.provider,
+        }
+        quarantine = self.options.on_error is OnError.quarantine
+        sink = ParquetFileSink(
+            planned.output,
+            planned.rejected if quarantine else None,
+            planned.keep,
+            row_group_rows=self.options.row_group_rows,
+            metadata=metadata,
+        )
+        source = ParquetSource(planned.item.path, planned.columns, self.options.scoring.batch_size)
+        position = 0
+
+        def on_batch(batch: SourceBatch, scored: ScoredBatch) -> None:
+            nonlocal position
+            if len(scored.rejected) and self.options.on_error is OnError.fail:
+                row = position + int(scored.rejected[0])
+                raise InputError(
+                    f"{planned.item.path}: row {row}: {scored.reasons[0]}",
+                    hint="fix the data, or use --on-error quarantine to set bad rows aside",
+                )
+            position += batch.rows.num_rows
+            self.reporter.advance("rows", batch.rows.num_rows)
+
+        try:
+            stats = run_pipeline(source, planned.scorer, sink, on_batch=on_batch)
+        except InputError as exc:
+            if self.options.on_error is OnError.fail:
+                raise
+            result.status, result.error = "failed", exc.one_line()
+            return result
+        for reason, count in stats.reasons.items():
+            reasons = self.summary.rejected_reasons
+            reasons[reason] = reasons.get(reason, 0) + count
+        result.rows_in, result.rows_scored = stats.rows_in, stats.rows_scored
+        result.rows_rejected = stats.rows_rejected
+        result.seconds = round(time.perf_counter() - started, 3)
+        return result
+
+    def execute(self) -> BatchSummary:
+        started = time.perf_counter()
+        inputs = discover_parquet(self.options.input, exclude=self.options.output)
+        if not inputs:
+            raise InputError(f"no .parquet files under {self.options.input}")
+        with output_lock(self.options.output, self.run_id):
+            remove_stale_temp_files(self.options.output)
+            plans = [self.plan(item) for item in inputs]
+            todo = [p for p in plans if isinstance(p, _PlannedFile)]
+            if not todo and all(p.status == "failed" for p in plans if isinstance(p, FileResult)):
+                failures = [p for p in plans if isinstance(p, FileResult)]
+                raise InputError(failures[0].error or "no input could be read")
+            self.reporter.add_task("rows", "rows", sum(p.rows for p in todo))
+            for plan in plans:
+                if isinstance(plan, FileResult):
+                    self._record(plan)
+            for planned in todo:
+                self._record(self.score_file(planned))
+            self.summary.seconds = round(time.perf_counter() - started, 3)
+            if self.summary.seconds > 0:
+                self.summary.rows_per_second = round(self.summary.rows_in / self.summary.seconds, 1)
+            _write_json_atomically(self.options.output / SUMMARY_NAME, self.summary.as_dict())
+        return self.summary
+
+    def _record(self, result: FileResult) -> None:
+        self.summary.add(result)
+        self.reporter.event(result.event())
+
+
+def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    os.replace(temp, path)
+
+
+def run_batch(options: BatchOptions, reporter: Reporter | None = None) -> BatchSummary:
+    """Score every Parquet file under ``options.input``; see the module docstring.
+
+    Returns the summary; a summary with ``partial`` set means some files failed. Raises
+    StreamscoreError subclasses for problems that stop the whole run.
+    """
+    reporter = reporter or SilentReporter()
+    s = options.scoring
+    model = load_model(resolve_model(s.model), provider=s.provider, threads=s.threads)
+    try:
+        return BatchRun(options, model, reporter).execute()
+    finally:
+        reporter.close()

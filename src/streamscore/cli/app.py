@@ -1,0 +1,43 @@
+"""The Typer application: registers one module per command."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from streamscore import __version__
+from streamscore.cli import batch, models
+
+app = typer.Typer(
+    name="streamscore",
+    help="Run ONNX models over Parquet files and Kafka topics: batch, replay, tail, bench.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"streamscore {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Run ONNX models over Parquet files and Kafka topics: batch, replay, tail, bench."""
+
+
+app.add_typer(models.app, name="models")
+batch.register(app)
+
+
+def main() -> None:
+    app()

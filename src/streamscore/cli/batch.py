@@ -1,0 +1,79 @@
+"""``streamscore batch``: score a directory of Parquet files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from streamscore import console
+from streamscore.batch import SUMMARY_NAME, run_batch
+from streamscore.cli import options as opt
+from streamscore.cli.common import split_list, translate_errors
+from streamscore.config import BatchOptions, KeepColumns, OnError, ScoringOptions
+from streamscore.errors import PartialFailure, UsageError
+
+EXAMPLE = (
+    "Example: streamscore batch sample_data/transactions --model sample_data/models/fraud "
+    "--out scored/"
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("batch", epilog=EXAMPLE)(batch)
+
+
+@translate_errors
+def batch(
+    input: Annotated[
+        Path, typer.Argument(help="A Parquet file or a directory (searched recursively).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (mirrors INPUT).")],
+    model: opt.Model,
+    features: opt.Features = None,
+    outputs: opt.Outputs = None,
+    keep: opt.Keep = None,
+    batch_size: opt.BatchSize = 4096,
+    threads: opt.Threads = None,
+    provider: opt.Provider = "auto",
+    on_error: Annotated[
+        OnError,
+        typer.Option(
+            help="Rows that cannot be scored: quarantine (to OUT/_rejected/), skip, fail."
+        ),
+    ] = OnError.quarantine,
+    reject_nan: opt.RejectNan = False,
+    force: Annotated[bool, typer.Option(help="Rescore files whose output is current.")] = False,
+    log_format: opt.LogFormat = "auto",
+) -> None:
+    """Score every Parquet file under INPUT with MODEL into OUT, one output file per input.
+
+    Reruns skip files already scored by the same model and resume after a crash.
+    """
+    if log_format not in ("auto", "json", "text"):
+        raise UsageError(f"--log-format must be auto, json or text, not {log_format!r}")
+    options = BatchOptions(
+        input=input,
+        output=out,
+        scoring=ScoringOptions(
+            model=model,
+            features=tuple(split_list(features) or ()) or None,
+            outputs=tuple(split_list(outputs) or ()) or None,
+            keep=KeepColumns.parse(keep),
+            provider=provider,
+            threads=threads,
+            batch_size=batch_size,
+            reject_nan=reject_nan,
+        ),
+        on_error=on_error,
+        force=force,
+    )
+    summary = run_batch(options, console.make_reporter(log_format))
+    console.print_summary(summary.as_dict(), title="streamscore batch", log_format=log_format)
+    if summary.partial:
+        total = summary.files_ok + summary.files_skipped + summary.files_failed
+        raise PartialFailure(
+            f"{summary.files_failed} of {total} input files failed; see {out / SUMMARY_NAME}",
+            hint="fix or remove them and rerun; finished files are skipped",
+        )

@@ -1,0 +1,277 @@
+"""Input mapping: which columns feed which model input, and converting Arrow data to feeds.
+
+Two model shapes are supported:
+
+* one input per column (what skl2onnx makes from a DataFrame pipeline: ``[N, 1]`` inputs of
+  float, int64 or string): each input is fed from the column of the same name;
+* one 2-D numeric input ``[N, k]``: fed from the columns named by ``features``, or else from
+  the model's ``feature_names`` metadata (comma-separated, in input order).
+
+Planning (:func:`plan_inputs`) checks names and types once, before any bulk reading.
+Conversion (:func:`build_feeds`) never fails on a bad value: rows that cannot be fed (null,
+unparseable string, non-integer for an integer input, NaN when rejected) are set aside with
+a reason, and the rest are fed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from streamscore.errors import MappingError
+from streamscore.model.signature import ModelSignature, TensorSpec
+
+FEATURE_NAMES_KEY = "feature_names"
+
+
+@dataclass(frozen=True)
+class InputFeed:
+    """One model input and the column(s) that feed it."""
+
+    input: TensorSpec
+    columns: tuple[str, ...]
+    matrix: bool  # True: columns are stacked into one [N, k] tensor
+
+    @property
+    def dtype(self) -> np.dtype[np.generic]:
+        dtype = self.input.dtype
+        assert dtype is not None  # plan_inputs only accepts supported element types
+        return dtype
+
+
+@dataclass(frozen=True)
+class InputPlan:
+    """How every model input is fed; built once per model and input schema."""
+
+    feeds: tuple[InputFeed, ...]
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Every column the model reads, in first-use order, without repeats."""
+        return tuple(dict.fromkeys(col for feed in self.feeds for col in feed.columns))
+
+
+@dataclass
+class Feeds:
+    """Model feeds for the accepted rows of one batch, and why the others were rejected."""
+
+    arrays: dict[str, np.ndarray]
+    accepted: np.ndarray  # int64 row indices into the batch, ascending
+    rejected: np.ndarray  # int64 row indices, ascending
+    reasons: list[str]  # one per rejected row, same order
+
+
+def _is_string(dtype: pa.DataType) -> bool:
+    if pa.types.is_dictionary(dtype):
+        return _is_string(dtype.value_type)
+    return (
+        bool(pa.types.is_string(dtype) or pa.types.is_large_string(dtype))
+        or str(dtype) == "string_view"
+    )
+
+
+def _is_number(dtype: pa.DataType) -> bool:
+    return bool(
+        pa.types.is_integer(dtype)
+        or pa.types.is_floating(dtype)
+        or pa.types.is_boolean(dtype)
+        or pa.types.is_decimal(dtype)
+        or pa.types.is_null(dtype)
+    )
+
+
+def _check_type(column: str, dtype: pa.DataType, spec: TensorSpec) -> None:
+    target = spec.dtype
+    if target is None:
+        raise MappingError(
+            f"model input '{spec.name}' has unsupported type {spec.type}",
+            hint="streamscore feeds numeric and string tensors",
+        )
+    feedable = (
+        _is_string(dtype) or pa.types.is_null(dtype)
+        if target.kind == "O"
+        else _is_number(dtype) or _is_string(dtype)
+    )
+    if not feedable:
+        raise MappingError(
+            f"column '{column}' has type {dtype}, which cannot feed model input "
+            f"'{spec.name}' ({spec.element_type})",
+            hint="cast the column or choose other columns with --features",
+        )
+
+
+def _feature_names(signature: ModelSignature, features: Sequence[str] | None) -> list[str]:
+    if features:
+        return list(features)
+    listed = signature.metadata.get(FEATURE_NAMES_KEY, "")
+    names = [name.strip() for name in listed.split(",") if name.strip()]
+    if not names:
+        spec = signature.inputs[0]
+        raise MappingError(
+            f"model input '{spec.name}' is a 2-D tensor and the model has no "
+            f"'{FEATURE_NAMES_KEY}' metadata",
+            hint="name its columns in order with --features a,b,c",
+        )
+    return names
+
+
+def plan_inputs(
+    signature: ModelSignature,
+    columns: Mapping[str, pa.DataType],
+    features: Sequence[str] | None = None,
+) -> InputPlan:
+    """Decide which columns feed each model input; raise MappingError if any cannot."""
+    inputs = signature.inputs
+    single = inputs[0] if len(inputs) == 1 else None
+    matrix_input = single is not None and (
+        bool(features)
+        or (len(single.shape) == 2 and single.width != 1)
+        or (single.name not in columns and FEATURE_NAMES_KEY in signature.metadata)
+    )
+    if matrix_input:
+        assert single is not None
+        if not single.is_numeric or len(single.shape) != 2:
+            raise MappingError(
+                f"--features needs one 2-D numeric model input; '{single.name}' is "
+                f"{single.type} with {len(single.shape)} dimension(s)",
+            )
+        names = _feature_names(signature, features)
+        if single.width is not None and single.width != len(names):
+            raise MappingError(
+                f"model input '{single.name}' takes {single.width} features but "
+                f"{len(names)} column names were given",
+                hint="pass exactly as many names with --features",
+            )
+        feeds: tuple[InputFeed, ...] = (InputFeed(single, tuple(names), matrix=True),)
+    else:
+        feeds = tuple(InputFeed(spec, (spec.name,), matrix=False) for spec in inputs)
+    for feed in feeds:
+        for column in feed.columns:
+            if column not in columns:
+                raise MappingError(
+                    f"column '{column}' needed by model input '{feed.input.name}' is missing",
+                    hint=f"available: {', '.join(list(columns)[:12])}",
+                )
+            _check_type(column, columns[column], feed.input)
+    return InputPlan(feeds)
+
+
+class _Rejections:
+    """First reason per row; most batches have none, so storage is made on demand."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.reasons: dict[int, str] = {}
+
+    def add(self, bad: np.ndarray, reason_for: object) -> None:
+        for row in np.flatnonzero(bad):
+            index = int(row)
+            if index not in self.reasons:
+                assert callable(reason_for)
+                self.reasons[index] = reason_for(index)
+
+
+def _describe(column: str, spec: TensorSpec) -> str:
+    return f"column '{column}' (model input '{spec.name}')"
+
+
+def _to_strings(array: pa.Array, column: str, spec: TensorSpec, rej: _Rejections) -> np.ndarray:
+    if pa.types.is_dictionary(array.type):
+        array = array.cast(pa.string())
+    if array.null_count:
+        rej.add(
+            array.is_null().to_numpy(zero_copy_only=False),
+            lambda _: f"null in {_describe(column, spec)}",
+        )
+        array = array.fill_null("")
+    return np.asarray(array.to_numpy(zero_copy_only=False), dtype=object)
+
+
+def _parse_strings(array: pa.Array, target: np.dtype[np.generic]) -> pa.Array:
+    kind = pl.Float64 if target.kind == "f" else pl.Int64 if target.kind in "iu" else pl.Boolean
+    series = pl.Series(array.cast(pa.large_string())).str.strip_chars().cast(kind, strict=False)
+    return series.to_arrow()
+
+
+def _to_numbers(
+    array: pa.Array, column: str, spec: TensorSpec, target: np.dtype[np.generic], rej: _Rejections
+) -> np.ndarray:
+    where = _describe(column, spec)
+    if array.null_count:
+        rej.add(array.is_null().to_numpy(zero_copy_only=False), lambda _: f"null in {where}")
+    if _is_string(array.type):
+        original = array
+        array = _parse_strings(array, target)
+        unparsed = pc.and_(array.is_null(), original.is_valid()).to_numpy(zero_copy_only=False)
+        rej.add(
+            unparsed,
+            lambda i: f"cannot cast {original[i].as_py()!r} in {where} to {spec.element_type}",
+        )
+    elif pa.types.is_decimal(array.type) or pa.types.is_null(array.type):
+        array = array.cast(pa.float64())
+    if array.null_count:
+        array = array.fill_null(0)
+    values = array.to_numpy(zero_copy_only=False)
+    if target.kind in "iu" and values.dtype.kind == "f":
+        info = np.iinfo(target)  # type: ignore[type-var]
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(values) | (values != np.floor(values))
+            bad |= (values < info.min) | (values > info.max)
+        rej.add(bad, lambda i: f"value {values[i]!r} in {where} is not a valid {target.name}")
+        values = np.where(bad, 0, values)
+    elif target.kind in "iu" and values.dtype.kind in "iu" and values.dtype != target:
+        info = np.iinfo(target)  # type: ignore[type-var]
+        bad = (values < info.min) | (values > info.max)
+        rej.add(bad, lambda i: f"value {values[i]} in {where} is out of range for {target.name}")
+        values = np.where(bad, 0, values)
+    converted: np.ndarray = values.astype(target, copy=False)
+    return converted
+
+
+def _reject_nan(values: np.ndarray, column: str, spec: TensorSpec, rej: _Rejections) -> None:
+    if values.dtype.kind == "f":
+        nan = np.isnan(values)
+        if nan.any():
+            rej.add(nan, lambda _: f"NaN in {_describe(column, spec)}")
+
+
+def build_feeds(plan: InputPlan, batch: pa.RecordBatch, *, reject_nan: bool = False) -> Feeds:
+    """Convert one Arrow batch into model feeds; bad rows are set aside with a reason."""
+    n = batch.num_rows
+    rej = _Rejections(n)
+    arrays: dict[str, np.ndarray] = {}
+    for feed in plan.feeds:
+        target = feed.dtype
+        spec = feed.input
+        if feed.matrix:
+            matrix = np.empty((n, len(feed.columns)), dtype=target)
+            for j, column in enumerate(feed.columns):
+                col = _to_numbers(batch.column(column), column, spec, target, rej)
+                if reject_nan:
+                    _reject_nan(col, column, spec, rej)
+                matrix[:, j] = col
+            arrays[spec.name] = matrix
+            continue
+        column = feed.columns[0]
+        array = batch.column(column)
+        if target.kind == "O":
+            values = _to_strings(array, column, spec, rej)
+        else:
+            values = _to_numbers(array, column, spec, target, rej)
+            if reject_nan:
+                _reject_nan(values, column, spec, rej)
+        arrays[spec.name] = values.reshape(n, 1) if len(spec.shape) == 2 else values
+    if not rej.reasons:
+        everything = np.arange(n, dtype=np.int64)
+        return Feeds(arrays, everything, np.empty(0, dtype=np.int64), [])
+    rejected = np.array(sorted(rej.reasons), dtype=np.int64)
+    keep = np.ones(n, dtype=bool)
+    keep[rejected] = False
+    accepted = np.flatnonzero(keep).astype(np.int64)
+    arrays = {name: values[keep] for name, values in arrays.items()}
+    return Feeds(arrays, accepted, rejected, [rej.reasons[int(i)] for i in rejected])

@@ -1,0 +1,92 @@
+"""Find models: a plain ``.onnx`` file or a TF Serving-style repository ``REPO/NAME/VERSION/``.
+
+Layout of a repository::
+
+    REPO/NAME/VERSION/model.onnx      VERSION is a positive integer
+
+``REPO/NAME`` means the highest version; ``REPO/NAME/VERSION`` one given version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from streamscore.errors import ModelError
+
+MODEL_FILENAME = "model.onnx"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A resolved model file: who it is (name, version) and what it is (sha256)."""
+
+    name: str
+    version: str
+    path: Path
+    sha256: str
+    size: int
+
+    @property
+    def label(self) -> str:
+        """``name:version`` (or just the name when unversioned), for logs and headers."""
+        return f"{self.name}:{self.version}" if self.version else self.name
+
+
+def _ref_for_file(path: Path, name: str, version: str) -> ModelRef:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"cannot read model {path}: {exc.strerror}") from exc
+    return ModelRef(name, version, path, hashlib.sha256(data).hexdigest(), len(data))
+
+
+def numeric_versions(name_dir: Path) -> list[int]:
+    """Versions under ``REPO/NAME`` that hold a model file, ascending."""
+    if not name_dir.is_dir():
+        return []
+    return sorted(
+        int(child.name)
+        for child in name_dir.iterdir()
+        if child.name.isdigit() and (child / MODEL_FILENAME).is_file()
+    )
+
+
+def resolve_model(spec: str | Path) -> ModelRef:
+    """Resolve MODEL as given on the command line to one model file."""
+    path = Path(spec)
+    if path.is_file():
+        if path.name == MODEL_FILENAME and path.parent.name.isdigit():
+            return _ref_for_file(path, path.parent.parent.name, path.parent.name)
+        return _ref_for_file(path, path.stem, "")
+    if not path.exists():
+        raise ModelError(
+            f"model not found: {path}",
+            hint="give an .onnx file, REPO/NAME or REPO/NAME/VERSION",
+        )
+    if (path / MODEL_FILENAME).is_file():
+        version = path.name if path.name.isdigit() else ""
+        name = path.parent.name if version else path.name
+        return _ref_for_file(path / MODEL_FILENAME, name, version)
+    versions = numeric_versions(path)
+    if not versions:
+        raise ModelError(
+            f"no model in {path}",
+            hint=f"expected {path}/VERSION/{MODEL_FILENAME} with a numeric VERSION",
+        )
+    latest = path / str(versions[-1])
+    return _ref_for_file(latest / MODEL_FILENAME, path.name, latest.name)
+
+
+def list_models(repo: str | Path) -> list[ModelRef]:
+    """Every version of every model in a repository, sorted by name then version."""
+    root = Path(repo)
+    if not root.is_dir():
+        raise ModelError(f"model repository not found: {root}")
+    refs: list[ModelRef] = []
+    for name_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for version in numeric_versions(name_dir):
+            path = name_dir / str(version) / MODEL_FILENAME
+            refs.append(_ref_for_file(path, name_dir.name, str(version)))
+    return refs

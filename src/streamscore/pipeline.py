@@ -1,0 +1,187 @@
+"""The source -> score -> sink loop every command runs, with reading and writing overlapped.
+
+A source yields :class:`SourceBatch` objects on a reader thread; the calling thread scores
+them (ONNX Runtime releases the GIL); a writer thread hands each result to the sink. Queues
+are bounded, so memory stays a few batches deep whatever the input size.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import pyarrow as pa
+
+from streamscore.scoring import ScoredBatch, Scorer
+
+T = TypeVar("T")
+
+
+@dataclass
+class SourceBatch:
+    """Rows read from a source; ``context`` is whatever the sink needs (offsets, file…)."""
+
+    rows: pa.RecordBatch
+    context: Any = None
+
+
+class Source(ABC):
+    """Produces batches of rows. Implement :meth:`batches`; it runs on a reader thread."""
+
+    @abstractmethod
+    def batches(self) -> Iterator[SourceBatch]:
+        """Yield batches in order until the source is exhausted."""
+
+
+class Sink(ABC):
+    """Receives each scored batch with its source batch. Implement :meth:`write`.
+
+    All three run on one thread at a time. ``write`` gets batches in source order;
+    ``close`` runs once after the last write when everything went well; ``abort`` instead
+    when anything failed, so the sink can drop partial output.
+    """
+
+    @abstractmethod
+    def write(self, batch: SourceBatch, scored: ScoredBatch) -> None:
+        """Persist scores (and route rejected rows)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Make the output durable and visible."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Discard partial output."""
+
+
+@dataclass
+class PipelineStats:
+    rows_in: int = 0
+    rows_scored: int = 0
+    rows_rejected: int = 0
+    batches: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def add(self, scored: ScoredBatch) -> None:
+        self.batches += 1
+        self.rows_scored += len(scored.accepted)
+        self.rows_rejected += len(scored.rejected)
+        self.rows_in += len(scored.accepted) + len(scored.rejected)
+        for reason in scored.reasons[:100]:  # enough to show the kinds; counts stay exact
+            self.reasons[reason] = self.reasons.get(reason, 0) + 1
+
+
+_DONE = object()
+
+
+class _Failure:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+class _Stage(Generic[T]):
+    """A thread feeding or draining a bounded queue, passing its exception on."""
+
+    def __init__(self, depth: int) -> None:
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+
+    def put(self, item: Any) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+
+def run_pipeline(
+    source: Source,
+    scorer: Scorer | Callable[[pa.RecordBatch], ScoredBatch],
+    sink: Sink,
+    *,
+    on_batch: Callable[[SourceBatch, ScoredBatch], None] | None = None,
+    depth: int = 2,
+) -> PipelineStats:
+    """Read, score and write every batch of ``source``; return row counts.
+
+    ``on_batch`` runs on the calling thread after each batch is scored, before it is written
+    (progress, error policy); an exception there stops the pipeline and aborts the sink.
+    """
+    score = scorer.score if isinstance(scorer, Scorer) else scorer
+    stats = PipelineStats()
+    reader: _Stage[SourceBatch] = _Stage(depth)
+    writer: _Stage[tuple[SourceBatch, ScoredBatch]] = _Stage(depth)
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            for batch in source.batches():
+                if not reader.put(batch):
+                    return
+        except BaseException as exc:  # handed to the calling thread
+            reader.put(_Failure(exc))
+            return
+        reader.put(_DONE)
+
+    def write() -> None:
+        while True:
+            item = writer.queue.get()
+            if item is _DONE:
+                return
+            try:
+                sink.write(*item)
+            except BaseException as exc:
+                errors.append(exc)
+                writer.stop.set()
+                return
+
+    threads = [
+        threading.Thread(target=read, name="streamscore-reader", daemon=True),
+        threading.Thread(target=write, name="streamscore-writer", daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        while not errors:
+            item = reader.queue.get()
+            if item is _DONE:
+                break
+            if isinstance(item, _Failure):
+                raise item.exc
+            scored = score(item.rows)
+            stats.add(scored)
+            if on_batch is not None:
+                on_batch(item, scored)
+            if not writer.put((item, scored)):
+                break
+    except BaseException:
+        writer.stop.set()
+        _drain(writer.queue)
+        writer.queue.put(_DONE)
+        threads[1].join()
+        sink.abort()
+        raise
+    finally:
+        reader.stop.set()
+        _drain(reader.queue)
+    writer.put(_DONE)
+    threads[1].join()
+    if errors:
+        sink.abort()
+        raise errors[0]
+    sink.close()
+    return stats
+
+
+def _drain(q: queue.Queue[Any]) -> None:
+    while True:
+        try:
+            q.get_nowait()
+        except queue.Empty:
+            return

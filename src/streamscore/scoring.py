@@ -1,0 +1,178 @@
+"""The scoring core shared by every command: Arrow batch in, score columns out. No I/O.
+
+Every model output becomes columns: a 1-D output keeps its name, a 2-D output of width k
+becomes ``<output>_0`` … ``<output>_<k-1>``, and a skl2onnx ZipMap output (a list of
+``{class: probability}`` maps) becomes ``<output>_<class>``. Rows the model cannot take are
+rejected with a reason, never dropped silently; so are rows whose scores come out NaN.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from streamscore.errors import ModelError, UsageError
+from streamscore.mapping import InputPlan, build_feeds, plan_inputs
+from streamscore.model.session import LoadedModel
+
+REASON_COLUMN = "_reject_reason"
+
+
+@dataclass(frozen=True)
+class ScoredBatch:
+    """Scores for the accepted rows of one input batch, and the rejected rows' reasons."""
+
+    scores: pa.RecordBatch  # score columns only, one row per accepted input row
+    accepted: np.ndarray  # int64 indices of the input rows that were scored
+    rejected: np.ndarray  # int64 indices of the input rows that were not
+    reasons: list[str]
+
+    def with_passthrough(self, batch: pa.RecordBatch, keep: Sequence[str]) -> pa.RecordBatch:
+        """The kept input columns of the scored rows, followed by the score columns."""
+        kept = batch.select(list(keep)).take(pa.array(self.accepted)) if keep else None
+        arrays = (kept.columns if kept is not None else []) + self.scores.columns
+        names = (list(keep) if kept is not None else []) + self.scores.schema.names
+        return pa.RecordBatch.from_arrays(arrays, names=names)
+
+    def rejected_rows(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """The rejected input rows, every original column, plus ``_reject_reason``."""
+        rows = batch.take(pa.array(self.rejected, type=pa.int64()))
+        return rows.append_column(REASON_COLUMN, pa.array(self.reasons, type=pa.string()))
+
+
+def _output_columns(name: str, value: Any) -> list[tuple[str, pa.Array]]:
+    if isinstance(value, list):  # ZipMap: one {label: probability} dict per row
+        keys = list(value[0]) if value else []
+        return [
+            (f"{name}_{key}", pa.array([row[key] for row in value], type=pa.float32()))
+            for key in keys
+        ]
+    array = np.asarray(value)
+    if array.ndim == 1:
+        return [(name, pa.array(array if array.dtype != object else array.tolist()))]
+    if array.ndim == 2:
+        return [
+            (
+                f"{name}_{i}",
+                pa.array(array[:, i] if array.dtype != object else array[:, i].tolist()),
+            )
+            for i in range(array.shape[1])
+        ]
+    raise ModelError(f"model output '{name}' has {array.ndim} dimensions; streamscore needs 1 or 2")
+
+
+class Scorer:
+    """Scores Arrow batches with one model, one input plan and one output selection."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        plan: InputPlan,
+        *,
+        outputs: Sequence[str] | None = None,
+        reject_nan: bool = False,
+    ) -> None:
+        self.model = model
+        self.plan = plan
+        self.reject_nan = reject_nan
+        self.outputs = OutputSelection.parse(model.signature.output_names(), outputs)
+
+    @classmethod
+    def for_schema(
+        cls,
+        model: LoadedModel,
+        schema: pa.Schema,
+        *,
+        features: Sequence[str] | None = None,
+        outputs: Sequence[str] | None = None,
+        reject_nan: bool = False,
+    ) -> Scorer:
+        """Plan the input mapping against ``schema`` and build a scorer (raises MappingError)."""
+        columns = {field.name: field.type for field in schema}
+        plan = plan_inputs(model.signature, columns, features)
+        return cls(model, plan, outputs=outputs, reject_nan=reject_nan)
+
+    def score(self, batch: pa.RecordBatch) -> ScoredBatch:
+        """Score one batch. Bad rows are rejected with a reason; the rest get scores."""
+        feeds = build_feeds(self.plan, batch, reject_nan=self.reject_nan)
+        if len(feeds.accepted) == 0:
+            return ScoredBatch(_EMPTY, feeds.accepted, feeds.rejected, feeds.reasons)
+        values = self.model.run(self.outputs.run, feeds.arrays)
+        columns = [
+            (column, array)
+            for name, value in zip(self.outputs.run, values, strict=True)
+            for column, array in _output_columns(name, value)
+            if self.outputs.keeps(name, column)
+        ]
+        missing = self.outputs.columns - {column for column, _ in columns}
+        if missing:
+            raise UsageError(f"--outputs names unknown column(s): {', '.join(sorted(missing))}")
+        scores = pa.RecordBatch.from_arrays([a for _, a in columns], names=[n for n, _ in columns])
+        return _drop_nan_scores(scores, feeds.accepted, feeds.rejected, feeds.reasons)
+
+
+_EMPTY = pa.RecordBatch.from_pydict({})
+
+
+@dataclass(frozen=True)
+class OutputSelection:
+    """Which model outputs to run, and which of their columns to keep.
+
+    ``--outputs probabilities`` keeps every column of that output; ``--outputs
+    probabilities_1`` keeps that one column.
+    """
+
+    run: tuple[str, ...]
+    whole: frozenset[str]
+    columns: frozenset[str]
+
+    @classmethod
+    def parse(cls, names: Sequence[str], selection: Sequence[str] | None) -> OutputSelection:
+        if not selection:
+            return cls(tuple(names), frozenset(names), frozenset())
+        run: list[str] = []
+        whole: set[str] = set()
+        columns: set[str] = set()
+        for item in selection:
+            match = re.fullmatch(r"(.+)_([^_]+)", item)
+            if item in names:
+                whole.add(item)
+                run.append(item)
+            elif match and match.group(1) in names:
+                columns.add(item)
+                run.append(match.group(1))
+            else:
+                raise UsageError(
+                    f"--outputs: model has no output '{item}'",
+                    hint=f"outputs: {', '.join(names)}",
+                )
+        return cls(tuple(dict.fromkeys(run)), frozenset(whole), frozenset(columns))
+
+    def keeps(self, output: str, column: str) -> bool:
+        return output in self.whole or column in self.columns
+
+
+def _drop_nan_scores(
+    scores: pa.RecordBatch, accepted: np.ndarray, rejected: np.ndarray, reasons: list[str]
+) -> ScoredBatch:
+    nan = np.zeros(scores.num_rows, dtype=bool)
+    for column in scores.columns:
+        if pa.types.is_floating(column.type):
+            nan |= np.isnan(column.to_numpy(zero_copy_only=False))
+    if not nan.any():
+        return ScoredBatch(scores, accepted, rejected, reasons)
+    more = accepted[nan]
+    all_rejected = np.concatenate([rejected, more])
+    all_reasons = reasons + ["model returned NaN (an input is likely NaN)"] * len(more)
+    order = np.argsort(all_rejected, kind="stable")
+    return ScoredBatch(
+        scores.filter(pa.array(~nan)),
+        accepted[~nan],
+        all_rejected[order],
+        [all_reasons[i] for i in order],
+    )

@@ -1,0 +1,1 @@
+"""Where scores go: Parquet files and Kafka topics."""

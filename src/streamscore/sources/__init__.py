@@ -1,0 +1,1 @@
+"""Where rows come from: Parquet files and Kafka topics."""
