@@ -1,0 +1,174 @@
+"""Shared pytest fixtures. Each area keeps its fixtures in its own commented section."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
+
+REPO = Path(__file__).resolve().parent.parent
+
+# --- Kafka: a real single-node broker from scripts/kafka-local --------------------------------
+#
+# kafka_bootstrap  "host:port" of a broker: $STREAMSCORE_TEST_BOOTSTRAP if set, else a fresh
+#                  broker started for this session in .kafka-local/test-<pid>/ and stopped after.
+# kafka_admin      an AdminClient on that broker.
+# unique_topic     factory: unique_topic(partitions=1) -> name of a new, ready topic.
+
+KAFKA_LOCAL = REPO / "scripts" / "kafka-local"
+KAFKA_START_TIMEOUT_S = 600  # the first run downloads the broker jars with Maven
+
+
+def _kafka_local(command: str, home: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KAFKA_LOCAL_HOME": str(home), "PYTHON": sys.executable}
+    return subprocess.run(
+        [str(KAFKA_LOCAL), command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=KAFKA_START_TIMEOUT_S,
+        check=False,
+    )
+
+
+def _is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stop_brokers_of_dead_sessions() -> None:
+    """A test run killed hard leaves its broker running; stop it and drop its state."""
+    for home in (REPO / ".kafka-local").glob("test-*"):
+        pid = home.name.removeprefix("test-")
+        if pid.isdigit() and _is_alive(int(pid)):
+            continue
+        _kafka_local("stop", home)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """The bootstrap address of a real Kafka broker that lives for the whole test session."""
+    external = os.environ.get("STREAMSCORE_TEST_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    _stop_brokers_of_dead_sessions()
+    home = REPO / ".kafka-local" / f"test-{os.getpid()}"
+    started = _kafka_local("start", home)
+    if started.returncode != 0:
+        _kafka_local("stop", home)
+        pytest.fail(
+            "scripts/kafka-local could not start a Kafka broker for the tests "
+            "(needs Java 17+ and, for the first run, Maven; or set STREAMSCORE_TEST_BOOTSTRAP):\n"
+            + started.stderr[-4000:],
+            pytrace=False,
+        )
+    try:
+        yield started.stdout.strip().splitlines()[-1]
+    finally:
+        _kafka_local("stop", home)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def kafka_admin(kafka_bootstrap: str) -> AdminClient:
+    """An AdminClient connected to the test broker."""
+    return AdminClient({"bootstrap.servers": kafka_bootstrap})
+
+
+@pytest.fixture
+def unique_topic(kafka_admin: AdminClient) -> Iterator[Callable[..., str]]:
+    """A factory that creates a uniquely named topic and returns once clients can use it."""
+    created: list[str] = []
+
+    def create(partitions: int = 1, prefix: str = "test") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        futures = kafka_admin.create_topics([NewTopic(name, partitions, 1)], operation_timeout=10)
+        futures[name].result(timeout=15)
+        created.append(name)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            topic = kafka_admin.list_topics(name, timeout=5).topics.get(name)
+            leaders = [] if topic is None else [p.leader for p in topic.partitions.values()]
+            if len(leaders) == partitions and all(leader >= 0 for leader in leaders):
+                return name
+            time.sleep(0.05)
+        raise TimeoutError(f"topic {name} has no leader for all {partitions} partitions after 15s")
+
+    yield create
+    if created:
+        for future in kafka_admin.delete_topics(created, operation_timeout=10).values():
+            future.exception(timeout=15)  # best effort: a leftover topic harms no other test
+
+
+# --- end of Kafka section ----------------------------------------------------------------------
+
+
+# --- Models and data for batch/scoring tests (tests/helpers/) ---------------------------------
+#
+# Small scikit-learn models exported with skl2onnx once per session into a temporary folder.
+# Each fixture is a helpers.models.TrainedModel (path, estimator, features, predict_proba).
+#
+# dense_model      LogisticRegression, input [N, 4] fed from metadata feature_names f0..f3
+# hgb_model        HistGradientBoosting, same input (takes NaN natively)
+# unnamed_model    LogisticRegression, input [N, 4] without feature_names metadata
+# zipmap_model     LogisticRegression exported WITH skl2onnx's default ZipMap output
+# column_model     DataFrame pipeline: amount, score float; count int64; category string
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def dense_model(model_dir: Path) -> Any:
+    from helpers.models import build_dense_model
+
+    return build_dense_model(model_dir / "dense.onnx")
+
+
+@pytest.fixture(scope="session")
+def hgb_model(model_dir: Path) -> Any:
+    from helpers.models import build_dense_model
+
+    return build_dense_model(model_dir / "hgb.onnx", kind="hgb")
+
+
+@pytest.fixture(scope="session")
+def unnamed_model(model_dir: Path) -> Any:
+    from helpers.models import build_dense_model
+
+    return build_dense_model(model_dir / "unnamed.onnx", with_feature_names=False)
+
+
+@pytest.fixture(scope="session")
+def zipmap_model(model_dir: Path) -> Any:
+    from helpers.models import build_dense_model
+
+    return build_dense_model(model_dir / "zipmap.onnx", zipmap=True)
+
+
+@pytest.fixture(scope="session")
+def column_model(model_dir: Path) -> Any:
+    from helpers.models import build_column_model
+
+    return build_column_model(model_dir / "columns.onnx")
+
+
+# --- end of models and data section -------------------------------------------------------------
