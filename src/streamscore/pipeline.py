@@ -1,8 +1,9 @@
 """The source -> score -> sink loop every command runs, with reading and writing overlapped.
 
-A source yields :class:`SourceBatch` objects on a reader thread; the calling thread scores
-them (ONNX Runtime releases the GIL); a writer thread hands each result to the sink. Queues
-are bounded, so memory stays a few batches deep whatever the input size.
+A source yields :class:`SourceBatch` objects on a reader thread, which also converts them
+into model feeds; the calling thread runs the model (ONNX Runtime releases the GIL); a writer
+thread hands each result to the sink. So the thread that owns the model does little else.
+Queues are bounded, so memory stays a few batches deep whatever the input size.
 """
 
 from __future__ import annotations
@@ -12,13 +13,24 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import pyarrow as pa
 
-from streamscore.scoring import ScoredBatch, Scorer
+from streamscore.scoring import ScoredBatch
 
 T = TypeVar("T")
+
+
+class BatchScorer(Protocol):
+    """Scores in two steps: ``prepare`` (any thread) then ``run`` (the scoring thread).
+
+    :class:`streamscore.scoring.Scorer` is one; routing scorers (canary, shadow) are others.
+    """
+
+    def prepare(self, batch: pa.RecordBatch) -> Any: ...
+
+    def run(self, prepared: Any) -> ScoredBatch: ...
 
 
 @dataclass
@@ -102,7 +114,7 @@ class _Stage(Generic[T]):
 
 def run_pipeline(
     source: Source,
-    scorer: Scorer | Callable[[pa.RecordBatch], ScoredBatch],
+    scorer: BatchScorer,
     sink: Sink,
     *,
     on_batch: Callable[[SourceBatch, ScoredBatch], None] | None = None,
@@ -113,16 +125,15 @@ def run_pipeline(
     ``on_batch`` runs on the calling thread after each batch is scored, before it is written
     (progress, error policy); an exception there stops the pipeline and aborts the sink.
     """
-    score = scorer.score if isinstance(scorer, Scorer) else scorer
     stats = PipelineStats()
-    reader: _Stage[SourceBatch] = _Stage(depth)
+    reader: _Stage[tuple[SourceBatch, Any]] = _Stage(depth)
     writer: _Stage[tuple[SourceBatch, ScoredBatch]] = _Stage(depth)
     errors: list[BaseException] = []
 
     def read() -> None:
         try:
             for batch in source.batches():
-                if not reader.put(batch):
+                if not reader.put((batch, scorer.prepare(batch.rows))):
                     return
         except BaseException as exc:  # handed to the calling thread
             reader.put(_Failure(exc))
@@ -154,11 +165,12 @@ def run_pipeline(
                 break
             if isinstance(item, _Failure):
                 raise item.exc
-            scored = score(item.rows)
+            batch, prepared = item
+            scored = scorer.run(prepared)
             stats.add(scored)
             if on_batch is not None:
-                on_batch(item, scored)
-            if not writer.put((item, scored)):
+                on_batch(batch, scored)
+            if not writer.put((batch, scored)):
                 break
     except BaseException:
         writer.stop.set()

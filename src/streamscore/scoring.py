@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from streamscore.errors import ModelError, UsageError
-from streamscore.mapping import InputPlan, build_feeds, plan_inputs
+from streamscore.mapping import Feeds, InputPlan, build_feeds, plan_inputs
 from streamscore.model.session import LoadedModel
 
 REASON_COLUMN = "_reject_reason"
@@ -99,7 +99,14 @@ class Scorer:
 
     def score(self, batch: pa.RecordBatch) -> ScoredBatch:
         """Score one batch. Bad rows are rejected with a reason; the rest get scores."""
-        feeds = build_feeds(self.plan, batch, reject_nan=self.reject_nan)
+        return self.run(self.prepare(batch))
+
+    def prepare(self, batch: pa.RecordBatch) -> Feeds:
+        """Convert a batch into model feeds (CPU work a reader thread can do ahead)."""
+        return build_feeds(self.plan, batch, reject_nan=self.reject_nan)
+
+    def run(self, feeds: Feeds) -> ScoredBatch:
+        """Run the model on prepared feeds and turn its outputs into score columns."""
         if len(feeds.accepted) == 0:
             return ScoredBatch(_EMPTY, feeds.accepted, feeds.rejected, feeds.reasons)
         values = self.model.run(self.outputs.run, feeds.arrays)

@@ -67,7 +67,7 @@ class AtomicParquetWriter:
         table = pa.Table.from_batches(self._pending)
         if self._writer is None:
             self.final.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = pq.ParquetWriter(self.temp, table.schema, compression="zstd")
+            self._writer = _open_writer(self.temp, table.schema)
         self._writer.write_table(table, row_group_size=len(table))
         self.rows += len(table)
         self._pending, self._pending_rows = [], 0
@@ -77,9 +77,7 @@ class AtomicParquetWriter:
         self._flush()
         if self._writer is None:
             self.final.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = pq.ParquetWriter(
-                self.temp, empty_schema or pa.schema([]), compression="zstd"
-            )
+            self._writer = _open_writer(self.temp, empty_schema or pa.schema([]))
         self._writer.add_key_value_metadata(dict(metadata))
         self._writer.close()
         _fsync(self.temp)
@@ -91,6 +89,12 @@ class AtomicParquetWriter:
                 self._writer.close()
         with contextlib.suppress(FileNotFoundError):
             self.temp.unlink()
+
+
+def _open_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
+    # Scores are high-entropy floats: dictionary-encoding them costs time and saves nothing.
+    dictionary = [f.name for f in schema if not pa.types.is_floating(f.type)]
+    return pq.ParquetWriter(path, schema, compression="zstd", use_dictionary=dictionary)
 
 
 def _fsync(path: Path) -> None:
@@ -112,17 +116,24 @@ class ParquetFileSink(Sink):
         *,
         row_group_rows: int,
         metadata: Mapping[str, str],
+        quarantine: bool = True,
+        empty_schema: pa.Schema | None = None,
     ) -> None:
+        """``rejected`` is where rejects go, or with ``quarantine=False`` where stale ones are
+        removed from; ``empty_schema`` gives an output without rows its columns anyway."""
         self.keep = keep
         self.metadata = dict(metadata)
         self.output = AtomicParquetWriter(output, row_group_rows=row_group_rows)
         self.rejected_path = rejected
         self.rejected = (
-            AtomicParquetWriter(rejected, row_group_rows=row_group_rows) if rejected else None
+            AtomicParquetWriter(rejected, row_group_rows=row_group_rows)
+            if rejected and quarantine
+            else None
         )
         self.rows_in = 0
         self.rows_rejected = 0
         self.output_schema: pa.Schema | None = None
+        self.empty_schema = empty_schema
 
     def write(self, batch: SourceBatch, scored: ScoredBatch) -> None:
         self.rows_in += batch.rows.num_rows
@@ -141,15 +152,15 @@ class ParquetFileSink(Sink):
             "streamscore.rows_scored": str(self.output.row_count),
             "streamscore.rows_rejected": str(self.rows_rejected),
         }
-        if self.rejected is not None:
-            if self.rejected.row_count:
-                self.rejected.commit({**self.metadata, **counts})
-            else:
+        if self.rejected is not None and self.rejected.row_count:
+            self.rejected.commit({**self.metadata, **counts})
+        else:
+            if self.rejected is not None:
                 self.rejected.abort()
-                if self.rejected_path is not None:  # rejects of an earlier run are stale now
-                    with contextlib.suppress(FileNotFoundError):
-                        self.rejected_path.unlink()
-        self.output.commit({**self.metadata, **counts})
+            if self.rejected_path is not None:  # rejects of an earlier run are stale now
+                with contextlib.suppress(FileNotFoundError):
+                    self.rejected_path.unlink()
+        self.output.commit({**self.metadata, **counts}, self.output_schema or self.empty_schema)
 
     def abort(self) -> None:
         self.output.abort()

@@ -1,0 +1,160 @@
+"""Batch throughput: `streamscore batch` against bare InferenceSession.run, in one run.
+
+For each model (the GBDT-style `fraud` and the small `fraud_mlp`) and each thread count it
+prints, measured now on this machine:
+
+* raw     - bare ``InferenceSession.run`` rows/s on pre-made float32 arrays (same model,
+            batch size and threads): the ceiling;
+* batch   - ``streamscore batch`` rows/s end to end (read, map, score, write), as a
+            subprocess, from its own summary, and its peak RSS;
+* naive   - a naive script (polars reads the whole file, to_numpy, one run, write), rows/s
+            and peak RSS;
+* ratios  - batch/raw (targets: >= 0.95 at 1 thread and >= 0.88 at 2 on fraud; >= 0.60 on
+            the MLP) and batch/naive.
+
+Then it checks that peak RSS stays flat as the input grows (one file of N rows vs 4N).
+
+    .venv/bin/python benchmarks/batch_throughput.py [--rows 4000000] [--batch-size 4096]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "sample_data" / "transactions"
+MODELS = ROOT / "sample_data" / "models"
+DATA = ROOT / "benchmarks" / ".data"
+FEATURES = [f"f{i:02d}" for i in range(30)]
+
+NAIVE_SCRIPT = """
+import sys, polars as pl, numpy as np, onnxruntime as ort
+src, model, out, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+opts = ort.SessionOptions(); opts.intra_op_num_threads = threads
+sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+df = pl.read_parquet(src)
+x = df.select([f"f{i:02d}" for i in range(30)]).to_numpy().astype(np.float32)
+label, proba = sess.run(None, {"input": x})
+df.drop([f"f{i:02d}" for i in range(30)]).with_columns(
+    pl.Series("label", label), pl.Series("probabilities_0", proba[:, 0]),
+    pl.Series("probabilities_1", proba[:, 1])).write_parquet(out)
+"""
+
+
+def build_file(path: Path, rows: int) -> Path:
+    """A Parquet file of ``rows`` rows made by repeating the sample data (reused if present)."""
+    if path.exists() and pq.read_metadata(path).num_rows == rows:
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sample = pq.read_table(sorted(SAMPLE.rglob("*.parquet"))[0])
+    temp = path.with_suffix(".tmp")
+    with pq.ParquetWriter(temp, sample.schema, compression="zstd") as writer:
+        written = 0
+        while written < rows:
+            take = sample.slice(0, min(sample.num_rows, rows - written))
+            ids = pa.array(np.arange(written, written + take.num_rows, dtype=np.int64))
+            writer.write_table(take.set_column(0, "transaction_id", ids), row_group_size=65536)
+            written += take.num_rows
+    temp.rename(path)
+    return path
+
+
+def raw_rows_per_second(model: Path, source: Path, batch_size: int, threads: int) -> float:
+    """Bare session.run over pre-made float32 batches of the same rows."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    table = pq.read_table(source, columns=FEATURES)
+    matrix = np.column_stack([table.column(f).to_numpy() for f in FEATURES]).astype(np.float32)
+    batches = [matrix[i : i + batch_size] for i in range(0, len(matrix), batch_size)]
+    sess.run(None, {"input": batches[0]})
+    started = time.perf_counter()
+    for batch in batches:
+        sess.run(None, {"input": batch})
+    return len(matrix) / (time.perf_counter() - started)
+
+
+def run_measured(argv: list[str]) -> tuple[float, int]:
+    """Run a command; return (wall seconds, peak RSS in MiB) of the child."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    if status != 0:
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        raise SystemExit(f"command failed ({status}): {' '.join(argv)}\n{err}")
+    return wall, usage.ru_maxrss // 1024
+
+
+def streamscore_batch(
+    source: Path, model: Path, batch_size: int, threads: int
+) -> tuple[float, int]:
+    """rows/s from the run's own summary (excludes interpreter start-up), and peak RSS."""
+    out = Path(tempfile.mkdtemp(prefix="ss-bench-"))
+    try:
+        _, rss = run_measured(
+            [sys.executable, "-m", "streamscore", "batch", str(source), "--model", str(model),
+             "--out", str(out), "--batch-size", str(batch_size), "--threads", str(threads),
+             "--provider", "cpu", "--log-format", "json"]
+        )
+        summary = json.loads((out / "_streamscore_run.json").read_text())
+        return summary["rows_in"] / summary["seconds"], rss
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def naive(source: Path, model: Path, threads: int, rows: int) -> tuple[float, int]:
+    out = Path(tempfile.mkdtemp(prefix="ss-naive-"))
+    try:
+        wall, rss = run_measured(
+            [sys.executable, "-c", NAIVE_SCRIPT, str(source), str(model), str(out / "o.parquet"),
+             str(threads)]
+        )
+        return rows / wall, rss
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=4_000_000)
+    parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--threads", default="1,2")
+    args = parser.parse_args()
+    source = build_file(DATA / f"bench_{args.rows}.parquet", args.rows)
+    print(f"input: {source.name} ({args.rows:,} rows), batch size {args.batch_size}")
+    print(f"{'model':<10} {'thr':>3} {'raw rows/s':>12} {'batch rows/s':>13} {'ratio':>6} "
+          f"{'RSS MiB':>8} {'naive rows/s':>13} {'naive RSS':>9} {'vs naive':>8}")
+    for name in ("fraud/1", "fraud_mlp/1"):
+        model = MODELS / name / "model.onnx"
+        for threads in [int(t) for t in args.threads.split(",")]:
+            raw = raw_rows_per_second(model, source, args.batch_size, threads)
+            batch, rss = streamscore_batch(source, model, args.batch_size, threads)
+            naive_rate, naive_rss = naive(source, model, threads, args.rows)
+            print(f"{name:<10} {threads:>3} {raw:>12,.0f} {batch:>13,.0f} {batch / raw:>6.2f} "
+                  f"{rss:>8} {naive_rate:>13,.0f} {naive_rss:>9} {batch / naive_rate:>8.2f}",
+                  flush=True)
+    small = build_file(DATA / f"bench_{args.rows // 4}.parquet", args.rows // 4)
+    model = MODELS / "fraud" / "1" / "model.onnx"
+    _, rss_small = streamscore_batch(small, model, args.batch_size, 1)
+    _, rss_big = streamscore_batch(source, model, args.batch_size, 1)
+    print(f"peak RSS, streamscore batch: {args.rows // 4:,} rows -> {rss_small} MiB; "
+          f"{args.rows:,} rows -> {rss_big} MiB (ratio {rss_big / rss_small:.2f})")
+
+
+if __name__ == "__main__":
+    main()
