@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -88,16 +87,30 @@ def raw_rows_per_second(model: Path, source: Path, batch_size: int, threads: int
     return len(matrix) / (time.perf_counter() - started)
 
 
+def _peak_rss_kib(pid: int) -> int:
+    """VmHWM of a live process (ru_maxrss would include this big parent's RSS at fork)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def run_measured(argv: list[str]) -> tuple[float, int]:
     """Run a command; return (wall seconds, peak RSS in MiB) of the child."""
     started = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, _peak_rss_kib(proc.pid))
+        time.sleep(0.02)
     wall = time.perf_counter() - started
-    if status != 0:
+    if proc.returncode != 0:
         err = proc.stderr.read().decode() if proc.stderr else ""
-        raise SystemExit(f"command failed ({status}): {' '.join(argv)}\n{err}")
-    return wall, usage.ru_maxrss // 1024
+        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(argv)}\n{err}")
+    return wall, peak // 1024
 
 
 def streamscore_batch(
@@ -107,9 +120,25 @@ def streamscore_batch(
     out = Path(tempfile.mkdtemp(prefix="ss-bench-"))
     try:
         _, rss = run_measured(
-            [sys.executable, "-m", "streamscore", "batch", str(source), "--model", str(model),
-             "--out", str(out), "--batch-size", str(batch_size), "--threads", str(threads),
-             "--provider", "cpu", "--log-format", "json"]
+            [
+                sys.executable,
+                "-m",
+                "streamscore",
+                "batch",
+                str(source),
+                "--model",
+                str(model),
+                "--out",
+                str(out),
+                "--batch-size",
+                str(batch_size),
+                "--threads",
+                str(threads),
+                "--provider",
+                "cpu",
+                "--log-format",
+                "json",
+            ]
         )
         summary = json.loads((out / "_streamscore_run.json").read_text())
         return summary["rows_in"] / summary["seconds"], rss
@@ -121,8 +150,15 @@ def naive(source: Path, model: Path, threads: int, rows: int) -> tuple[float, in
     out = Path(tempfile.mkdtemp(prefix="ss-naive-"))
     try:
         wall, rss = run_measured(
-            [sys.executable, "-c", NAIVE_SCRIPT, str(source), str(model), str(out / "o.parquet"),
-             str(threads)]
+            [
+                sys.executable,
+                "-c",
+                NAIVE_SCRIPT,
+                str(source),
+                str(model),
+                str(out / "o.parquet"),
+                str(threads),
+            ]
         )
         return rows / wall, rss
     finally:
@@ -137,23 +173,29 @@ def main() -> None:
     args = parser.parse_args()
     source = build_file(DATA / f"bench_{args.rows}.parquet", args.rows)
     print(f"input: {source.name} ({args.rows:,} rows), batch size {args.batch_size}")
-    print(f"{'model':<10} {'thr':>3} {'raw rows/s':>12} {'batch rows/s':>13} {'ratio':>6} "
-          f"{'RSS MiB':>8} {'naive rows/s':>13} {'naive RSS':>9} {'vs naive':>8}")
+    print(
+        f"{'model':<10} {'thr':>3} {'raw rows/s':>12} {'batch rows/s':>13} {'ratio':>6} "
+        f"{'RSS MiB':>8} {'naive rows/s':>13} {'naive RSS':>9} {'vs naive':>8}"
+    )
     for name in ("fraud/1", "fraud_mlp/1"):
         model = MODELS / name / "model.onnx"
         for threads in [int(t) for t in args.threads.split(",")]:
             raw = raw_rows_per_second(model, source, args.batch_size, threads)
             batch, rss = streamscore_batch(source, model, args.batch_size, threads)
             naive_rate, naive_rss = naive(source, model, threads, args.rows)
-            print(f"{name:<10} {threads:>3} {raw:>12,.0f} {batch:>13,.0f} {batch / raw:>6.2f} "
-                  f"{rss:>8} {naive_rate:>13,.0f} {naive_rss:>9} {batch / naive_rate:>8.2f}",
-                  flush=True)
+            print(
+                f"{name:<10} {threads:>3} {raw:>12,.0f} {batch:>13,.0f} {batch / raw:>6.2f} "
+                f"{rss:>8} {naive_rate:>13,.0f} {naive_rss:>9} {batch / naive_rate:>8.2f}",
+                flush=True,
+            )
     small = build_file(DATA / f"bench_{args.rows // 4}.parquet", args.rows // 4)
     model = MODELS / "fraud" / "1" / "model.onnx"
     _, rss_small = streamscore_batch(small, model, args.batch_size, 1)
     _, rss_big = streamscore_batch(source, model, args.batch_size, 1)
-    print(f"peak RSS, streamscore batch: {args.rows // 4:,} rows -> {rss_small} MiB; "
-          f"{args.rows:,} rows -> {rss_big} MiB (ratio {rss_big / rss_small:.2f})")
+    print(
+        f"peak RSS, streamscore batch: {args.rows // 4:,} rows -> {rss_small} MiB; "
+        f"{args.rows:,} rows -> {rss_big} MiB (ratio {rss_big / rss_small:.2f})"
+    )
 
 
 if __name__ == "__main__":

@@ -26,11 +26,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from streamscore import __version__
 from streamscore.config import BatchOptions, OnError
-from streamscore.errors import InputError, LockedError
+from streamscore.errors import InputError, LockedError, UsageError
 from streamscore.model import resolve_model
 from streamscore.model.session import LoadedModel, load_model
 from streamscore.pipeline import SourceBatch, run_pipeline
@@ -121,6 +122,7 @@ class _PlannedFile:
     keep: list[str]
     rows: int
     fingerprint: str
+    schema: pa.Schema
 
 
 @contextlib.contextmanager
@@ -224,6 +226,14 @@ class BatchRun:
             return base
         names = list(schema.names)
         keep = s.keep.resolve(names, scorer.plan.columns)
+        scores = scorer.score_schema()
+        clashes = [name for name in keep if scores is not None and name in scores.names]
+        if clashes:  # two columns of one name make the output unreadable for most tools
+            raise UsageError(
+                f"input column(s) {', '.join(clashes)} of {item.path} have the name of a score "
+                "column",
+                hint="leave them out with --keep, or choose outputs with --outputs",
+            )
         quarantine = self.options.on_error is OnError.quarantine
         wanted = set(names) if quarantine else set(scorer.plan.columns) | set(keep)
         return _PlannedFile(
@@ -235,6 +245,7 @@ class BatchRun:
             keep=keep,
             rows=rows,
             fingerprint=fp,
+            schema=schema,
         )
 
     def score_file(self, planned: _PlannedFile) -> FileResult:
@@ -250,13 +261,19 @@ class BatchRun:
             META_PREFIX + "run_id": self.run_id,
             META_PREFIX + "provider": self.model.provider,
         }
-        quarantine = self.options.on_error is OnError.quarantine
+        scores = planned.scorer.score_schema()
         sink = ParquetFileSink(
             planned.output,
-            planned.rejected if quarantine else None,
+            planned.rejected,
             planned.keep,
             row_group_rows=self.options.row_group_rows,
             metadata=metadata,
+            quarantine=self.options.on_error is OnError.quarantine,
+            # An output without rows (empty input, every row rejected) keeps its columns,
+            # so the output folder still reads as one table.
+            empty_schema=None
+            if scores is None
+            else pa.schema([planned.schema.field(c) for c in planned.keep] + list(scores)),
         )
         source = ParquetSource(planned.item.path, planned.columns, self.options.scoring.batch_size)
         position = 0
@@ -330,7 +347,8 @@ def run_batch(options: BatchOptions, reporter: Reporter | None = None) -> BatchS
     """
     reporter = reporter or SilentReporter()
     s = options.scoring
-    model = load_model(resolve_model(s.model), provider=s.provider, threads=s.threads)
+    # No spinning: ONNX Runtime's idle workers would take the cores the reader and writer need.
+    model = load_model(resolve_model(s.model), provider=s.provider, threads=s.threads, spin=False)
     try:
         return BatchRun(options, model, reporter).execute()
     finally:
