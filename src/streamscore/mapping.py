@@ -120,12 +120,11 @@ def _feature_names(signature: ModelSignature, features: Sequence[str] | None) ->
     return names
 
 
-def plan_inputs(
+def _choose_feeds(
     signature: ModelSignature,
     columns: Mapping[str, pa.DataType],
-    features: Sequence[str] | None = None,
-) -> InputPlan:
-    """Decide which columns feed each model input; raise MappingError if any cannot."""
+    features: Sequence[str] | None,
+) -> tuple[InputFeed, ...]:
     inputs = signature.inputs
     single = inputs[0] if len(inputs) == 1 else None
     matrix_input = single is not None and (
@@ -150,6 +149,16 @@ def plan_inputs(
         feeds: tuple[InputFeed, ...] = (InputFeed(single, tuple(names), matrix=True),)
     else:
         feeds = tuple(InputFeed(spec, (spec.name,), matrix=False) for spec in inputs)
+    return feeds
+
+
+def plan_inputs(
+    signature: ModelSignature,
+    columns: Mapping[str, pa.DataType],
+    features: Sequence[str] | None = None,
+) -> InputPlan:
+    """Decide which columns feed each model input; raise MappingError if any cannot."""
+    feeds = _choose_feeds(signature, columns, features)
     for feed in feeds:
         for column in feed.columns:
             if column not in columns:
@@ -159,6 +168,24 @@ def plan_inputs(
                 )
             _check_type(column, columns[column], feed.input)
     return InputPlan(feeds)
+
+
+def source_fields(
+    signature: ModelSignature, features: Sequence[str] | None = None
+) -> dict[str, pa.DataType]:
+    """The fields a source without a schema (JSON records) must decode, and as which type.
+
+    Numbers are read as float64 (int64 for integer inputs, bool for boolean ones) and text as
+    string; :func:`plan_inputs` then checks these fields exactly as it checks Parquet columns.
+    """
+    fields: dict[str, pa.DataType] = {}
+    for feed in _choose_feeds(signature, {}, features):
+        dtype = feed.input.dtype
+        kind = dtype.kind if dtype is not None else "O"
+        natural = {"f": pa.float64(), "i": pa.int64(), "u": pa.int64(), "b": pa.bool_()}
+        for column in feed.columns:
+            fields.setdefault(column, natural.get(kind, pa.string()))
+    return fields
 
 
 class _Rejections:
@@ -214,20 +241,36 @@ def _to_numbers(
         )
     elif pa.types.is_decimal(array.type) or pa.types.is_null(array.type):
         array = array.cast(pa.float64())
-    if array.null_count:
-        array = array.fill_null(0)
+    if array.null_count:  # null rows are rejected above; any placeholder value will do
+        array = array.fill_null(False if pa.types.is_boolean(array.type) else 0)
     values = array.to_numpy(zero_copy_only=False)
     if target.kind in "iu" and values.dtype.kind == "f":
         info = np.iinfo(target)  # type: ignore[type-var]
         with np.errstate(invalid="ignore"):
             bad = ~np.isfinite(values) | (values != np.floor(values))
             bad |= (values < info.min) | (values > info.max)
-        rej.add(bad, lambda i: f"value {values[i]!r} in {where} is not a valid {target.name}")
+        rej.add(
+            bad, lambda i: f"value {values[i].item()!r} in {where} is not a valid {target.name}"
+        )
         values = np.where(bad, 0, values)
     elif target.kind in "iu" and values.dtype.kind in "iu" and values.dtype != target:
         info = np.iinfo(target)  # type: ignore[type-var]
         bad = (values < info.min) | (values > info.max)
         rej.add(bad, lambda i: f"value {values[i]} in {where} is out of range for {target.name}")
+        values = np.where(bad, 0, values)
+    elif (
+        target.kind == "f"
+        and values.dtype.kind in "fiu"
+        and values.dtype.itemsize > target.itemsize
+    ):
+        # Casting would overflow to infinity (and numpy would warn): reject instead.
+        limit = float(np.finfo(target).max)  # type: ignore[type-var]
+        with np.errstate(invalid="ignore"):
+            bad = np.isfinite(values) & ((values > limit) | (values < -limit))
+        rej.add(
+            bad,
+            lambda i: f"value {values[i].item()!r} in {where} is out of range for {target.name}",
+        )
         values = np.where(bad, 0, values)
     converted: np.ndarray = values.astype(target, copy=False)
     return converted

@@ -97,6 +97,27 @@ class Scorer:
         plan = plan_inputs(model.signature, columns, features)
         return cls(model, plan, outputs=outputs, reject_nan=reject_nan)
 
+    def score_schema(self) -> pa.Schema | None:
+        """The score columns' names and types, known from the model's signature alone.
+
+        None when they depend on the data (a ZipMap's classes, an output of unknown width).
+        """
+        fields: list[pa.Field] = []
+        for name in self.outputs.run:
+            spec = next(s for s in self.model.signature.outputs if s.name == name)
+            dtype = spec.dtype
+            if dtype is None or len(spec.shape) not in (1, 2):
+                return None
+            if len(spec.shape) == 1:
+                columns = [name]
+            elif spec.width is not None:
+                columns = [f"{name}_{i}" for i in range(spec.width)]
+            else:
+                return None
+            arrow = pa.string() if dtype.kind == "O" else pa.from_numpy_dtype(dtype)
+            fields += [pa.field(c, arrow) for c in columns if self.outputs.keeps(name, c)]
+        return pa.schema(fields)
+
     def score(self, batch: pa.RecordBatch) -> ScoredBatch:
         """Score one batch. Bad rows are rejected with a reason; the rest get scores."""
         return self.run(self.prepare(batch))
