@@ -283,6 +283,57 @@ def _reject_nan(values: np.ndarray, column: str, spec: TensorSpec, rej: _Rejecti
             rej.add(nan, lambda _: f"NaN in {_describe(column, spec)}")
 
 
+def _fill_matrix(
+    feed: InputFeed, batch: pa.RecordBatch, rej: _Rejections, reject_nan: bool
+) -> np.ndarray:
+    """Stack the feed's columns into one [N, k] tensor.
+
+    The common case (a float input, numeric columns without nulls) is the hot path of every
+    batch: those columns are assigned straight into the matrix, and values too large for
+    float32 are found afterwards in one pass over the result.
+    """
+    target, spec = feed.dtype, feed.input
+    matrix = np.empty((batch.num_rows, len(feed.columns)), dtype=target)
+    direct: list[int] = []
+    for j, column in enumerate(feed.columns):
+        array = batch.column(column)
+        kind = array.type
+        if (
+            target.kind == "f"
+            and not array.null_count
+            and (pa.types.is_floating(kind) or pa.types.is_integer(kind))
+        ):
+            values = array.to_numpy()
+            with np.errstate(over="ignore"):
+                matrix[:, j] = values
+            direct.append(j)
+        else:
+            values = _to_numbers(array, column, spec, target, rej)
+            matrix[:, j] = values
+        if reject_nan:
+            _reject_nan(values, column, spec, rej)
+    if direct and target.itemsize < 8:
+        overflowed = np.isinf(matrix[:, direct])
+        if overflowed.any():
+            for position in np.flatnonzero(overflowed.any(axis=0)):
+                j = direct[int(position)]
+                _reject_overflow(feed, batch, j, overflowed[:, position], rej)
+    return matrix
+
+
+def _reject_overflow(
+    feed: InputFeed, batch: pa.RecordBatch, j: int, inf: np.ndarray, rej: _Rejections
+) -> None:
+    column = feed.columns[j]
+    source = batch.column(column).to_numpy()
+    bad = inf & np.isfinite(source)  # a source infinity stays infinity; that is no overflow
+    where = _describe(column, feed.input)
+    rej.add(
+        bad,
+        lambda i: f"value {source[i].item()!r} in {where} is out of range for {feed.dtype.name}",
+    )
+
+
 def build_feeds(plan: InputPlan, batch: pa.RecordBatch, *, reject_nan: bool = False) -> Feeds:
     """Convert one Arrow batch into model feeds; bad rows are set aside with a reason."""
     n = batch.num_rows
@@ -292,13 +343,7 @@ def build_feeds(plan: InputPlan, batch: pa.RecordBatch, *, reject_nan: bool = Fa
         target = feed.dtype
         spec = feed.input
         if feed.matrix:
-            matrix = np.empty((n, len(feed.columns)), dtype=target)
-            for j, column in enumerate(feed.columns):
-                col = _to_numbers(batch.column(column), column, spec, target, rej)
-                if reject_nan:
-                    _reject_nan(col, column, spec, rej)
-                matrix[:, j] = col
-            arrays[spec.name] = matrix
+            arrays[spec.name] = _fill_matrix(feed, batch, rej, reject_nan)
             continue
         column = feed.columns[0]
         array = batch.column(column)
