@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 from rich.console import Console
+from rich.live import Live
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -49,6 +50,14 @@ def print_text(text: str) -> None:
 
 def print_renderable(renderable: Any) -> None:
     _stdout.print(renderable)
+
+
+def print_wide(renderable: Any) -> None:
+    """Like print_renderable, but off a terminal up to 200 columns: CI logs do not wrap."""
+    if stdout_is_tty():
+        _stdout.print(renderable)
+    else:  # a Console never prints wider than its own width, so make a wider one
+        Console(file=sys.stdout, highlight=False, width=200).print(renderable)
 
 
 def json_line(payload: Mapping[str, Any], stream: TextIO | None = None) -> None:
@@ -130,9 +139,92 @@ def make_reporter(log_format: str) -> Reporter:
     return RichReporter()
 
 
+class LiveStatusReporter:
+    """Reporter for ``tail`` on a terminal: a live status panel, events as lines above it.
+
+    ``status`` events (see ``streamscore.metrics.TailStatus``) redraw the panel.
+    """
+
+    def __init__(self) -> None:
+        self._live = Live(format_tail_status({}), console=_stdout, auto_refresh=False)
+        self._live.start()
+
+    def add_task(self, key: str, description: str, total: int | None) -> None:
+        pass
+
+    def advance(self, key: str, amount: int) -> None:
+        pass
+
+    def event(self, payload: Mapping[str, Any]) -> None:
+        if payload.get("event") == "status":
+            self._live.update(format_tail_status(payload), refresh=True)
+            return
+        line = format_event(payload)
+        if line:
+            self._live.console.print(line, markup=False, highlight=False)
+
+    def close(self) -> None:
+        self._live.stop()
+
+
+def make_status_reporter(log_format: str) -> Reporter:
+    """Like :func:`make_reporter`, with a live status panel instead of progress bars."""
+    if log_format == "json" or (log_format == "auto" and not stdout_is_tty()):
+        return JsonReporter()
+    return LiveStatusReporter()
+
+
+def _ms(values: Mapping[str, Any]) -> str:
+    return "  ".join(f"{k} {v:,.1f}" for k, v in values.items()) + " ms" if values else "-"
+
+
+def format_tail_status(status: Mapping[str, Any]) -> Table:
+    """The live panel of ``tail``: rate, totals, lag, latency percentiles, model versions."""
+    table = Table(title="streamscore tail", show_header=False, title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    versions = status.get("versions") or {}
+    table.add_row("models", ", ".join(f"{r} {v}" for r, v in versions.items()) or "-")
+    table.add_row("rate", f"{status.get('rate', 0):,.0f} records/s")
+    table.add_row(
+        "records",
+        f"{status.get('records_in', 0):,} in, {status.get('records_out', 0):,} out, "
+        f"{status.get('dead_lettered', 0):,} dead-lettered",
+    )
+    lag = status.get("lag") or {}
+    worst = sorted(lag.items(), key=lambda item: -item[1])[:4]
+    shown = ", ".join(f"{tp} {n:,}" for tp, n in worst) + (" …" if len(lag) > 4 else "")
+    table.add_row("lag", f"{status.get('lag_total', 0):,}" + (f"  ({shown})" if lag else ""))
+    table.add_row("end to end", _ms(status.get("end_to_end_ms") or {}))
+    table.add_row("inference", _ms(status.get("inference_ms") or {}))
+    shadow = status.get("shadow") or {}
+    if shadow:
+        table.add_row(
+            "shadow",
+            f"{shadow.get('compared', 0):,} compared, {shadow.get('label_flips', 0):,} label "
+            f"flips, mean |diff| {shadow.get('mean_score_difference', 0):.4f}",
+        )
+    errors = status.get("errors") or {}
+    if errors:
+        table.add_row("errors", ", ".join(f"{k}={v:,}" for k, v in errors.items()))
+    return table
+
+
 def format_event(payload: Mapping[str, Any]) -> str:
     """A one-line, human reading of a pipeline event (empty for events not worth a line)."""
     kind = payload.get("event")
+    if kind == "model_loaded":
+        return (
+            f"model {payload.get('model')} version {payload.get('version')} now serving "
+            f"(was {payload.get('previous_version')})"
+        )
+    if kind == "model_rejected":
+        return (
+            f"model {payload.get('model')} version {payload.get('version')} rejected, "
+            f"{payload.get('serving')} keeps serving: {payload.get('reason')}"
+        )
+    if kind in ("assigned", "revoked", "lost"):
+        return f"partitions {kind}: {payload.get('partitions')}"
     if kind == "file":
         status = payload.get("status")
         extra = f" ({payload['error']})" if payload.get("error") else ""
@@ -179,3 +271,146 @@ def format_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any
     for row in rows:
         table.add_row(*[str(cell) for cell in row])
     return table
+
+
+# --- bench ------------------------------------------------------------------------------------
+
+
+def _num(value: Any, spec: str = ".3g") -> str:
+    return "-" if value is None or value != value else format(value, spec)
+
+
+def _threads(value: Any) -> str:
+    return "auto" if value == 0 else str(value)
+
+
+def format_bench_results(report: Mapping[str, Any]) -> Table:
+    """``streamscore bench``: one row per configuration, the best one marked with ★."""
+    results = report.get("results") or []
+    model = report.get("model") or {}
+    open_loop = any(r["configuration"].get("rate") is not None for r in results)
+    copies = any(r.get("transfer_ms") for r in results)
+    label = ":".join(part for part in (model.get("name"), model.get("version")) if part)
+    settings = report.get("settings") or {}
+    table = Table(
+        title=f"streamscore bench  {label}  (inputs {settings.get('inputs', '?')})",
+        title_justify="left",
+        caption=format_bench_environment(report),
+        caption_justify="left",
+    )
+    headers = ["", "provider", "threads", "batch", "conc."]
+    headers += ["rate/s", "served/s"] if open_loop else []
+    headers += ["calls/s", "rows/s", "p50 ms", "p90 ms", "p99 ms", "max ms"]
+    headers += ["queue p99 ms"] if open_loop else []
+    headers += ["h2d / compute / d2h ms"] if copies else []
+    headers += ["overhead", "stable"]
+    for header in headers:
+        numeric = header not in ("", "provider", "stable", "h2d / compute / d2h ms")
+        table.add_column(header, justify="right" if numeric else "left")
+    best = report.get("best")
+    for r in results:
+        c, lat = r["configuration"], r["latency_ms"]
+        row = [
+            "★" if r["key"] == best else "",
+            c["provider"]
+            + ("" if r["provider_used"] == c["provider"] else f"→{r['provider_used']}"),
+            _threads(c["threads"]),
+            f"{c['batch_size']:,}",
+            str(c["concurrency"]),
+        ]
+        if open_loop:
+            row += [_num(c.get("rate"), ",.0f"), _num(r["calls_per_s"], ",.0f")]
+        else:
+            row += [_num(r["calls_per_s"], ",.0f")]
+        row += [_num(r["rows_per_s"], ",.0f")]
+        row += [_num(lat[k]) for k in ("p50", "p90", "p99", "max")]
+        if open_loop:
+            row += [_num((r.get("queue_ms") or {}).get("p99"))]
+        if copies:
+            t = r.get("transfer_ms")
+            row += [f"{t['h2d']:.3g} / {t['compute']:.3g} / {t['d2h']:.3g}" if t else "-"]
+        overhead = r.get("overhead")
+        row += [_num(overhead, ".1%"), "yes" if r["stable"] else "[yellow]no[/]"]
+        table.add_row(*row, style="bold" if r["key"] == best else None)
+    return table
+
+
+def format_bench_environment(report: Mapping[str, Any]) -> str:
+    """One or more caption lines: machine, versions, providers (unavailable ones say why)."""
+    env = report.get("environment") or {}
+    listed = ",".join(env.get("providers_listed", []))
+    used = ",".join(env.get("providers_used", [])) or "none"
+    lines = [
+        f"{env.get('cpu_model', '?')}, {env.get('cpu_cores_logical', '?')} cores · ONNX Runtime "
+        f"{env.get('onnxruntime', '?')} · providers listed {listed}, used {used}"
+    ]
+    for status in report.get("providers") or []:
+        if not status.get("available"):
+            lines.append(f"{status['requested']}: unavailable ({status.get('reason')})")
+    return "\n".join(lines)
+
+
+def format_bench_pipeline(report: Mapping[str, Any]) -> Table:
+    """``bench --pipeline batch``: the pipeline's rows/s beside bare session.run, and the ratio."""
+    table = Table(
+        title="streamscore batch vs bare session.run on the same rows",
+        title_justify="left",
+        caption=format_bench_environment(report),
+        caption_justify="left",
+    )
+    for header in ("provider", "threads", "batch", "rows", "batch rows/s", "bare rows/s"):
+        table.add_column(header, justify="left" if header == "provider" else "right")
+    table.add_column("ratio", justify="right")
+    for p in report.get("pipeline") or []:
+        table.add_row(
+            p["provider"],
+            _threads(p["threads"]),
+            f"{p['batch_size']:,}",
+            f"{p['rows']:,}",
+            f"{p['pipeline_rows_per_s']:,.0f}",
+            f"{p['bare_rows_per_s']:,.0f}",
+            f"{p['ratio']:.2f}",
+        )
+    return table
+
+
+def format_bench_comparison(comparison: Mapping[str, Any]) -> Table:
+    """The baseline comparison: every compared metric, regressions in red."""
+    limit = comparison.get("max_regression", 0)
+    table = Table(
+        title=f"against {comparison.get('baseline')} (allowed: {limit:.0%} worse)",
+        title_justify="left",
+    )
+    for header in ("configuration", "metric", "baseline", "now", "change", ""):
+        table.add_column(
+            header, justify="right" if header in ("baseline", "now", "change") else "left"
+        )
+    for change in comparison.get("changes") or []:
+        rows = change["metric"] == "rows_per_s"
+        spec = ",.0f" if rows else ".3g"
+        worse = change["worse_by"]
+        shown = -worse if rows else worse  # the sign of the raw change
+        table.add_row(
+            change["key"],
+            "rows/s" if rows else "p99 ms",
+            format(change["baseline"], spec),
+            format(change["current"], spec),
+            f"{shown:+.1%}",
+            "[bold red]REGRESSED[/]" if change["regressed"] else "ok",
+        )
+    return table
+
+
+def format_bench_notes(report: Mapping[str, Any]) -> list[str]:
+    """Warnings worth a line after the table, and configurations the baseline lacked."""
+    notes = [
+        f"warning: {r['key']}: {warning}"
+        for r in report.get("results") or []
+        for warning in r.get("warnings") or []
+    ]
+    comparison = report.get("comparison") or {}
+    if comparison.get("only_now"):
+        notes.append(f"not in the baseline: {', '.join(comparison['only_now'])}")
+    if comparison.get("only_in_baseline"):
+        notes.append(f"in the baseline only: {', '.join(comparison['only_in_baseline'])}")
+    return notes

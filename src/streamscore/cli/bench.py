@@ -1,0 +1,171 @@
+"""``streamscore bench``: latency and throughput of a model, and a CI regression gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from streamscore import console
+from streamscore.bench import BenchOptions, dumps_report, regression_error, run_bench
+from streamscore.bench.options import (
+    Arrivals,
+    parse_float_list,
+    parse_percent,
+    parse_shapes,
+)
+from streamscore.cli import options as opt
+from streamscore.cli.common import parse_int_list, split_list, translate_errors
+from streamscore.errors import UsageError
+from streamscore.reporting import Reporter, SilentReporter
+
+EXAMPLE = (
+    "Example: streamscore bench sample_data/models/fraud --batch-sizes 1,64,4096 --threads 1,2 "
+    "--json bench.json --plot bench.html ; in CI: streamscore bench MODEL --baseline "
+    "bench.json --max-regression 10% (exit 8 when slower)"
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench", epilog=EXAMPLE)(bench)
+
+
+def _threads(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in split_list(text) or [])
+    except ValueError:
+        raise UsageError(f"--threads takes comma-separated integers, got {text!r}") from None
+    if not values or any(v < 0 for v in values):
+        raise UsageError(f"--threads takes 0 (ONNX Runtime decides) or more, got {text!r}")
+    return values
+
+
+@translate_errors
+def bench(
+    model: Annotated[str, typer.Argument(help="An .onnx file, REPO/NAME or REPO/NAME/VERSION.")],
+    batch_sizes: Annotated[str, typer.Option(help="Rows per call to sweep, e.g. 1,8,64,512.")] = (
+        "1,64,4096"
+    ),
+    threads: Annotated[
+        str, typer.Option(help="Intra-op thread counts to sweep; 0 = ONNX Runtime decides.")
+    ] = "0",
+    providers: Annotated[
+        str,
+        typer.Option(
+            help="Providers to sweep: cpu,cuda,tensorrt. One that does not really load is "
+            "reported as unavailable."
+        ),
+    ] = "cpu",
+    concurrency: Annotated[
+        str, typer.Option(help="Parallel callers on one session to sweep, e.g. 1,2,4.")
+    ] = "1",
+    rate: Annotated[
+        str | None,
+        typer.Option(
+            help="Open loop: requests per second (comma list to sweep). Latency counts from "
+            "each request's intended start, so queueing shows."
+        ),
+    ] = None,
+    arrivals: Annotated[
+        Arrivals, typer.Option(help="Open-loop spacing: constant or poisson.")
+    ] = Arrivals.constant,
+    shape: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Size of dynamic dimensions: INPUT=DIMS after the batch dimension (e.g. "
+            "image=3x224x224) or DIMNAME=N (e.g. seq=128). Repeatable."
+        ),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Real rows from a Parquet file or directory instead of generated ones."),
+    ] = None,
+    features: opt.Features = None,
+    warmup: Annotated[float, typer.Option(help="Warm-up seconds per configuration.")] = 0.5,
+    window: Annotated[float, typer.Option(help="Measurement window, seconds.")] = 1.0,
+    max_duration: Annotated[
+        float,
+        typer.Option(
+            help="Most seconds of measurement per configuration; windows repeat until the "
+            "last 3 agree within 10% or this runs out."
+        ),
+    ] = 10.0,
+    json_out: Annotated[
+        str | None,
+        typer.Option("--json", help="Write the report as JSON to this file ('-': stdout)."),
+    ] = None,
+    baseline: Annotated[
+        Path | None,
+        typer.Option(help="A previous --json report: exit 8 when slower than it allows."),
+    ] = None,
+    max_regression: Annotated[
+        str, typer.Option(help="Allowed slowdown of rows/s and p99 against --baseline.")
+    ] = "10%",
+    plot: Annotated[
+        Path | None,
+        typer.Option(help="Write charts: FILE.html (self-contained) or FILE.png."),
+    ] = None,
+    require_provider: Annotated[
+        bool,
+        typer.Option(help="Fail (exit 5) when a provider in --providers does not really load."),
+    ] = False,
+    pipeline: Annotated[
+        str | None,
+        typer.Option(
+            help="'batch': run streamscore batch on --data and compare its rows/s with bare "
+            "session.run on the same rows."
+        ),
+    ] = None,
+    log_format: opt.LogFormat = "auto",
+) -> None:
+    """Measure MODEL's latency and throughput across batch sizes, threads and providers.
+
+    Each configuration warms up, then is measured in windows until stable.
+
+    Exit codes: 0 ok, 2 bad options, 4 unreadable data or baseline file,
+    5 model error or a --require-provider provider that does not really load,
+    8 slower than --baseline allows.
+    """
+    if log_format not in ("auto", "json", "text"):
+        raise UsageError(f"--log-format must be auto, json or text, not {log_format!r}")
+    to_stdout = json_out == "-"
+    options = BenchOptions(
+        model=model,
+        batch_sizes=tuple(parse_int_list(batch_sizes, "--batch-sizes")),
+        threads=_threads(threads),
+        providers=tuple(split_list(providers) or ()),
+        concurrency=tuple(parse_int_list(concurrency, "--concurrency")),
+        rates=parse_float_list(rate, "--rate") if rate is not None else (),
+        arrivals=arrivals,
+        shapes=parse_shapes(shape or []),
+        data=data,
+        features=tuple(split_list(features) or ()) or None,
+        warmup_s=warmup,
+        window_s=window,
+        max_duration_s=max_duration,
+        require_provider=require_provider,
+        pipeline=pipeline,
+        json_path=None if json_out is None or to_stdout else Path(json_out),
+        plot_path=plot,
+        baseline=baseline,
+        max_regression=parse_percent(max_regression),
+    )
+    reporter: Reporter = SilentReporter() if to_stdout else console.make_reporter(log_format)
+    report = run_bench(options, reporter)
+    if to_stdout:
+        console.print_text(dumps_report(report))
+    else:
+        shown = report.to_dict()
+        table = console.format_bench_pipeline if report.pipeline else console.format_bench_results
+        console.print_wide(table(shown))
+        if report.comparison is not None:
+            console.print_wide(console.format_bench_comparison(shown["comparison"]))
+        for note in console.format_bench_notes(shown):
+            console.print_text(note)
+        for written in (options.json_path, options.plot_path):
+            if written is not None:
+                console.print_text(f"wrote {written}")
+    error = regression_error(report.comparison) if report.comparison else None
+    if error is not None:
+        raise error
