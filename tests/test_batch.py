@@ -288,9 +288,9 @@ def test_bad_rows_are_quarantined_with_their_columns_and_a_reason(
     scored = read_output(tmp_path / "out" / "date=01" / "p.parquet")
     assert scored.num_rows == 197 and 3 not in scored.column("id").to_pylist()
     assert (summary.rows_in, summary.rows_scored, summary.rows_rejected) == (250, 247, 3)
-    assert summary.rejected_reasons == {
+    assert summary.rejected_reasons == {  # counted by kind: the bad value is masked
         "null in column 'f2' (model input 'input')": 2,
-        "cannot cast 'abc' in column 'f1' (model input 'input') to float": 1,
+        "cannot cast … in column 'f1' (model input 'input') to float": 1,
     }
     assert [e["rows_rejected"] for e in events] == [3, 0]
     assert not (tmp_path / "out" / REJECTED_DIR / "date=02").exists()
@@ -348,22 +348,24 @@ def test_rescoring_with_on_error_skip_removes_earlier_rejects(
     assert not (tmp_path / "out" / REJECTED_DIR / "date=01" / "p.parquet").exists()
 
 
-def test_a_file_with_every_row_rejected_still_gets_an_output(
+def test_a_file_with_every_row_rejected_fails_keeps_its_rejects_and_is_retried(
     tmp_path: Path, dense_model: TrainedModel
 ) -> None:
+    # Every row rejected is a schema problem far more often than bad luck: say so.
     source = with_bad_rows(dense_table(3), "f0", {0: None, 1: None, 2: None})
     write_parquet(tmp_path / "in" / "p.parquet", source)
+    write_parquet(tmp_path / "in" / "q.parquet", dense_table(4))
 
     summary, _ = score(tmp_path / "in", tmp_path / "out", dense_model.path)
 
-    assert (summary.files_ok, summary.rows_rejected) == (1, 3)
-    scored = read_output(tmp_path / "out" / "p.parquet")
-    assert scored.num_rows == 0
-    assert scored.schema == pa.schema(
-        [("id", pa.int64()), ("note", pa.string()), ("label", pa.int64()),
-         ("probabilities_0", pa.float32()), ("probabilities_1", pa.float32())]
-    )  # fmt: skip
+    assert (summary.files_ok, summary.files_failed, summary.rows_rejected) == (1, 1, 3)
+    assert summary.partial
+    assert "all 3 rows were rejected" in summary.failures[0]
+    assert not (tmp_path / "out" / "p.parquet").exists()
     assert pq.read_table(tmp_path / "out" / REJECTED_DIR / "p.parquet").num_rows == 3
+
+    again, _ = score(tmp_path / "in", tmp_path / "out", dense_model.path)
+    assert (again.files_skipped, again.files_failed) == (1, 1)
 
 
 def test_an_empty_input_file_gives_an_empty_output_with_the_same_columns(
@@ -465,3 +467,86 @@ def test_a_passthrough_column_named_like_a_score_column_is_refused(
     assert read_output(tmp_path / "out" / "p.parquet").column_names == [
         "id", "label", "probabilities_0", "probabilities_1"
     ]  # fmt: skip
+
+
+def test_an_output_directory_containing_the_input_is_refused(
+    tmp_path: Path, dense_model: TrainedModel
+) -> None:
+    source = write_parquet(tmp_path / "data" / "x.parquet", dense_table(5))
+    before = source.read_bytes()
+
+    with pytest.raises(UsageError, match="contains the input"):
+        score(source, tmp_path / "data", dense_model.path)
+    with pytest.raises(UsageError, match="contains the input"):
+        score(tmp_path / "data", tmp_path, dense_model.path)
+
+    assert source.read_bytes() == before
+
+
+def test_an_output_path_that_is_a_file_is_a_usage_error(
+    tmp_path: Path, dense_model: TrainedModel
+) -> None:
+    write_parquet(tmp_path / "in" / "x.parquet", dense_table(5))
+    (tmp_path / "out").write_text("not a directory")
+
+    with pytest.raises(UsageError, match="not a directory"):
+        score(tmp_path / "in", tmp_path / "out", dense_model.path)
+
+
+def test_an_input_that_turned_corrupt_loses_its_stale_output(
+    tmp_path: Path, dense_model: TrainedModel
+) -> None:
+    write_parquet(tmp_path / "in" / "a.parquet", dense_table(5))
+    source = write_parquet(tmp_path / "in" / "b.parquet", dense_table(5))
+    score(tmp_path / "in", tmp_path / "out", dense_model.path)
+    assert (tmp_path / "out" / "b.parquet").exists()
+
+    source.write_bytes(b"PAR1 truncated garbage")
+    summary, _ = score(tmp_path / "in", tmp_path / "out", dense_model.path)
+
+    assert (summary.files_skipped, summary.files_failed) == (1, 1)
+    assert not (tmp_path / "out" / "b.parquet").exists()
+
+
+def test_outputs_whose_input_is_gone_are_reported_and_pruned_on_request(
+    tmp_path: Path, dense_model: TrainedModel
+) -> None:
+    write_parquet(tmp_path / "in" / "a.parquet", dense_table(5))
+    gone = write_parquet(tmp_path / "in" / "d=1" / "b.parquet", dense_table(5))
+    score(tmp_path / "in", tmp_path / "out", dense_model.path)
+    gone.unlink()
+
+    kept, events = score(tmp_path / "in", tmp_path / "out", dense_model.path)
+    assert kept.orphans == ["d=1/b.parquet"]
+    assert any(e["event"] == "warning" and "--prune" in e["message"] for e in events)
+    assert (tmp_path / "out" / "d=1" / "b.parquet").exists()
+
+    pruned, _ = score(tmp_path / "in", tmp_path / "out", dense_model.path, prune=True)
+    assert pruned.orphans == ["d=1/b.parquet"]
+    assert not (tmp_path / "out" / "d=1" / "b.parquet").exists()
+    assert (tmp_path / "out" / "a.parquet").exists()
+
+
+def test_reasons_are_counted_exactly_by_kind_with_values_masked(
+    tmp_path: Path, dense_model: TrainedModel
+) -> None:
+    table = dense_table(300).cast(dense_table(300).schema.set(1, pa.field("f0", pa.string())))
+    table = table.set_column(
+        1, "f0", pa.array([f"x{i}" if i % 2 else "1.5" for i in range(300)], pa.string())
+    )
+    write_parquet(tmp_path / "in" / "p.parquet", table)
+
+    summary, _ = score(tmp_path / "in", tmp_path / "out", dense_model.path, batch_size=64)
+
+    assert summary.rows_rejected == 150
+    assert summary.rejected_reasons == {
+        "cannot cast … in column 'f0' (model input 'input') to float": 150
+    }
+
+
+def test_duplicate_keep_names_are_kept_once(tmp_path: Path, dense_model: TrainedModel) -> None:
+    write_parquet(tmp_path / "in" / "p.parquet", dense_table(5))
+
+    score(tmp_path / "in", tmp_path / "out", dense_model.path, keep="id,id,note")
+
+    assert read_output(tmp_path / "out" / "p.parquet").column_names[:2] == ["id", "note"]

@@ -436,3 +436,20 @@ def test_int64_input_takes_exact_integers_only(
             assert reason.startswith("null in")
         else:
             assert reason.startswith(f"cannot cast {strings[row]!r}")
+
+
+def test_features_for_a_model_with_several_inputs_is_an_error(
+    column_model: TrainedModel,
+) -> None:
+    with pytest.raises(MappingError, match="one 2-D input"):
+        plan_for(column_model, column_batch(), features=["amount"])
+
+
+def test_an_all_null_column_feeding_a_string_input_rejects_its_rows(
+    column_model: TrainedModel,
+) -> None:
+    batch = column_batch(category=pa.nulls(3))
+    feeds = build_feeds(plan_for(column_model, batch), batch)
+
+    assert feeds.rejected.tolist() == [0, 1, 2]
+    assert all("null in column 'category'" in reason for reason in feeds.reasons)

@@ -135,6 +135,7 @@ def test_outputs_naming_an_unknown_output_or_column_is_a_usage_error(
 
     with pytest.raises(UsageError, match="--outputs"):
         score(tmp_path / "in.parquet", tmp_path / "out", dense_model.path, outputs=selection)
+    assert not list((tmp_path / "out").rglob("*.parquet"))  # caught before scoring anything
 
 
 def nan_table() -> pa.Table:

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from streamscore import __version__
 from streamscore.config import BatchOptions, OnError
-from streamscore.errors import InputError, LockedError, UsageError
+from streamscore.errors import InputError, LockedError, ModelError, UsageError
 from streamscore.model import resolve_model
 from streamscore.model.session import LoadedModel, load_model
 from streamscore.pipeline import SourceBatch, run_pipeline
@@ -90,6 +90,7 @@ class BatchSummary:
     rows_per_second: float = 0.0
     rejected_reasons: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)
     streamscore_version: str = __version__
 
     @property
@@ -291,11 +292,20 @@ class BatchRun:
 
         try:
             stats = run_pipeline(source, planned.scorer, sink, on_batch=on_batch)
-        except InputError as exc:
+        except (InputError, ModelError) as exc:
             if self.options.on_error is OnError.fail:
                 raise
+            _discard_outputs(planned.output, planned.rejected)
             result.status, result.error = "failed", exc.one_line()
             return result
+        self.reporter.advance("files", 1)
+        if stats.rows_in and not stats.rows_scored:
+            # Most likely a schema problem (e.g. text where numbers belong), not bad rows:
+            # fail the file, keep its rejects for inspection, and retry it on the next run.
+            _discard_outputs(planned.output, None)
+            first = next(iter(stats.reasons), "")
+            result.status = "failed"
+            result.error = f"all {stats.rows_in} rows were rejected (e.g. {first})"
         for reason, count in stats.reasons.items():
             reasons = self.summary.rejected_reasons
             reasons[reason] = reasons.get(reason, 0) + count
@@ -306,6 +316,7 @@ class BatchRun:
 
     def execute(self) -> BatchSummary:
         started = time.perf_counter()
+        _check_paths(self.options.input, self.options.output)
         inputs = discover_parquet(self.options.input, exclude=self.options.output)
         if not inputs:
             raise InputError(f"no .parquet files under {self.options.input}")
@@ -316,21 +327,83 @@ class BatchRun:
             if not todo and all(p.status == "failed" for p in plans if isinstance(p, FileResult)):
                 failures = [p for p in plans if isinstance(p, FileResult)]
                 raise InputError(failures[0].error or "no input could be read")
+            self.reporter.add_task("files", "files", len(todo))
             self.reporter.add_task("rows", "rows", sum(p.rows for p in todo))
             for plan in plans:
                 if isinstance(plan, FileResult):
+                    if plan.status == "failed":  # its earlier output no longer matches it
+                        output = Path(plan.output)
+                        relative = output.relative_to(self.options.output)
+                        _discard_outputs(output, self.options.output / REJECTED_DIR / relative)
                     self._record(plan)
             for planned in todo:
                 self._record(self.score_file(planned))
+            if self.options.input.is_dir():
+                self._handle_orphans({item.relative for item in inputs})
             self.summary.seconds = round(time.perf_counter() - started, 3)
             if self.summary.seconds > 0:
                 self.summary.rows_per_second = round(self.summary.rows_in / self.summary.seconds, 1)
             _write_json_atomically(self.options.output / SUMMARY_NAME, self.summary.as_dict())
         return self.summary
 
+    def _handle_orphans(self, current: set[Path]) -> None:
+        """Outputs whose input is gone: listed in the summary, deleted with ``prune``."""
+        orphans = find_orphans(self.options.output, current)
+        for relative in orphans:
+            if self.options.prune:
+                rejected = self.options.output / REJECTED_DIR / relative
+                _discard_outputs(self.options.output / relative, rejected)
+            self.summary.orphans.append(str(relative))
+        if orphans:
+            action = "deleted" if self.options.prune else "kept (use --prune to delete them)"
+            self.reporter.event(
+                {
+                    "event": "warning",
+                    "message": f"{len(orphans)} output file(s) have no input any more: {action}",
+                }
+            )
+
     def _record(self, result: FileResult) -> None:
         self.summary.add(result)
         self.reporter.event(result.event())
+
+
+def _check_paths(source: Path, output: Path) -> None:
+    """Refuse OUT layouts that would overwrite inputs or are not directories."""
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"--out {output} exists and is not a directory")
+    if source.exists() and _is_within(source.resolve(), output.resolve()):
+        raise UsageError(
+            f"--out {output} contains the input {source}; outputs would overwrite inputs",
+            hint="choose an output directory outside the input (inside it is fine)",
+        )
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create --out {output}: {exc.strerror}") from exc
+
+
+def _is_within(path: Path, parent: Path) -> bool:
+    return path == parent or parent in path.parents
+
+
+def _discard_outputs(output: Path, rejected: Path | None) -> None:
+    for path in (output, rejected):
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def find_orphans(output: Path, current: set[Path]) -> list[Path]:
+    """Outputs written by streamscore whose input (relative path) is not in ``current``."""
+    orphans: list[Path] = []
+    for path in sorted(output.rglob("*.parquet")):
+        relative = path.relative_to(output)
+        if relative.parts[0] == REJECTED_DIR or any(p.startswith(".") for p in relative.parts):
+            continue
+        if relative not in current and META_PREFIX + "source_file" in _output_metadata(path):
+            orphans.append(relative)
+    return orphans
 
 
 def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:

@@ -34,7 +34,8 @@ class KeepColumns:
             return cls()
         if text.strip() in ("all", "none"):
             return cls(text.strip())
-        return cls("list", tuple(n.strip() for n in text.split(",") if n.strip()))
+        names = (n.strip() for n in text.split(",") if n.strip())
+        return cls("list", tuple(dict.fromkeys(names)))
 
     def resolve(self, columns: list[str], model_inputs: tuple[str, ...]) -> list[str]:
         """The kept column names for a source with ``columns``, in source order."""
@@ -85,4 +86,5 @@ class BatchOptions:
     scoring: ScoringOptions
     on_error: OnError = OnError.quarantine
     force: bool = False
+    prune: bool = False  # delete outputs whose input file is gone
     row_group_rows: int = 65536

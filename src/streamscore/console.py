@@ -25,6 +25,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from streamscore.reporting import Reporter
 
@@ -39,7 +40,8 @@ def stdout_is_tty() -> bool:
 def print_error(line: str) -> None:
     """One line on stderr, prefixed so it stands out in cron mail and CI logs."""
     if sys.stderr.isatty():
-        _stderr.print(f"[bold red]error:[/] {line}", markup=True, soft_wrap=True)
+        # The message may quote paths or data: never read it as rich markup.
+        _stderr.print(Text("error: ", style="bold red") + Text(line), soft_wrap=True)
     else:
         print(f"error: {line}", file=sys.stderr, flush=True)
 
@@ -244,7 +246,9 @@ def format_summary(summary: Mapping[str, Any], title: str) -> Table:
     for key, value in summary.items():
         if key == "event":
             continue
-        if isinstance(value, float):
+        if isinstance(value, bool):  # before int: True is an int to Python
+            shown = "yes" if value else "no"
+        elif isinstance(value, float):
             shown = f"{value:,.2f}"
         elif isinstance(value, int):
             shown = f"{value:,}"
@@ -252,7 +256,7 @@ def format_summary(summary: Mapping[str, Any], title: str) -> Table:
             shown = ", ".join(f"{k}={v}" for k, v in value.items())
         else:
             shown = str(value)
-        table.add_row(key.replace("_", " "), shown)
+        table.add_row(key.replace("_", " "), Text(shown))
     return table
 
 
@@ -265,11 +269,11 @@ def print_summary(summary: Mapping[str, Any], *, title: str, log_format: str) ->
 
 
 def format_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
-    table = Table(title=title, title_justify="left")
+    table = Table(title=Text(title), title_justify="left")
     for header in headers:
         table.add_column(header)
     for row in rows:
-        table.add_row(*[str(cell) for cell in row])
+        table.add_row(*[Text(str(cell)) for cell in row])
     return table
 
 

@@ -15,6 +15,7 @@ a reason, and the rest are fed.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,14 @@ from streamscore.errors import MappingError
 from streamscore.model.signature import ModelSignature, TensorSpec
 
 FEATURE_NAMES_KEY = "feature_names"
+# Reasons quote the offending value ("cannot cast 'abc' in column …", "value 1.5 in column
+# …"); summaries count reasons by kind, with the value masked.
+_REASON_VALUE = re.compile(r"^(cannot cast |value )(.+?)( in column )")
+
+
+def reason_kind(reason: str) -> str:
+    """A rejection reason without the offending value, for counting reasons by kind."""
+    return _REASON_VALUE.sub(r"\1…\3", reason, count=1)
 
 
 @dataclass(frozen=True)
@@ -127,6 +136,11 @@ def _choose_feeds(
 ) -> tuple[InputFeed, ...]:
     inputs = signature.inputs
     single = inputs[0] if len(inputs) == 1 else None
+    if features and single is None:
+        raise MappingError(
+            f"--features needs a model with one 2-D input; this model has {len(inputs)} inputs",
+            hint="its inputs are fed from the columns of the same names; drop --features",
+        )
     matrix_input = single is not None and (
         bool(features)
         or (len(single.shape) == 2 and single.width != 1)
@@ -208,7 +222,7 @@ def _describe(column: str, spec: TensorSpec) -> str:
 
 
 def _to_strings(array: pa.Array, column: str, spec: TensorSpec, rej: _Rejections) -> np.ndarray:
-    if pa.types.is_dictionary(array.type):
+    if pa.types.is_dictionary(array.type) or pa.types.is_null(array.type):
         array = array.cast(pa.string())
     if array.null_count:
         rej.add(

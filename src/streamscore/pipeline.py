@@ -17,6 +17,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import pyarrow as pa
 
+from streamscore.mapping import reason_kind
 from streamscore.scoring import ScoredBatch
 
 T = TypeVar("T")
@@ -83,11 +84,13 @@ class PipelineStats:
         self.rows_scored += len(scored.accepted)
         self.rows_rejected += len(scored.rejected)
         self.rows_in += len(scored.accepted) + len(scored.rejected)
-        for reason in scored.reasons[:100]:  # enough to show the kinds; counts stay exact
-            self.reasons[reason] = self.reasons.get(reason, 0) + 1
+        for reason in scored.reasons:
+            kind = reason_kind(reason)
+            self.reasons[kind] = self.reasons.get(kind, 0) + 1
 
 
 _DONE = object()
+READER_EXIT_TIMEOUT_S = 30.0  # a source blocked longer than this is left behind
 
 
 class _Failure:
@@ -182,6 +185,9 @@ def run_pipeline(
     finally:
         reader.stop.set()
         _drain(reader.queue)
+        # A source may use a client its owner closes once we return (a Kafka consumer must
+        # not be closed while a thread is inside it): wait until the reader has left it.
+        threads[0].join(timeout=READER_EXIT_TIMEOUT_S)
     writer.put(_DONE)
     threads[1].join()
     if errors:

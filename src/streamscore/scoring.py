@@ -34,7 +34,12 @@ class ScoredBatch:
 
     def with_passthrough(self, batch: pa.RecordBatch, keep: Sequence[str]) -> pa.RecordBatch:
         """The kept input columns of the scored rows, followed by the score columns."""
-        kept = batch.select(list(keep)).take(pa.array(self.accepted)) if keep else None
+        if not keep:
+            kept = None
+        elif len(self.accepted) == batch.num_rows:  # the usual case: nothing to filter
+            kept = batch.select(list(keep))
+        else:
+            kept = batch.select(list(keep)).take(pa.array(self.accepted))
         arrays = (kept.columns if kept is not None else []) + self.scores.columns
         names = (list(keep) if kept is not None else []) + self.scores.schema.names
         return pa.RecordBatch.from_arrays(arrays, names=names)
@@ -81,6 +86,13 @@ class Scorer:
         self.plan = plan
         self.reject_nan = reject_nan
         self.outputs = OutputSelection.parse(model.signature.output_names(), outputs)
+        known = self.score_schema()
+        unknown = self.outputs.columns - set(known.names) if known is not None else set()
+        if unknown:
+            raise UsageError(
+                f"--outputs names unknown column(s): {', '.join(sorted(unknown))}",
+                hint=f"columns: {', '.join(known.names) if known is not None else ''}",
+            )
 
     @classmethod
     def for_schema(

@@ -20,6 +20,7 @@ def batch_options(
     *,
     on_error: OnError = OnError.quarantine,
     force: bool = False,
+    prune: bool = False,
     keep: str | None = None,
     **scoring: Any,
 ) -> BatchOptions:
@@ -32,6 +33,7 @@ def batch_options(
         ),
         on_error=on_error,
         force=force,
+        prune=prune,
     )
 
 

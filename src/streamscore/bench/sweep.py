@@ -302,6 +302,12 @@ def run_bench(options: BenchOptions, reporter: Reporter | None = None) -> BenchR
     can (an unreadable baseline, or one that shares no configuration with this run).
     """
     reporter = reporter or SilentReporter()
+    for path, option in ((options.json_path, "--json"), (options.plot_path, "--plot")):
+        if path is not None and str(path) != "-" and not path.parent.is_dir():
+            raise UsageError(
+                f"{option} {path}: folder {path.parent} does not exist",
+                hint="create it first; the check runs before measuring",
+            )
     try:
         baseline = None
         if options.baseline is not None:

@@ -45,6 +45,9 @@ def batch(
     ] = OnError.quarantine,
     reject_nan: opt.RejectNan = False,
     force: Annotated[bool, typer.Option(help="Rescore files whose output is current.")] = False,
+    prune: Annotated[
+        bool, typer.Option(help="Delete outputs whose input file no longer exists.")
+    ] = False,
     log_format: opt.LogFormat = "auto",
 ) -> None:
     """Score every Parquet file under INPUT with MODEL into OUT, one output file per input.
@@ -68,6 +71,7 @@ def batch(
         ),
         on_error=on_error,
         force=force,
+        prune=prune,
     )
     summary = run_batch(options, console.make_reporter(log_format))
     console.print_summary(summary.as_dict(), title="streamscore batch", log_format=log_format)

@@ -89,4 +89,9 @@ def list_models(repo: str | Path) -> list[ModelRef]:
         for version in numeric_versions(name_dir):
             path = name_dir / str(version) / MODEL_FILENAME
             refs.append(_ref_for_file(path, name_dir.name, str(version)))
+    if not refs:
+        raise ModelError(
+            f"no models in {root}",
+            hint="expected REPO/NAME/VERSION/model.onnx with numeric VERSION",
+        )
     return refs

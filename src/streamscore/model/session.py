@@ -67,7 +67,9 @@ def _captured_native_stderr() -> Iterator[list[str]]:
 
 def _provider_chain(provider: str) -> list[str]:
     if provider not in PROVIDER_CHOICES:
-        raise UsageError(f"unknown provider {provider!r}", hint=f"use one of {PROVIDER_CHOICES}")
+        raise UsageError(
+            f"unknown provider {provider!r}", hint=f"use one of {', '.join(PROVIDER_CHOICES)}"
+        )
     listed = set(ort.get_available_providers())
     if provider == "auto":
         chain = ["cuda", "cpu"] if PROVIDERS["cuda"] in listed else ["cpu"]
