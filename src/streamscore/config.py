@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from streamscore.errors import UsageError
+
+if TYPE_CHECKING:
+    from streamscore.kafka.settings import KafkaSettings
+    from streamscore.routing import CanarySpec
 
 
 class OnError(str, Enum):
@@ -88,3 +94,116 @@ class BatchOptions:
     force: bool = False
     prune: bool = False  # delete outputs whose input file is gone
     row_group_rows: int = 65536
+
+
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
+def check_topic_name(name: str, option: str) -> None:
+    """Raise UsageError unless ``name`` is a legal Kafka topic name."""
+    if not _TOPIC_NAME.fullmatch(name) or name in (".", ".."):
+        raise UsageError(
+            f"{option} {name!r} is not a valid Kafka topic name",
+            hint="use up to 249 letters, digits, '.', '_' or '-'",
+        )
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    """``streamscore replay``: rescore ``input_topic`` up to its end offsets at the start.
+
+    ``group`` (default ``streamscore-replay.IN.OUT``) names the consumer group that holds the
+    replay's progress; the transactional id is the same string, so a restarted replay fences
+    a previous instance that is still running.
+    """
+
+    kafka: KafkaSettings
+    input_topic: str
+    output_topic: str
+    scoring: ScoringOptions
+    dlq_topic: str | None = None  # default: OUT.dlq
+    group: str | None = None
+    from_timestamp_ms: int | None = None
+    exactly_once: bool = True
+    max_record_bytes: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        check_topic_name(self.input_topic, "--input-topic")
+        check_topic_name(self.output_topic, "--output-topic")
+        check_topic_name(self.dead_letter_topic, "--dlq-topic")
+        if self.output_topic == self.input_topic:
+            raise UsageError("--output-topic must differ from --input-topic")
+        if self.dead_letter_topic in (self.input_topic, self.output_topic):
+            raise UsageError("--dlq-topic must differ from the input and output topics")
+        if self.group is not None and not self.group.strip():
+            raise UsageError("--group must not be empty")
+        if self.max_record_bytes <= 0:
+            raise UsageError(f"--max-record-bytes must be positive, got {self.max_record_bytes}")
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return self.dlq_topic or f"{self.output_topic}.dlq"
+
+    @property
+    def group_id(self) -> str:
+        return self.group or f"streamscore-replay.{self.input_topic}.{self.output_topic}"
+
+
+@dataclass(frozen=True)
+class TailOptions:
+    """``streamscore tail``: score ``input_topic`` live in consumer group ``group``.
+
+    A batch closes at ``max_batch`` records or ``max_wait_ms`` after its first record.
+    ``start_from`` (earliest or latest) is where a group without committed offsets begins.
+    """
+
+    kafka: KafkaSettings
+    input_topic: str
+    output_topic: str
+    group: str
+    scoring: ScoringOptions
+    dlq_topic: str | None = None  # default: OUT.dlq
+    exactly_once: bool = False
+    max_batch: int = 1000
+    max_wait_ms: int = 10
+    start_from: str = "latest"
+    reload_interval_s: float = 30.0
+    canary: CanarySpec | None = None
+    shadow: str | None = None
+    shadow_topic: str | None = None  # default: OUT.shadow
+    metrics_port: int | None = None
+    status_interval_s: float = 10.0
+    shutdown_timeout_s: float = 30.0
+    max_record_bytes: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        topics = {"--input-topic": self.input_topic, "--output-topic": self.output_topic}
+        topics["--dlq-topic"] = self.dead_letter_topic
+        if self.shadow is not None:
+            topics["--shadow-topic"] = self.shadow_output_topic
+        for option, name in topics.items():
+            check_topic_name(name, option)
+        if len(set(topics.values())) != len(topics):
+            raise UsageError(f"{', '.join(topics)} must name different topics")
+        if not self.group.strip():
+            raise UsageError("--group must not be empty")
+        if self.max_batch <= 0 or self.max_wait_ms < 0:
+            raise UsageError("--max-batch must be positive and --max-wait at least 0")
+        if self.start_from not in ("earliest", "latest"):
+            raise UsageError(f"--start-from must be earliest or latest, not {self.start_from!r}")
+        if self.reload_interval_s <= 0 or self.status_interval_s <= 0:
+            raise UsageError("--reload-interval and --status-interval must be positive")
+        if self.metrics_port is not None and not 0 <= self.metrics_port < 65536:
+            raise UsageError(f"--metrics-port must be 0..65535, got {self.metrics_port}")
+        if self.shadow_topic is not None and self.shadow is None:
+            raise UsageError("--shadow-topic needs --shadow VERSION")
+        if self.shutdown_timeout_s <= 0 or self.max_record_bytes <= 0:
+            raise UsageError("--shutdown-timeout and --max-record-bytes must be positive")
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return self.dlq_topic or f"{self.output_topic}.dlq"
+
+    @property
+    def shadow_output_topic(self) -> str:
+        return self.shadow_topic or f"{self.output_topic}.shadow"

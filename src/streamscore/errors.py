@@ -7,7 +7,8 @@
     │   └── MappingError              exit 4   a model input cannot be fed from the data
     ├── ModelError                    exit 5   model missing, unreadable or unsupported
     ├── KafkaError                    exit 6   broker unreachable, topic missing or incompatible
-    │   └── KafkaAuthError            exit 6   authentication or authorization refused
+    │   ├── KafkaAuthError            exit 6   authentication or authorization refused
+    │   └── TransactionAborted        exit 6   a transaction was rolled back; rerun resumes
     ├── LockedError                   exit 7   another run holds the output's lock
     └── RegressionDetected            exit 8   bench: slower than the baseline allows
 
@@ -71,9 +72,17 @@ class KafkaError(StreamscoreError):
 
     exit_code = 6
 
+    def __init__(self, message: str, *, hint: str | None = None, code: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.code = code  # librdkafka's error name, e.g. "_TRANSPORT", when one caused this
+
 
 class KafkaAuthError(KafkaError):
     """The Kafka cluster refused our credentials or permissions."""
+
+
+class TransactionAborted(KafkaError):
+    """A Kafka transaction had to be rolled back; nothing of it is visible, a rerun resumes."""
 
 
 class LockedError(StreamscoreError):
@@ -97,6 +106,7 @@ ALL_ERRORS: tuple[type[StreamscoreError], ...] = (
     ModelError,
     KafkaError,
     KafkaAuthError,
+    TransactionAborted,
     LockedError,
     RegressionDetected,
 )

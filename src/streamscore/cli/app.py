@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from streamscore import __version__
-from streamscore.cli import batch, bench, models
+from streamscore.cli import batch, bench, models, replay
 
 app = typer.Typer(
     name="streamscore",
@@ -37,6 +37,7 @@ def root(
 
 app.add_typer(models.app, name="models")
 batch.register(app)
+replay.register(app)
 bench.register(app)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -52,4 +53,33 @@ RejectNan = Annotated[
 LogFormat = Annotated[
     str,
     typer.Option(help="auto (progress bars on a terminal, JSON lines otherwise), json or text."),
+]
+
+# Kafka connection options (replay, tail): turned into KafkaSettings.resolve(...).
+BootstrapServers = Annotated[
+    str | None,
+    typer.Option(
+        "--bootstrap-servers",
+        "-b",
+        help="Kafka brokers HOST:PORT[,HOST:PORT] (default: $STREAMSCORE_BOOTSTRAP_SERVERS).",
+    ),
+]
+KafkaProperties = Annotated[
+    list[str] | None,
+    typer.Option(
+        "-X",
+        help="A librdkafka property KEY=VALUE, repeatable, as kcat takes them (e.g. -X "
+        "security.protocol=SASL_SSL). Secrets are never printed.",
+    ),
+]
+KafkaConfigFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="Java .properties file of client settings (SASL/SSL); -X values win over it.",
+    ),
+]
+ConnectTimeout = Annotated[
+    float,
+    typer.Option(help="Seconds to wait for the Kafka cluster to answer before giving up."),
 ]

@@ -1,0 +1,13 @@
+"""Kafka for streamscore: clients, JSON record codec, offsets, sources and sinks.
+
+    client.py       the only module importing confluent_kafka: settings, clients, errors
+    codec.py        JSON values <-> Arrow batches (micro-batch decode, per-record failures)
+    headers.py      headers stamped on outputs and dead letters
+    dead_letter.py  records that cannot be scored, kept with the reason
+    offsets.py      a replay's end-offset snapshot, kept in committed offset metadata
+    source.py       read partitions between two offsets, stopping by itself
+    sink.py         write scores, dead letters and offsets per batch (exactly/at-least once)
+    loader.py       produce Parquet rows (e.g. the sample data) into a topic as JSON
+
+Importing this package imports nothing heavy; ``streamscore.kafka.client`` loads librdkafka.
+"""

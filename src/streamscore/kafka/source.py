@@ -1,0 +1,126 @@
+"""Read fixed offset ranges of a topic's partitions, decoded in micro-batches.
+
+The source stops by itself: each partition is read from its position up to (not including)
+its end offset, then paused. "Reached the end" is judged by the consumer's *position*, not
+by the last record seen, because transaction markers and aborted records occupy offsets that
+a read_committed consumer never returns: a partition whose last offsets are markers, or that
+holds only aborted records, would otherwise never finish. An empty partition is done at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+
+from streamscore.errors import KafkaError
+from streamscore.kafka.client import Consumer, KafkaRecord
+from streamscore.kafka.codec import JsonDecoder
+from streamscore.kafka.sink import KafkaBatch
+from streamscore.pipeline import Source, SourceBatch
+
+DEFAULT_MAX_WAIT_S = 0.2
+DEFAULT_STALL_TIMEOUT_S = 300.0
+
+
+class PartitionRangeSource(Source):
+    """Batches of up to ``batch_size`` records from ``positions`` up to ``ends``.
+
+    ``metadata(partition)`` is the string committed with each offset (the replay's snapshot).
+    A batch closes when full or ``max_wait_s`` after its first record, so progress is
+    committed regularly even when records trickle in.
+    """
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        topic: str,
+        positions: Mapping[int, int],
+        ends: Mapping[int, int],
+        decoder: JsonDecoder,
+        *,
+        batch_size: int,
+        metadata: Callable[[int], str] = lambda _partition: "",
+        max_wait_s: float = DEFAULT_MAX_WAIT_S,
+        stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
+    ) -> None:
+        self.consumer = consumer
+        self.topic = topic
+        self.position = dict(positions)
+        self.ends = dict(ends)
+        self.decoder = decoder
+        self.batch_size = batch_size
+        self.metadata = metadata
+        self.max_wait_s = max_wait_s
+        self.stall_timeout_s = stall_timeout_s
+        self.remaining = {p for p, end in self.ends.items() if self.position[p] < end}
+
+    def batches(self) -> Iterator[SourceBatch]:
+        if not self.remaining:
+            return
+        self.consumer.assign(self.topic, {p: self.position[p] for p in sorted(self.remaining)})
+        while self.remaining:
+            records, next_offsets = self._collect()
+            advanced: dict[int, int] = {}
+            commit: dict[int, tuple[int, str]] = {}
+            for partition, offset in next_offsets.items():
+                advanced[partition] = offset - self.position[partition]
+                self.position[partition] = offset
+                commit[partition] = (offset, self.metadata(partition))
+            decoded = self.decoder.decode([record.value() for record in records])
+            context = KafkaBatch(self.topic, records, decoded, commit, advanced)
+            yield SourceBatch(decoded.rows, context)
+
+    def _collect(self) -> tuple[list[KafkaRecord], dict[int, int]]:
+        """Records for one batch, and the next offset of every partition that moved."""
+        records: list[KafkaRecord] = []
+        next_offsets: dict[int, int] = {}
+        ends, remaining = self.ends, self.remaining
+        started = last_progress = time.monotonic()
+        while remaining and len(records) < self.batch_size:
+            got, at_end = self.consumer.consume(self.batch_size - len(records), 0.1)
+            moved = len(remaining)
+            for record in got:
+                partition = record.partition()
+                offset = record.offset()
+                if partition not in remaining:
+                    continue  # fetched before its partition was paused
+                if offset >= ends[partition]:  # appended after the snapshot
+                    self._finish(partition, next_offsets)
+                    continue
+                records.append(record)
+                next_offsets[partition] = offset + 1
+                if offset + 1 >= ends[partition]:
+                    self._finish(partition, next_offsets)
+            for partition, offset in at_end.items():
+                if partition in remaining and offset >= ends[partition]:
+                    self._finish(partition, next_offsets)
+            if not got and remaining:
+                positions = self.consumer.positions(self.topic, sorted(remaining))
+                for partition, offset in positions.items():
+                    if offset >= ends[partition]:
+                        self._finish(partition, next_offsets)
+            now = time.monotonic()
+            if got or len(remaining) != moved:
+                last_progress = now
+            elif now - last_progress > self.stall_timeout_s:
+                raise self._stalled()
+            if records and now - started >= self.max_wait_s:
+                break
+        return records, next_offsets
+
+    def _finish(self, partition: int, next_offsets: dict[int, int]) -> None:
+        """Everything below the end offset is read: commit the end, stop fetching."""
+        self.remaining.discard(partition)
+        next_offsets[partition] = self.ends[partition]
+        self.consumer.pause(self.topic, [partition])
+
+    def _stalled(self) -> KafkaError:
+        waiting = ", ".join(str(p) for p in sorted(self.remaining))
+        last = self.consumer.last_error
+        reason = f" (last client error: {last})" if last else ""
+        return KafkaError(
+            f"no progress reading partition(s) {waiting} of topic '{self.topic}' for "
+            f"{self.stall_timeout_s:g}s{reason}",
+            hint="a transaction left open on the input blocks read_committed readers until it "
+            "times out; rerun the same command to resume",
+        )

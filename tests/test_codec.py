@@ -1,0 +1,216 @@
+"""JSON record values <-> Arrow rows: micro-batch decoding, per-record failures, output values.
+
+Pure: no broker. The decoder must give every good record its row, name each bad record's
+problem, and never let one bad record cost its neighbours their scores.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamscore.config import KeepColumns
+from streamscore.kafka.codec import (
+    MISSING_FIELD,
+    NAN,
+    NOT_JSON,
+    NOT_OBJECT,
+    NULL_FIELD,
+    OVERSIZED,
+    TOMBSTONE,
+    WRONG_TYPE,
+    JsonDecoder,
+    encode_values,
+)
+
+FIELDS = {"a": pa.float64(), "b": pa.float64()}
+
+
+def record(a: float = 1.5, b: float = -2.0, **extra: Any) -> bytes:
+    return orjson.dumps({"id": 7, "a": a, "b": b, **extra})
+
+
+def scores(n: int) -> pa.RecordBatch:
+    return pa.record_batch(
+        {
+            "label": pa.array(np.arange(n) % 2, pa.int64()),
+            "p": pa.array(np.linspace(0, 1, n), pa.float32()),
+        }
+    )
+
+
+def test_a_clean_batch_decodes_the_model_fields_in_record_order() -> None:
+    decoded = JsonDecoder(FIELDS).decode([record(1, 2), record(3.25, -4)])
+
+    assert decoded.failures == []
+    assert decoded.index.tolist() == [0, 1]
+    assert decoded.rows.schema.names == ["a", "b"]
+    assert decoded.rows.to_pydict() == {"a": [1.0, 3.25], "b": [2.0, -4.0]}
+
+
+MALFORMED = {
+    "not JSON": (b"{not json", NOT_JSON, "not valid JSON"),
+    "empty": (b"", NOT_JSON, "empty value"),
+    "array": (b"[1, 2]", NOT_OBJECT, "array"),
+    "number": (b"42", NOT_OBJECT, "number"),
+    "missing field": (orjson.dumps({"a": 1}), MISSING_FIELD, "'b' is missing"),
+    "null field": (orjson.dumps({"a": 1, "b": None}), NULL_FIELD, "'b' is null"),
+    "string for a number": (orjson.dumps({"a": "1.5", "b": 2}), WRONG_TYPE, "'a' is a string"),
+    "boolean for a number": (orjson.dumps({"a": True, "b": 2}), WRONG_TYPE, "'a' is a boolean"),
+    "object for a number": (b'{"a": {"x": 1}, "b": 2}', WRONG_TYPE, "'a' is a object"),
+    "NaN literal": (b'{"a": NaN, "b": 2}', NAN, "NaN"),
+    "tombstone": (None, TOMBSTONE, "tombstone"),
+    "oversized": (record(extra="x" * 500), OVERSIZED, "exceeds 300"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED), ids=list(MALFORMED))
+def test_a_malformed_record_is_reported_and_its_neighbours_decode(case: str) -> None:
+    bad, kind, fragment = MALFORMED[case]
+    decoder = JsonDecoder(FIELDS, max_record_bytes=300)
+
+    decoded = decoder.decode([record(1), bad, record(3)])
+
+    assert decoded.index.tolist() == [0, 2]
+    assert decoded.rows.column("a").to_pylist() == [1.0, 3.0]
+    assert [(f.index, f.kind) for f in decoded.failures] == [(1, kind)]
+    assert fragment in decoded.failures[0].message
+
+
+def test_a_batch_of_only_bad_records_decodes_to_no_rows_with_the_model_schema() -> None:
+    decoded = JsonDecoder(FIELDS).decode([b"nope", None])
+
+    assert decoded.rows.num_rows == 0
+    assert decoded.rows.schema.names == ["a", "b"]
+    assert [f.kind for f in decoded.failures] == [NOT_JSON, TOMBSTONE]
+
+
+def test_pretty_printed_json_spanning_lines_decodes() -> None:
+    pretty = json.dumps({"a": 1.0, "b": 2.0, "note": "x"}, indent=2).encode()
+
+    decoded = JsonDecoder(FIELDS, KeepColumns("all")).decode([record(), pretty])
+
+    assert decoded.failures == []
+    assert decoded.rows.column("b").to_pylist() == [-2.0, 2.0]
+    out = encode_values(decoded.passthrough, decoded.index, scores(2))
+    assert orjson.loads(out[1]) == {"a": 1.0, "b": 2.0, "note": "x", "label": 1, "p": 1.0}
+
+
+def test_integer_and_string_inputs_take_json_integers_and_strings() -> None:
+    decoder = JsonDecoder({"n": pa.int64(), "s": pa.string()})
+
+    decoded = decoder.decode(
+        [b'{"n": 3, "s": "x"}', b'{"n": 2.5, "s": "y"}', b'{"n": 1, "s": ["z"]}']
+    )
+
+    assert decoded.rows.to_pydict() == {"n": [3], "s": ["x"]}
+    assert [(f.index, f.kind) for f in decoded.failures] == [(1, WRONG_TYPE), (2, WRONG_TYPE)]
+
+
+@pytest.mark.parametrize(
+    ("keep", "expected"),
+    [
+        (None, {"id": 7, "note": "n", "label": 0, "p": 0.0}),
+        ("none", {"label": 0, "p": 0.0}),
+        ("note,absent", {"note": "n", "absent": None, "label": 0, "p": 0.0}),
+        ("all", {"id": 7, "a": 1.5, "b": -2.0, "note": "n", "label": 0, "p": 0.0}),
+    ],
+)
+def test_keep_chooses_the_passthrough_fields_like_for_parquet_columns(
+    keep: str | None, expected: dict[str, Any]
+) -> None:
+    decoded = JsonDecoder(FIELDS, KeepColumns.parse(keep)).decode([record(note="n")])
+
+    (value,) = encode_values(decoded.passthrough, decoded.index, scores(1))
+
+    assert orjson.loads(value) == expected
+
+
+@pytest.mark.parametrize("keep", [None, "all"])
+def test_a_score_field_replaces_a_passthrough_field_of_the_same_name(keep: str | None) -> None:
+    decoded = JsonDecoder(FIELDS, KeepColumns.parse(keep)).decode([record(label="old")])
+
+    (value,) = encode_values(decoded.passthrough, decoded.index, scores(1))
+
+    assert orjson.loads(value)["label"] == 0
+    assert value.count(b'"label"') == 1
+
+
+def test_passthrough_values_are_copied_verbatim() -> None:
+    odd = {"a": 1, "b": 2, "big": 2**62 + 1, "nested": {"x": [1, "two", None]}, "u": "é\n\u2028"}
+
+    decoded = JsonDecoder(FIELDS).decode([orjson.dumps(odd)])
+    (value,) = encode_values(decoded.passthrough, decoded.index, scores(1))
+
+    assert orjson.loads(value) == {
+        "big": 2**62 + 1,
+        "nested": {"x": [1, "two", None]},
+        "u": "é\n\u2028",
+        "label": 0,
+        "p": 0.0,
+    }
+
+
+def test_only_the_accepted_rows_are_encoded() -> None:
+    decoded = JsonDecoder(FIELDS).decode([record(id=1), record(id=2), record(id=3)])
+
+    values = encode_values(decoded.passthrough, np.array([0, 2]), scores(2))
+
+    assert [orjson.loads(v)["id"] for v in values] == [1, 3]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=1))
+def test_float32_scores_read_back_bit_identical(values: list[float]) -> None:
+    array = pa.array(np.array(values, dtype=np.float32))
+    batch = pa.record_batch({"p": array})
+
+    encoded = encode_values(None, np.arange(len(values)), batch)
+
+    back = np.array([orjson.loads(v)["p"] for v in encoded], dtype=np.float32)
+    assert back.tobytes() == array.to_numpy().tobytes()
+
+
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8),
+)
+good_records = st.fixed_dictionaries(
+    {
+        "a": st.floats(allow_nan=False, allow_infinity=False),
+        "b": st.integers(min_value=-(2**53), max_value=2**53),
+    },
+    optional={"note": json_scalars, "tags": st.lists(json_scalars, max_size=3)},
+)
+bad_values = st.sampled_from(
+    [None, b"", b"{", b"[]", b"null", b'{"a": 1}', b'{"a": "x", "b": 1}', b'{"a": NaN, "b": 1}']
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.one_of(good_records, bad_values), max_size=30))
+def test_every_good_record_decodes_whatever_surrounds_it(items: list[Any]) -> None:
+    values = [orjson.dumps(item) if isinstance(item, dict) else item for item in items]
+    good = [i for i, item in enumerate(items) if isinstance(item, dict)]
+
+    decoded = JsonDecoder(FIELDS, KeepColumns("all")).decode(values)
+
+    assert decoded.index.tolist() == good
+    assert sorted([f.index for f in decoded.failures] + good) == list(range(len(items)))
+    assert decoded.rows.column("a").to_pylist() == [items[i]["a"] for i in good]
+    assert decoded.rows.column("b").to_pylist() == [float(items[i]["b"]) for i in good]
+    out = encode_values(decoded.passthrough, np.arange(len(good)), scores(len(good)))
+    for i, value in zip(good, out, strict=True):
+        assert {k: v for k, v in orjson.loads(value).items() if k not in ("label", "p")} == (
+            items[i]
+        )

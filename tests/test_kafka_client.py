@@ -1,0 +1,308 @@
+"""Kafka settings and clients: -X and --config parsing, secrets kept out of sight, errors
+translated into ours with librdkafka's code, and the clients against the real broker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import confluent_kafka as ck
+import pytest
+
+from streamscore.errors import KafkaAuthError, KafkaError, UsageError
+from streamscore.kafka.client import (
+    BOOTSTRAP_ENV,
+    Admin,
+    Consumer,
+    KafkaSettings,
+    Producer,
+    parse_properties,
+    translate,
+)
+
+SECRET = "hunter2-s3cret"
+
+
+# ---------------------------------------------------------------- settings
+
+
+def test_overrides_and_config_file_become_librdkafka_properties(tmp_path: Path) -> None:
+    config = tmp_path / "client.properties"
+    config.write_text(
+        "# a comment\n"
+        "! another\n"
+        "security.protocol = SASL_SSL\n"
+        "sasl.mechanism: PLAIN\n"
+        "client.id streamscore-\\\n"
+        "    test\n"
+        "ssl.ca.location=/etc/ca\\u0020dir/ca.pem\n"
+    )
+
+    settings = KafkaSettings.resolve("broker:9092", ["client.id=from-x", "linger.ms=5"], config)
+
+    assert settings.as_librdkafka_dict() == {
+        "bootstrap.servers": "broker:9092",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "PLAIN",
+        "client.id": "from-x",
+        "ssl.ca.location": "/etc/ca dir/ca.pem",
+        "linger.ms": "5",
+    }
+
+
+def test_java_jaas_credentials_become_librdkafka_sasl_settings(tmp_path: Path) -> None:
+    config = tmp_path / "client.properties"
+    config.write_text(
+        "sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required "
+        f'username="alice" password="{SECRET}";\n'
+    )
+
+    properties = KafkaSettings.resolve("b:1", [], config).as_librdkafka_dict()
+
+    assert properties["sasl.username"] == "alice"
+    assert properties["sasl.password"] == SECRET
+    assert "sasl.jaas.config" not in properties
+
+
+def test_secrets_never_appear_in_repr_str_or_redacted_text() -> None:
+    settings = KafkaSettings.resolve(
+        "b:1", [f"sasl.password={SECRET}", "ssl.key.password=k3y-pass", "sasl.username=alice"]
+    )
+
+    for text in (repr(settings), str(settings), settings.redact(f"login {SECRET} failed")):
+        assert SECRET not in text
+        assert "k3y-pass" not in text
+    assert "alice" in repr(settings)
+
+
+def test_the_bootstrap_comes_from_the_option_then_x_then_the_file_then_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "c.properties"
+    config.write_text("bootstrap.servers=from-file:1\n")
+    monkeypatch.setenv(BOOTSTRAP_ENV, "from-env:1")
+
+    assert KafkaSettings.resolve("opt:1", ["bootstrap.servers=x:1"]).bootstrap_servers == "opt:1"
+    assert KafkaSettings.resolve(None, ["bootstrap.servers=x:1"], config).bootstrap_servers == (
+        "x:1"
+    )
+    assert KafkaSettings.resolve(None, [], config).bootstrap_servers == "from-file:1"
+    assert KafkaSettings.resolve().bootstrap_servers == "from-env:1"
+    monkeypatch.setenv(BOOTSTRAP_ENV, "changed:1")  # read when called, not when imported
+    assert KafkaSettings.resolve().bootstrap_servers == "changed:1"
+    assert "bootstrap.servers" not in dict(KafkaSettings.resolve(None, [], config).properties)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({}, BOOTSTRAP_ENV),
+        ({"overrides": ["linger.ms"]}, "-X takes key=value"),
+        ({"overrides": ["=5"]}, "-X takes key=value"),
+        ({"config_file": Path("/no/such/file.properties")}, "cannot read Kafka config"),
+    ],
+)
+def test_unusable_settings_are_usage_errors(
+    kwargs: dict[str, object], fragment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(BOOTSTRAP_ENV, raising=False)
+
+    with pytest.raises(UsageError) as caught:
+        KafkaSettings.resolve(**kwargs)  # type: ignore[arg-type]
+
+    assert fragment in caught.value.one_line()
+
+
+def test_properties_parsing_follows_java_rules() -> None:
+    text = "a=1\n  b : two words  \nc\\=d=3\ne\nf=line\\\n\\\n  continued\n#g=no\n"
+
+    assert parse_properties(text) == {
+        "a": "1",
+        "b": "two words",
+        "c=d": "3",
+        "e": "",
+        "f": "linecontinued",
+    }
+
+
+# ---------------------------------------------------------------- error translation
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        (ck.KafkaError._TRANSPORT, KafkaError),
+        (ck.KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError),
+        (ck.KafkaError.SASL_AUTHENTICATION_FAILED, KafkaAuthError),
+        (ck.KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaAuthError),
+        (ck.KafkaError._AUTHENTICATION, KafkaAuthError),
+        (ck.KafkaError._INVALID_ARG, UsageError),
+        (ck.KafkaError.PRODUCER_FENCED, KafkaError),
+    ],
+)
+def test_librdkafka_errors_become_ours_keeping_the_code(
+    code: int, expected: type[Exception]
+) -> None:
+    settings = KafkaSettings("b:1", (("sasl.password", SECRET),))
+    error = ck.KafkaError(code, f"failed with {SECRET}")
+
+    translated = translate(ck.KafkaException(error), settings, "doing it")
+
+    assert type(translated) is expected
+    assert translated.message.startswith("doing it: ")
+    assert error.name() in translated.message
+    assert SECRET not in translated.one_line()
+    if isinstance(translated, KafkaError):
+        assert translated.code == error.name()
+
+
+# ---------------------------------------------------------------- against the broker
+
+
+@pytest.mark.kafka
+def test_an_unreachable_broker_is_reported_within_the_connect_timeout() -> None:
+    settings = KafkaSettings("127.0.0.1:1", connect_timeout_s=1.0)
+
+    with Admin(settings) as admin, pytest.raises(KafkaError) as caught:
+        admin.check_reachable()
+
+    assert "cannot reach Kafka at 127.0.0.1:1 within" in caught.value.message
+    assert caught.value.code is not None
+
+
+SASL_AGAINST_PLAINTEXT = [
+    "security.protocol=SASL_PLAINTEXT",
+    "sasl.mechanism=PLAIN",
+    "sasl.username=alice",
+    f"sasl.password={SECRET}",
+]
+
+
+@pytest.mark.kafka
+def test_a_refused_login_is_an_auth_error_without_the_password(kafka_bootstrap: str) -> None:
+    # The test broker has no SASL listener: the handshake is refused, as bad credentials are.
+    settings = KafkaSettings.resolve(kafka_bootstrap, SASL_AGAINST_PLAINTEXT)
+
+    with Admin(settings) as admin, pytest.raises(KafkaAuthError) as caught:
+        admin.check_reachable()
+
+    assert "refused access" in caught.value.message
+    assert caught.value.code == "_AUTHENTICATION"
+    assert SECRET not in caught.value.one_line()
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("bad", ["no.such.property=1", "security.protocol=CARRIER_PIGEON"])
+def test_a_bad_client_setting_is_a_usage_error_without_its_secret(
+    kafka_bootstrap: str, bad: str
+) -> None:
+    settings = KafkaSettings.resolve(kafka_bootstrap, [bad, f"sasl.password={SECRET}"])
+
+    with Admin(settings) as admin, pytest.raises(UsageError) as caught:
+        admin.check_reachable()
+
+    assert "librdkafka rejected a client setting" in caught.value.message
+    assert SECRET not in caught.value.one_line()
+
+
+@pytest.mark.kafka
+def test_admin_describes_creates_and_reads_offsets(
+    kafka_bootstrap: str, unique_topic: Callable[..., str]
+) -> None:
+    topic = unique_topic(partitions=2)
+    settings = KafkaSettings(kafka_bootstrap)
+    with Producer(settings) as producer:
+        producer.produce(topic, b"v0", None, partition=0, timestamp=1_000)
+        producer.produce(topic, b"v1", None, partition=0, timestamp=2_000)
+        producer.flush()
+
+    with Admin(settings) as admin:
+        assert admin.partition_count(topic) == 2
+        assert admin.partition_count(f"{topic}-missing") is None
+        assert admin.list_offsets(topic, [0, 1], "earliest") == {0: 0, 1: 0}
+        assert admin.list_offsets(topic, [0, 1], "latest") == {0: 2, 1: 0}
+        assert admin.list_offsets(topic, [0, 1], 1_500) == {0: 1, 1: 0}
+        assert admin.list_offsets(topic, [0, 1], 9_000) == {0: 2, 1: 0}
+        admin.create_topic(f"{topic}-new", 3, {"retention.ms": "-1"})
+        admin.create_topic(f"{topic}-new", 3)  # already there: fine
+        assert admin.partition_count(f"{topic}-new") == 3
+        assert admin.topic_config(f"{topic}-new", ["retention.ms"]) == {"retention.ms": "-1"}
+
+
+@pytest.mark.kafka
+def test_committed_offsets_keep_their_metadata(
+    kafka_bootstrap: str, unique_topic: Callable[..., str]
+) -> None:
+    topic = unique_topic(partitions=2)
+    settings = KafkaSettings(kafka_bootstrap)
+
+    with Consumer(settings, f"{topic}-group") as consumer:
+        assert consumer.committed(topic, [0, 1]) == {}
+        consumer.commit(topic, {0: (0, '{"end":5}'), 1: (0, "")})
+        committed = consumer.committed(topic, [0, 1])
+
+    assert committed[0].metadata == '{"end":5}'
+    assert (committed[0].offset, committed[1].offset) == (0, 0)
+
+
+@pytest.mark.kafka
+def test_a_record_too_large_to_produce_is_returned_not_raised(
+    kafka_bootstrap: str, unique_topic: Callable[..., str]
+) -> None:
+    topic = unique_topic()
+    settings = KafkaSettings(kafka_bootstrap)
+
+    with Producer(settings, config={"message.max.bytes": 2000}) as producer:
+        too_large = producer.produce_many(
+            topic, [(b"small", None, 0, 0, None), (b"x" * 5000, None, 0, 0, None)]
+        )
+        producer.flush()
+
+    assert too_large == [1]
+
+
+@pytest.mark.kafka
+def test_a_second_transactional_producer_fences_the_first(
+    kafka_bootstrap: str, unique_topic: Callable[..., str]
+) -> None:
+    topic = unique_topic()
+    settings = KafkaSettings(kafka_bootstrap)
+    with (
+        Producer(settings, transactional_id=f"{topic}-tx") as zombie,
+        Producer(settings, transactional_id=f"{topic}-tx") as successor,
+    ):
+        zombie.init_transactions()
+        zombie.begin_transaction()
+        zombie.produce(topic, b"from the zombie", None, partition=0)
+        successor.init_transactions()
+
+        with pytest.raises(KafkaError):  # fenced (or rolled back): never committed
+            zombie.commit_transaction()
+        successor.begin_transaction()
+        successor.produce(topic, b"from the successor", None, partition=0)
+        successor.commit_transaction()
+
+    assert committed_values(kafka_bootstrap, topic) == [b"from the successor"]
+
+
+def committed_values(bootstrap: str, topic: str) -> list[bytes]:
+    """The values a read_committed consumer sees in partition 0 of ``topic``."""
+    consumer = ck.Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"{topic}-reader",
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+        }
+    )
+    consumer.assign([ck.TopicPartition(topic, 0, 0)])
+    values: list[bytes] = []
+    try:
+        while True:
+            message = consumer.poll(10)
+            assert message is not None, "partition end not reached"
+            if message.error() is not None:
+                return values
+            values.append(message.value())
+    finally:
+        consumer.close()
