@@ -15,6 +15,11 @@ if TYPE_CHECKING:
     from streamscore.routing import CanarySpec
 
 
+# Execution providers by their short names; ``auto`` = CUDA when it really loads, else CPU.
+PROVIDER_NAMES = ("cpu", "cuda", "tensorrt")
+PROVIDER_CHOICES = ("auto", *PROVIDER_NAMES)
+
+
 class OnError(str, Enum):
     """What to do with rows that cannot be scored."""
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from streamscore.config import PROVIDER_NAMES as PROVIDERS
 from streamscore.errors import UsageError
-from streamscore.model.session import PROVIDERS
 
 PLOT_SUFFIXES = (".html", ".png")
 PIPELINES = ("batch",)

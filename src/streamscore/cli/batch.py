@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from streamscore import console
-from streamscore.batch import SUMMARY_NAME, run_batch
 from streamscore.cli import options as opt
 from streamscore.cli.common import split_list, translate_errors
 from streamscore.config import BatchOptions, KeepColumns, OnError, ScoringOptions
@@ -73,6 +72,8 @@ def batch(
         force=force,
         prune=prune,
     )
+    from streamscore.batch import SUMMARY_NAME, run_batch  # heavy: loaded only when run
+
     summary = run_batch(options, console.make_reporter(log_format))
     console.print_summary(summary.as_dict(), title="streamscore batch", log_format=log_format)
     if summary.partial:

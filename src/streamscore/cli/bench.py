@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 
 from streamscore import console
-from streamscore.bench import BenchOptions, dumps_report, regression_error, run_bench
 from streamscore.bench.options import (
     Arrivals,
+    BenchOptions,
     parse_float_list,
     parse_percent,
     parse_shapes,
@@ -152,6 +152,8 @@ def bench(
         max_regression=parse_percent(max_regression),
     )
     reporter: Reporter = SilentReporter() if to_stdout else console.make_reporter(log_format)
+    from streamscore.bench import dumps_report, regression_error, run_bench  # heavy
+
     report = run_bench(options, reporter)
     if to_stdout:
         console.print_text(dumps_report(report))

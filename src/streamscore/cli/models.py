@@ -9,7 +9,6 @@ import typer
 from streamscore import console
 from streamscore.cli.common import translate_errors
 from streamscore.model import list_models, resolve_model
-from streamscore.model.session import load_model
 
 app = typer.Typer(help="Inspect models and model repositories.", no_args_is_help=True)
 
@@ -24,6 +23,8 @@ def inspect(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
 ) -> None:
     """Show a model's inputs, outputs, opsets, producer, metadata, sha256 and size."""
+    from streamscore.model.session import load_model  # onnxruntime: loaded only when run
+
     loaded = load_model(resolve_model(model), provider="cpu")
     ref, sig = loaded.ref, loaded.signature
     info = {

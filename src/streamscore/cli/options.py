@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from streamscore.model.session import PROVIDER_CHOICES
+from streamscore.config import PROVIDER_CHOICES
 
 Model = Annotated[
     str,

@@ -12,8 +12,7 @@ from streamscore.cli import options as opt
 from streamscore.cli.common import split_list, translate_errors
 from streamscore.config import KeepColumns, ReplayOptions, ScoringOptions
 from streamscore.errors import UsageError
-from streamscore.kafka.client import KafkaSettings
-from streamscore.replay import run_replay
+from streamscore.kafka.settings import KafkaSettings
 
 EXAMPLE = (
     "Example: streamscore replay --bootstrap-servers 127.0.0.1:9092 --input-topic "
@@ -137,5 +136,7 @@ def replay(
         exactly_once=not at_least_once,
         max_record_bytes=max_record_bytes,
     )
+    from streamscore.replay import run_replay  # heavy: loaded only when run
+
     summary = run_replay(options, console.make_reporter(log_format))
     console.print_summary(summary.as_dict(), title="streamscore replay", log_format=log_format)

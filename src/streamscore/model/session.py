@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from streamscore.config import PROVIDER_CHOICES, PROVIDER_NAMES
 from streamscore.errors import ModelError, UsageError
 from streamscore.model.onnx_header import read_onnx_header
 from streamscore.model.repository import ModelRef
@@ -36,7 +37,7 @@ PROVIDERS: dict[str, str] = {
     "tensorrt": "TensorrtExecutionProvider",
 }
 _SHORT = {long: short for short, long in PROVIDERS.items()}
-PROVIDER_CHOICES = ("auto", *PROVIDERS)
+assert tuple(PROVIDERS) == PROVIDER_NAMES  # config.py names them for light-weight importers
 
 
 def ort_version() -> str:
