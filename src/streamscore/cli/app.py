@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from streamscore import __version__
-from streamscore.cli import batch, bench, models, replay
+from streamscore.cli import batch, bench, models, replay, tail
 
 app = typer.Typer(
     name="streamscore",
@@ -38,6 +38,7 @@ def root(
 app.add_typer(models.app, name="models")
 batch.register(app)
 replay.register(app)
+tail.register(app)
 bench.register(app)
 
 

@@ -1,0 +1,145 @@
+"""The model versions serving a live topic: primary, canary and shadow, and what they read.
+
+Each version serving in a role is an :class:`Arm`: its model, its scorer and the JSON fields
+it reads (planned by :func:`streamscore.mapping.source_fields`, as replay plans them). A
+:class:`Serving` is the set that scores the next batch, with the one decoder that reads the
+fields of all of them; ``tail`` builds a new one when the primary is hot-reloaded, so a
+switch always falls between batches.
+
+A new primary must fit the input before it serves (:func:`check_fits`): it must decode and
+score some of the records that arrived recently, or, before any record arrived, read only
+fields the serving version reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from streamscore.config import KeepColumns, ScoringOptions
+from streamscore.errors import MappingError
+from streamscore.kafka.client import KafkaRecord
+from streamscore.kafka.codec import DecodedBatch, JsonDecoder
+from streamscore.mapping import plan_inputs, source_fields
+from streamscore.model import ModelRef
+from streamscore.model.session import load_model
+from streamscore.routing import CanarySpec, record_fallback
+from streamscore.scoring import Scorer
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One model version serving in a role (primary, canary or shadow)."""
+
+    role: str
+    ref: ModelRef
+    scorer: Scorer
+    fields: dict[str, pa.DataType]  # the JSON fields it reads, and as which types
+
+
+def prepare_arm(role: str, ref: ModelRef, scoring: ScoringOptions) -> Arm:
+    """Load ``ref`` and plan its inputs from JSON fields (raises ModelError, MappingError)."""
+    model = load_model(ref, provider=scoring.provider, threads=scoring.threads)
+    fields = source_fields(model.signature, scoring.features)
+    scorer = Scorer.for_schema(
+        model,
+        pa.schema(list(fields.items())),
+        features=scoring.features,
+        outputs=scoring.outputs,
+        reject_nan=scoring.reject_nan,
+    )
+    return Arm(role, model.ref, scorer, fields)
+
+
+def check_fits(
+    arm: Arm,
+    recent: Sequence[bytes | None],
+    current: Mapping[str, pa.DataType],
+    features: Sequence[str] | None = None,
+) -> None:
+    """Raise MappingError (or ModelError) unless ``arm`` can score the input.
+
+    With recent record values at hand, at least one of them must decode and score; before
+    any record arrived, the new version must read only ``current`` fields.
+    """
+    if not recent:
+        plan_inputs(arm.scorer.model.signature, current, features)
+        return
+    decoded = JsonDecoder(arm.fields, KeepColumns("none")).decode(recent)
+    if decoded.rows.num_rows == 0:
+        first = decoded.failures[0].message if decoded.failures else "no record decodes"
+        raise MappingError(
+            f"none of the last {len(recent)} input records fits model {arm.ref.label}: {first}",
+            hint="check the new version's inputs (or --features) against the topic's fields",
+        )
+    scored = arm.scorer.score(decoded.rows)  # ModelError if it cannot run on real records
+    if not len(scored.accepted):
+        raise MappingError(
+            f"model {arm.ref.label} rejects all of the last {len(recent)} input records: "
+            f"{scored.reasons[0] if scored.reasons else 'no scores'}"
+        )
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What scores the next batch; read once per batch."""
+
+    primary: Arm
+    canary: Arm | None
+    canary_spec: CanarySpec | None
+    shadow: Arm | None
+    decoder: JsonDecoder
+
+    @classmethod
+    def build(
+        cls,
+        primary: Arm,
+        canary: Arm | None,
+        canary_spec: CanarySpec | None,
+        shadow: Arm | None,
+        *,
+        keep: KeepColumns,
+        max_record_bytes: int,
+    ) -> Serving:
+        """One decoder reads what every arm needs; where two disagree on a field's type, the
+        primary's wins (the mapping converts it for the other)."""
+        fields: dict[str, pa.DataType] = {}
+        for arm in (shadow, canary, primary):
+            if arm is not None:
+                fields.update(arm.fields)
+        decoder = JsonDecoder(fields, keep, max_record_bytes=max_record_bytes)
+        return cls(primary, canary, canary_spec, shadow, decoder)
+
+    @property
+    def arms(self) -> list[Arm]:
+        return [arm for arm in (self.primary, self.canary, self.shadow) if arm is not None]
+
+    def split(
+        self, topic: str, records: Sequence[KafkaRecord], decoded: DecodedBatch
+    ) -> list[tuple[Arm, np.ndarray]]:
+        """Which decoded rows (positions) each published arm scores: the canary its share of
+        keys, the primary the rest."""
+        everything = np.arange(decoded.rows.num_rows, dtype=np.int64)
+        if self.canary is None or self.canary_spec is None or not len(everything):
+            return [(self.primary, everything)]
+        chosen = [records[i] for i in decoded.index.tolist()]
+        keys = [record.key() for record in chosen]
+        fallbacks = [
+            record_fallback(topic, record.partition() or 0, record.offset() or 0)
+            for record in chosen
+        ]
+        mask = self.canary_spec.mask(keys, fallbacks)
+        return [(self.primary, everything[~mask]), (self.canary, everything[mask])]
+
+
+def subset(decoded: DecodedBatch, rows: np.ndarray) -> DecodedBatch:
+    """The decoded rows at positions ``rows``, without the decode failures."""
+    if len(rows) == decoded.rows.num_rows:
+        return DecodedBatch(decoded.rows, decoded.index, decoded.passthrough, [])
+    passthrough = decoded.passthrough
+    kept: Any = None if passthrough is None else [passthrough[i] for i in rows.tolist()]
+    return DecodedBatch(decoded.rows.take(pa.array(rows)), decoded.index[rows], kept, [])

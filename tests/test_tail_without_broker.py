@@ -1,0 +1,162 @@
+"""``streamscore tail`` without a broker: option checks, the fit check of a new model version,
+and what stop signals do."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import orjson
+import polars as pl
+import pyarrow as pa
+import pytest
+
+from helpers.runs import invoke
+from streamscore.config import ScoringOptions, TailOptions
+from streamscore.errors import MappingError, UsageError
+from streamscore.kafka.settings import KafkaSettings
+from streamscore.model.repository import resolve_model
+from streamscore.rollout import check_fits, prepare_arm
+
+REPO = Path(__file__).resolve().parent.parent
+MODELS = REPO / "sample_data" / "models"
+SAMPLE_DAY = REPO / "sample_data" / "transactions" / "date=2026-11-04" / "part-0.parquet"
+SETTINGS = KafkaSettings("127.0.0.1:9")
+
+
+def options(**changes: object) -> TailOptions:
+    base: dict[str, object] = {
+        "kafka": SETTINGS,
+        "input_topic": "in",
+        "output_topic": "out",
+        "group": "g",
+        "scoring": ScoringOptions(model=str(MODELS / "fraud")),
+    }
+    return TailOptions(**{**base, **changes})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"output_topic": "in"}, "different topics"),
+        ({"dlq_topic": "out"}, "different topics"),
+        ({"group": " "}, "--group"),
+        ({"max_batch": 0}, "--max-batch"),
+        ({"start_from": "middle"}, "--start-from"),
+        ({"metrics_port": 70000}, "--metrics-port"),
+        ({"shadow_topic": "s"}, "--shadow-topic needs --shadow"),
+        ({"input_topic": "bad topic"}, "not a valid Kafka topic name"),
+    ],
+)
+def test_impossible_options_are_usage_errors(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        options(**changes)
+
+
+def test_default_side_topics_are_named_after_the_output() -> None:
+    o = options(shadow="1")
+    assert (o.dead_letter_topic, o.shadow_output_topic) == ("out.dlq", "out.shadow")
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [(["--canary", "2:200"], "VERSION:PERCENT"), (["--start-from", "now"], "--start-from")],
+)
+def test_bad_cli_values_exit_2_with_one_line(extra: list[str], fragment: str) -> None:
+    result = invoke(
+        "tail", "-b", "127.0.0.1:9", "-i", "in", "-o", "out", "-g", "g",
+        "-m", str(MODELS / "fraud"), *extra,
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert len(result.stderr.splitlines()) == 1 and fragment in result.stderr
+
+
+def test_an_unreachable_broker_exits_6_with_one_line() -> None:
+    result = invoke(
+        "tail", "-b", "127.0.0.1:9", "-i", "in", "-o", "out", "-g", "g",
+        "-m", str(MODELS / "fraud"), "--connect-timeout", "1",
+    )  # fmt: skip
+    assert result.exit_code == 6
+    assert "cannot reach Kafka at 127.0.0.1:9" in result.stderr
+
+
+def records(count: int, drop: str | None = None) -> list[bytes | None]:
+    frame = pl.read_parquet(SAMPLE_DAY).drop("event_time").head(count)
+    if drop:
+        frame = frame.drop(drop)
+    return list(frame.write_ndjson().encode().splitlines())
+
+
+def test_a_new_version_fits_when_recent_records_feed_it() -> None:
+    arm = prepare_arm("primary", resolve_model(MODELS / "fraud_columns"), ScoringOptions("x"))
+    check_fits(arm, records(20), current={})
+
+
+def test_a_new_version_reading_fields_the_records_lack_does_not_fit() -> None:
+    arm = prepare_arm("primary", resolve_model(MODELS / "fraud_columns"), ScoringOptions("x"))
+    with pytest.raises(MappingError, match="merchant_category"):
+        check_fits(arm, records(20, drop="merchant_category"), current={})
+    with pytest.raises(MappingError, match="none of the last 2 input records"):
+        check_fits(arm, [b"not json", orjson.dumps({"f00": 1})], current={})
+
+
+def test_before_any_record_a_new_version_must_read_what_the_current_one_reads() -> None:
+    arm = prepare_arm("primary", resolve_model(MODELS / "fraud_columns"), ScoringOptions("x"))
+    dense = {f"f{i:02d}": pa.float64() for i in range(30)}
+    with pytest.raises(MappingError, match="merchant_category"):
+        check_fits(arm, [], current=dense)
+    check_fits(arm, [], current={**dense, "merchant_category": pa.string()})
+
+
+def run_with_signals(body: str) -> subprocess.CompletedProcess[str]:
+    script = textwrap.dedent(
+        """
+        import os, signal, threading, time
+        from streamscore.shutdown import stop_on_signals
+        stop = threading.Event()
+        """
+    ) + textwrap.dedent(body)
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_the_first_signal_asks_to_stop_and_a_second_exits_at_once() -> None:
+    done = run_with_signals(
+        """
+        with stop_on_signals(stop, grace_s=60):
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.wait(5)
+            print("stopping", flush=True)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)
+        """
+    )
+    assert done.stdout == "stopping\n"
+    assert done.returncode == 128 + 15
+
+
+def test_a_stop_that_takes_longer_than_the_grace_period_is_cut_short() -> None:
+    done = run_with_signals(
+        """
+        with stop_on_signals(stop, grace_s=0.2):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(30)  # a shutdown that hangs
+        """
+    )
+    assert done.returncode == 128 + 2
+
+
+def test_a_stop_finished_in_time_exits_normally() -> None:
+    done = run_with_signals(
+        """
+        with stop_on_signals(stop, grace_s=0.3):
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.wait(5)
+        time.sleep(1)  # past the grace period: the timer was cancelled
+        print("done", flush=True)
+        """
+    )
+    assert (done.returncode, done.stdout) == (0, "done\n")
