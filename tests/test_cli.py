@@ -296,3 +296,17 @@ def test_log_format_text_prints_a_readable_summary(inputs: Path, dense_model: Tr
     assert result.exit_code == 0, result.output
     assert "streamscore batch" in result.stdout and "rows scored" in result.stdout
     assert not result.stdout.lstrip().startswith("{")
+
+
+def test_start_up_does_not_load_the_heavy_libraries() -> None:
+    # `streamscore --help` and `--version` should answer at once: onnxruntime, the Kafka
+    # client and the columnar libraries are imported only when a command runs.
+    code = (
+        "import sys, streamscore.cli.app; "
+        "print(','.join(m for m in ('onnxruntime', 'confluent_kafka', 'pyarrow', 'polars') "
+        "if m in sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == ""
