@@ -114,6 +114,18 @@ def test_integer_and_string_inputs_take_json_integers_and_strings() -> None:
     assert [(f.index, f.kind) for f in decoded.failures] == [(1, WRONG_TYPE), (2, WRONG_TYPE)]
 
 
+def test_an_object_in_a_string_field_fails_alike_in_any_batch() -> None:
+    # polars alone would read {"x": 1} as the text '{"x":1}' when its neighbours are clean.
+    decoder = JsonDecoder({"s": pa.string()})
+    clean = [b'{"s": "a"}', b'{"s": {"x": 1}}', b'{"s": "{not an object"}']
+    with_bad_neighbour = [*clean, b"not json"]
+
+    for values in (clean, with_bad_neighbour):
+        decoded = decoder.decode(values)
+        assert decoded.rows.column("s").to_pylist() == ["a", "{not an object"]
+        assert [(f.index, f.kind) for f in decoded.failures][:1] == [(1, WRONG_TYPE)]
+
+
 @pytest.mark.parametrize(
     ("keep", "expected"),
     [

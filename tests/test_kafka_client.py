@@ -23,6 +23,18 @@ from streamscore.kafka.client import (
 SECRET = "hunter2-s3cret"
 
 
+def test_a_mistyped_override_never_echoes_its_value() -> None:
+    with pytest.raises(UsageError) as raised:
+        KafkaSettings.resolve("b:1", [f"sasl.password:{SECRET}"])
+    assert SECRET not in raised.value.one_line()
+    assert "sasl.password" in raised.value.one_line()
+
+
+def test_override_values_are_kept_exactly() -> None:
+    settings = KafkaSettings.resolve("b:1", [f"sasl.password= {SECRET} "])
+    assert dict(settings.properties)["sasl.password"] == f" {SECRET} "
+
+
 # ---------------------------------------------------------------- settings
 
 
@@ -261,6 +273,19 @@ def test_a_record_too_large_to_produce_is_returned_not_raised(
     assert too_large == [1]
 
 
+FENCED_CODES = {"_FENCED", "PRODUCER_FENCED", "INVALID_PRODUCER_EPOCH"}
+
+
+def assert_fenced(error: KafkaError, action: str) -> None:
+    """``error`` is our one-line report of a producer that a newer instance fenced."""
+    assert type(error) is KafkaError
+    assert error.code in FENCED_CODES
+    assert error.message.startswith(
+        f"{action}: another process with the same transactional id took over: "
+    )
+    assert error.message.endswith(f"[{error.code}]")
+
+
 @pytest.mark.kafka
 def test_a_second_transactional_producer_fences_the_first(
     kafka_bootstrap: str, unique_topic: Callable[..., str]
@@ -276,13 +301,73 @@ def test_a_second_transactional_producer_fences_the_first(
         zombie.produce(topic, b"from the zombie", None, partition=0)
         successor.init_transactions()
 
-        with pytest.raises(KafkaError):  # fenced (or rolled back): never committed
+        with pytest.raises(KafkaError) as caught:
             zombie.commit_transaction()
+        assert_fenced(caught.value, "committing a transaction")
+        zombie.close()  # fenced: nothing left to deliver or abort, and nothing raised
         successor.begin_transaction()
         successor.produce(topic, b"from the successor", None, partition=0)
         successor.commit_transaction()
 
     assert committed_values(kafka_bootstrap, topic) == [b"from the successor"]
+
+
+@pytest.mark.kafka
+def test_a_producer_fenced_mid_transaction_fails_with_our_error_not_its_close(
+    kafka_bootstrap: str, unique_topic: Callable[..., str]
+) -> None:
+    topic = unique_topic()
+    settings = KafkaSettings(kafka_bootstrap)
+    with Producer(settings, transactional_id=f"{topic}-tx") as successor:
+        with (
+            pytest.raises(KafkaError) as caught,
+            Producer(settings, transactional_id=f"{topic}-tx") as zombie,
+        ):
+            zombie.init_transactions()
+            zombie.begin_transaction()
+            zombie.produce(topic, b"from the zombie", None, partition=0)
+            zombie.flush()
+            successor.init_transactions()  # takes over mid-transaction
+            zombie.send_offsets_to_transaction(topic, {0: (1, "")}, group_metadata(settings))
+
+        assert_fenced(caught.value, "committing input offsets in the transaction")
+        assert zombie.fatal
+        zombie.close()  # closed already on the way out: nothing raised twice either
+
+    assert committed_values(kafka_bootstrap, topic) == []
+
+
+def group_metadata(settings: KafkaSettings) -> object:
+    """A consumer group's identity, as a replay sends offsets for."""
+    with Consumer(settings, "streamscore-test-fencing") as consumer:
+        return consumer.group_metadata()
+
+
+def test_a_transactional_step_that_keeps_timing_out_gives_up_by_its_deadline_with_the_cause() -> (
+    None
+):
+    producer = Producer(KafkaSettings("127.0.0.1:1", connect_timeout_s=1.0))
+    deadline_s = 0.5
+    producer._txn_timeout = lambda: deadline_s  # type: ignore[method-assign]
+    timeouts: list[float] = []
+
+    def call(timeout: float) -> None:
+        timeouts.append(timeout)
+        raise ck.KafkaException(
+            ck.KafkaError(
+                ck.KafkaError._TIMED_OUT, "Transaction coordinator timed out", retriable=True
+            )
+        )
+
+    with pytest.raises(KafkaError) as caught:
+        producer._transactional("committing a transaction", call)
+
+    assert caught.value.code == "_TIMED_OUT"
+    assert "Transaction coordinator timed out [_TIMED_OUT]" in caught.value.message
+    assert f"still failing after {len(timeouts)} attempt(s)" in caught.value.message
+    assert len(timeouts) > 1
+    assert all(0 < timeout <= deadline_s for timeout in timeouts)
+    assert timeouts == sorted(timeouts, reverse=True)  # each call gets the time left
 
 
 def committed_values(bootstrap: str, topic: str) -> list[bytes]:

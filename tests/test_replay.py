@@ -466,9 +466,43 @@ def test_records_without_the_model_fields_stop_the_replay_before_any_output(
 
     with pytest.raises(MappingError, match="'f03' is missing"):
         replay(kafka_bootstrap, source, target)
+    with pytest.raises(MappingError, match="'f03' is missing"):  # the rerun checks again
+        replay(kafka_bootstrap, source, target)
 
     assert read_topic(kafka_bootstrap, target) == []
     assert read_topic(kafka_bootstrap, f"{target}.dlq") == []
+
+
+def test_a_snapshot_under_which_nothing_was_written_gives_way_to_other_options(
+    kafka_bootstrap: str, topics: Callable[[int], tuple[str, str]]
+) -> None:
+    source, target = topics(1)
+    produce_rows(kafka_bootstrap, source, sample_rows(10))
+    wrong = ("nosuch", *(f"f{i:02d}" for i in range(1, 30)))
+    with pytest.raises(MappingError, match="'nosuch' is missing"):
+        run_replay(
+            dataclasses.replace(
+                options(kafka_bootstrap, source, target),
+                scoring=ScoringOptions(model=str(MODEL), provider="cpu", features=wrong),
+            )
+        )
+
+    summary = replay(kafka_bootstrap, source, target)
+
+    assert (summary.resumed, summary.records_scored) == (False, 10)
+    assert len(read_topic(kafka_bootstrap, target)) == 10
+
+
+def test_the_same_group_into_another_output_topic_is_refused(
+    kafka_bootstrap: str, topics: Callable[[int], tuple[str, str]], unique_topic: Callable[..., str]
+) -> None:
+    source, target = topics(1)
+    produce_rows(kafka_bootstrap, source, sample_rows(20))
+    replay(kafka_bootstrap, source, target, group="shared-group-" + target)
+    other = unique_topic(1)
+
+    with pytest.raises(UsageError, match="used another model or other scoring options"):
+        replay(kafka_bootstrap, source, other, group="shared-group-" + target)
 
 
 # ---------------------------------------------------------------- the command line

@@ -194,6 +194,8 @@ class ReplayRun:
         """Digest of what decides the outputs; a resumed replay must match it."""
         s = self.options.scoring
         described = {
+            "output_topic": self.options.output_topic,
+            "dead_letter_topic": self.options.dead_letter_topic,
             "model_sha256": model.ref.sha256,
             "features": s.features,
             "outputs": s.outputs,
@@ -230,13 +232,19 @@ class ReplayRun:
                 if o.exactly_once
                 else AtLeastOnce(producer, consumer)
             )
-            if snapshot is None:
+            positions = snapshot.positions(committed) if snapshot is not None else {}
+            # A snapshot under which nothing was written yet (e.g. the first batch showed the
+            # wrong model) binds nobody: take a fresh one for this model and these options.
+            untouched = snapshot is not None and all(
+                positions[p] == r.start for p, r in snapshot.ranges.items()
+            )
+            if snapshot is None or (untouched and snapshot.identity != self.identity(model)):
                 snapshot = self._take_snapshot(admin, partitions, model, delivery)
                 positions = {p: r.start for p, r in snapshot.ranges.items()}
+                untouched = True
             else:
                 self._check_identity(snapshot, model)
                 summary.resumed = True
-                positions = snapshot.positions(committed)
             summary.start_offsets = {p: r.start for p, r in snapshot.ranges.items()}
             summary.end_offsets = {p: r.end for p, r in snapshot.ranges.items()}
             self._announce(snapshot, positions, summary.resumed)
@@ -257,7 +265,7 @@ class ReplayRun:
                 HeaderStamp(model.ref, o.input_topic),
             )
             try:
-                on_batch = self._progress(check_first=not summary.resumed)
+                on_batch = self._progress(check_first=untouched)
                 with fewer_gc_pauses():
                     run_pipeline(source, scorer, sink, on_batch=on_batch)
             finally:

@@ -161,6 +161,7 @@ class JsonDecoder:
             good, frame, parsed = self._screened(values, good, failures)
         elif frame is not None:
             good, frame = self._drop_null_fields(values, good, frame, failures)
+            good, frame = self._drop_structured_text(values, good, frame, failures)
         failures.sort(key=lambda failure: failure.index)
         index = np.asarray(good, dtype=np.int64)
         if frame is None or not good:
@@ -265,6 +266,37 @@ class JsonDecoder:
         keep = ~nulls
         kept = [i for i, ok in zip(good, keep.to_list(), strict=True) if ok]
         return kept, frame.filter(keep)
+
+    def _drop_structured_text(
+        self,
+        values: Sequence[bytes | None],
+        good: list[int],
+        frame: pl.DataFrame,
+        failures: list[DecodeFailure],
+    ) -> tuple[list[int], pl.DataFrame]:
+        """polars reads a JSON object or array in a string field as its text; the record-by-
+        record path calls it wrong_type. Screen such rows so a record's fate never depends on
+        the batch it came in."""
+        text_fields = [name for name, dtype in self.fields.items() if dtype == pl.String]
+        if not text_fields or frame.height == 0:
+            return good, frame
+        looks_structured = pl.any_horizontal(
+            pl.col(name).str.starts_with("{") | pl.col(name).str.starts_with("[")
+            for name in text_fields
+        )
+        suspects = frame.select(looks_structured).to_series().fill_null(False)
+        if not suspects.any():
+            return good, frame
+        keep = np.ones(frame.height, dtype=bool)
+        for row in np.flatnonzero(suspects.to_numpy()):
+            value = values[good[row]]
+            assert value is not None
+            problem, _ = self._screen(value)
+            if problem is not None:
+                failures.append(DecodeFailure(good[row], *problem))
+                keep[row] = False
+        kept = [i for i, ok in zip(good, keep.tolist(), strict=True) if ok]
+        return kept, frame.filter(pl.Series(keep))
 
     def _passthrough(
         self,

@@ -20,7 +20,16 @@ from streamscore.errors import UsageError
 BOOTSTRAP_ENV = "STREAMSCORE_BOOTSTRAP_SERVERS"
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 
-_SECRET_WORDS = ("password", "secret", "jaas", "token", "credential", "private", "key.pem")
+_SECRET_WORDS = (
+    "password",
+    "secret",
+    "jaas",
+    "token",
+    "credential",
+    "private",
+    "key.pem",
+    "oauthbearer",
+)
 _MASK = "***"
 
 
@@ -103,8 +112,10 @@ def parse_overrides(items: Sequence[str]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise UsageError(f"-X takes key=value, got {item.split('=')[0]!r}")
-        parsed[key.strip()] = value.strip()
+            # Show only what cannot be a secret: "sasl.password:hunter2" must not be echoed.
+            name = re.split(r"[:=\s]", item.strip(), maxsplit=1)[0]
+            raise UsageError(f"-X takes key=value, got {name!r} without '='")
+        parsed[key.strip()] = value  # values are kept exactly: passwords may hold spaces
     return parsed
 
 
