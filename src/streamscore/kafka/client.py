@@ -236,7 +236,12 @@ class _Client:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        if exc is None:
+            self.close()
+            return
+        # Unwinding already: whatever closing meets must not replace the error in flight.
+        with contextlib.suppress(Exception):
+            self.close()
 
 
 class Admin(_Client):
@@ -563,12 +568,22 @@ class Producer(_Client):
         self.failed: deque[ck.KafkaError] = deque(maxlen=32)
         self.failed_count = 0
         self.in_transaction = False
+        # Set once librdkafka reports a fatal error (fenced, say): the client is unusable and
+        # flushing or aborting it only raises again, from inside its callbacks.
+        self.fatal = False
 
     def _create(self, config: dict[str, Any]) -> Any:
         return ck.Producer(config)
 
+    def _on_error(self, error: ck.KafkaError) -> None:
+        if error.fatal():
+            self.fatal = True
+        super()._on_error(error)
+
     def _on_delivery(self, error: ck.KafkaError | None, _message: Any) -> None:
         if error is not None:
+            if error.fatal():
+                self.fatal = True
             self.failed.append(error)
             self.failed_count += 1
 
@@ -672,15 +687,15 @@ class Producer(_Client):
         """Make the consumer group's progress part of the open transaction."""
         self._transactional(
             "committing input offsets in the transaction",
-            lambda: self.handle.send_offsets_to_transaction(
-                _positions(topic, offsets), group_metadata, self._txn_timeout()
+            lambda timeout: self.handle.send_offsets_to_transaction(
+                _positions(topic, offsets), group_metadata, timeout
             ),
         )
 
     def commit_transaction(self) -> None:
         """Commit: outputs and offsets become visible together, or neither does."""
         self._transactional(
-            "committing a transaction", lambda: self.handle.commit_transaction(self._txn_timeout())
+            "committing a transaction", lambda timeout: self.handle.commit_transaction(timeout)
         )
         self.in_transaction = False
         self.failed.clear()
@@ -688,7 +703,8 @@ class Producer(_Client):
 
     def abort_transaction(self) -> None:
         """Roll back the open transaction, if any (best effort: a fenced one is gone anyway)."""
-        if not self.in_transaction or self._handle is None:
+        if not self.in_transaction or self._handle is None or self.fatal:
+            self.in_transaction = False
             return
         self.in_transaction = False
         # Best effort: the broker aborts it anyway on timeout or when the next instance starts.
@@ -696,17 +712,28 @@ class Producer(_Client):
             self._handle.abort_transaction(self._txn_timeout())
 
     def _txn_timeout(self) -> float:
+        """How long one transactional step may take in all, retries included."""
         return max(self.settings.connect_timeout_s * 3, 30.0)
 
-    def _transactional(self, action: str, call: Any) -> None:
-        for _attempt in range(5):
+    def _transactional(self, action: str, call: Callable[[float], Any]) -> None:
+        """``call(timeout)``, retried on retriable errors until the transaction timeout.
+
+        The deadline bounds the retries as a whole (each call gets the time left), so a broker
+        that died is reported within a few connect timeouts rather than minutes.
+        """
+        started = time.monotonic()
+        deadline = started + self._txn_timeout()
+        attempts = 0
+        while True:
+            attempts += 1
             try:
-                call()
+                call(max(deadline - time.monotonic(), 0.1))
                 return
             except ck.KafkaException as exc:
                 kerr = _kafka_error_of(exc)
                 if kerr is None or kerr.fatal() or kerr.code() in _AUTH_CODES:
                     self.in_transaction = False
+                    self.fatal = self.fatal or (kerr is not None and kerr.fatal())
                     raise translate(exc, self.settings, action) from None
                 if kerr.txn_requires_abort():
                     self.abort_transaction()
@@ -715,17 +742,26 @@ class Producer(_Client):
                         f"{self.settings.redact(kerr.str())} [{kerr.name()}]",
                         code=kerr.name(),
                     ) from None
-                if not kerr.retriable():
-                    raise translate(exc, self.settings, action) from None
-            time.sleep(0.1 * 2**_attempt)  # 0.1 s .. 1.6 s: a coordinator moving, a broker busy
-        raise KafkaError(f"{action}: still failing after 5 attempts", code="_TIMED_OUT")
+                # 0.1 s .. 1.6 s between tries: a coordinator moving, a broker busy.
+                pause = 0.1 * 2 ** min(attempts - 1, 4)
+                if not kerr.retriable() or time.monotonic() + pause >= deadline:
+                    error = translate(exc, self.settings, action)
+                    if kerr.retriable():
+                        waited = time.monotonic() - started
+                        error.message += (
+                            f" (still failing after {attempts} attempt(s) in {waited:.1f}s)"
+                        )
+                    raise error from None
+            time.sleep(pause)
 
     def close(self) -> None:
         """Abort an open transaction, else deliver what is queued (bounded)."""
         if self._handle is None:
             return
         try:
-            if self.in_transaction:
+            if self.fatal:
+                pass  # nothing can be delivered or aborted any more; the broker aborts it
+            elif self.in_transaction:
                 self.abort_transaction()
             else:
                 # Best effort: a fenced or failed producer reports nothing more of use here.

@@ -19,7 +19,16 @@ from streamscore.kafka.sink import KafkaBatch
 from streamscore.pipeline import Source, SourceBatch
 
 DEFAULT_MAX_WAIT_S = 0.2
-DEFAULT_STALL_TIMEOUT_S = 300.0
+# A stall is given up on after this many connect timeouts, and never before the minimum: a
+# transaction left open on the input blocks read_committed readers until it times out
+# (60 s by default), and that alone should not fail a replay against a healthy broker.
+STALL_CONNECT_TIMEOUTS = 6
+MIN_STALL_TIMEOUT_S = 60.0
+
+
+def stall_timeout_for(connect_timeout_s: float) -> float:
+    """How long a read may make no progress before the broker is taken to be gone."""
+    return max(STALL_CONNECT_TIMEOUTS * connect_timeout_s, MIN_STALL_TIMEOUT_S)
 
 
 class PartitionRangeSource(Source):
@@ -41,8 +50,10 @@ class PartitionRangeSource(Source):
         batch_size: int,
         metadata: Callable[[int], str] = lambda _partition: "",
         max_wait_s: float = DEFAULT_MAX_WAIT_S,
-        stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
+        stall_timeout_s: float | None = None,
     ) -> None:
+        """``stall_timeout_s`` defaults to :func:`stall_timeout_for` the consumer's connect
+        timeout."""
         self.consumer = consumer
         self.topic = topic
         self.position = dict(positions)
@@ -51,7 +62,11 @@ class PartitionRangeSource(Source):
         self.batch_size = batch_size
         self.metadata = metadata
         self.max_wait_s = max_wait_s
-        self.stall_timeout_s = stall_timeout_s
+        self.stall_timeout_s = (
+            stall_timeout_for(consumer.settings.connect_timeout_s)
+            if stall_timeout_s is None
+            else stall_timeout_s
+        )
         self.remaining = {p for p, end in self.ends.items() if self.position[p] < end}
 
     def batches(self) -> Iterator[SourceBatch]:
