@@ -423,7 +423,7 @@ def test_resuming_with_another_model_is_refused(
         scoring=ScoringOptions(model=str(MODEL / "1"), provider="cpu"),
     )  # fmt: skip
 
-    with pytest.raises(UsageError, match="used another model or other scoring options"):
+    with pytest.raises(UsageError, match="used another model, other scoring options or other topics"):
         run_replay(other)
 
 
@@ -501,7 +501,7 @@ def test_the_same_group_into_another_output_topic_is_refused(
     replay(kafka_bootstrap, source, target, group="shared-group-" + target)
     other = unique_topic(1)
 
-    with pytest.raises(UsageError, match="used another model or other scoring options"):
+    with pytest.raises(UsageError, match="used another model, other scoring options or other topics"):
         replay(kafka_bootstrap, source, other, group="shared-group-" + target)
 
 
@@ -606,3 +606,18 @@ def test_an_unreadable_from_timestamp_exits_2_with_one_line() -> None:
 
     assert result.exit_code == 2
     assert_one_line_error(result.stderr, "--from-timestamp", "ISO-8601")
+
+
+def test_a_fresh_replay_into_an_output_that_holds_records_is_refused(
+    kafka_bootstrap: str, topics: Callable[[int], tuple[str, str]]
+) -> None:
+    source, target = topics(1)
+    produce_rows(kafka_bootstrap, source, sample_rows(20))
+    replay(kafka_bootstrap, source, target)
+
+    with pytest.raises(UsageError, match="is not empty"):
+        replay(kafka_bootstrap, source, target, group="another-group-" + target)
+    assert len(read_topic(kafka_bootstrap, target)) == 20
+
+    replay(kafka_bootstrap, source, target, group="third-" + target, allow_nonempty_output=True)
+    assert len(read_topic(kafka_bootstrap, target)) == 40

@@ -131,6 +131,7 @@ class ReplayOptions:
     from_timestamp_ms: int | None = None
     exactly_once: bool = True
     max_record_bytes: int = 1_000_000
+    allow_nonempty_output: bool = False  # a fresh replay into an OUT that holds records
 
     def __post_init__(self) -> None:
         check_topic_name(self.input_topic, "--input-topic")

@@ -238,6 +238,8 @@ class ReplayRun:
             untouched = snapshot is not None and all(
                 positions[p] == r.start for p, r in snapshot.ranges.items()
             )
+            if snapshot is None and not o.allow_nonempty_output:
+                self._refuse_nonempty_output(admin)
             if snapshot is None or (untouched and snapshot.identity != self.identity(model)):
                 snapshot = self._take_snapshot(admin, partitions, model, delivery)
                 positions = {p: r.start for p, r in snapshot.ranges.items()}
@@ -277,6 +279,24 @@ class ReplayRun:
                     kinds = summary.dead_letter_kinds
                     kinds[kind] = kinds.get(kind, 0) + count
 
+    def _refuse_nonempty_output(self, admin: Admin) -> None:
+        """A fresh replay into an OUT that already holds records would duplicate them."""
+        o = self.options
+        partitions = list(range(admin.partition_count(o.output_topic) or 0))
+        if not partitions:
+            return
+        ends = admin.list_offsets(o.output_topic, partitions, "latest")
+        starts = admin.list_offsets(o.output_topic, partitions, "earliest")
+        held = sum(ends[p] - starts[p] for p in partitions)
+        if held > 0:
+            raise UsageError(
+                f"output topic '{o.output_topic}' is not empty ({held:,} offsets written), and "
+                f"group '{o.group_id}' has no replay in progress (another group, or its offsets "
+                "expired): a new replay would duplicate them",
+                hint="replay into a new --output-topic, resume with the --group that wrote it, "
+                "or pass --allow-nonempty-output",
+            )
+
     def _take_snapshot(
         self, admin: Admin, partitions: list[int], model: LoadedModel, delivery: Delivery
     ) -> EndOffsets:
@@ -300,7 +320,7 @@ class ReplayRun:
         started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(snapshot.taken_at_ms / 1000))
         raise UsageError(
             f"replay {snapshot.run_id} into '{o.output_topic}' (group '{o.group_id}', started "
-            f"{started}) used another model or other scoring options",
+            f"{started}) used another model, other scoring options or other topics",
             hint="resume with the same --model, --features, --outputs, --keep, --reject-nan "
             "and --from-timestamp, or replay into a new --output-topic",
         )

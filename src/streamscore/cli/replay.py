@@ -95,6 +95,10 @@ def replay(
     max_record_bytes: Annotated[
         int, typer.Option(help="Larger values go to the dead-letter topic undecoded.")
     ] = 1_000_000,
+    allow_nonempty_output: Annotated[
+        bool,
+        typer.Option(help="Start a fresh replay even though OUT already holds records."),
+    ] = False,
     kafka_property: opt.KafkaProperties = None,
     config: opt.KafkaConfigFile = None,
     connect_timeout: opt.ConnectTimeout = 10.0,
@@ -135,6 +139,7 @@ def replay(
         from_timestamp_ms=parse_timestamp_ms(from_timestamp) if from_timestamp else None,
         exactly_once=not at_least_once,
         max_record_bytes=max_record_bytes,
+        allow_nonempty_output=allow_nonempty_output,
     )
     from streamscore.replay import run_replay  # heavy: loaded only when run
 
