@@ -423,7 +423,7 @@ def test_resuming_with_another_model_is_refused(
         scoring=ScoringOptions(model=str(MODEL / "1"), provider="cpu"),
     )  # fmt: skip
 
-    with pytest.raises(UsageError, match="used another model, other scoring options or other topics"):
+    with pytest.raises(UsageError, match="other scoring options or other topics"):
         run_replay(other)
 
 
@@ -501,7 +501,7 @@ def test_the_same_group_into_another_output_topic_is_refused(
     replay(kafka_bootstrap, source, target, group="shared-group-" + target)
     other = unique_topic(1)
 
-    with pytest.raises(UsageError, match="used another model, other scoring options or other topics"):
+    with pytest.raises(UsageError, match="other scoring options or other topics"):
         replay(kafka_bootstrap, source, other, group="shared-group-" + target)
 
 
