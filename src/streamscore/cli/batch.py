@@ -9,8 +9,8 @@ import typer
 
 from streamscore import console
 from streamscore.cli import options as opt
-from streamscore.cli.common import split_list, translate_errors
-from streamscore.config import BatchOptions, KeepColumns, OnError, ScoringOptions
+from streamscore.cli.common import scoring_options, translate_errors
+from streamscore.config import BatchOptions, OnError
 from streamscore.errors import PartialFailure, UsageError
 
 EXAMPLE = (
@@ -58,11 +58,11 @@ def batch(
     options = BatchOptions(
         input=input,
         output=out,
-        scoring=ScoringOptions(
+        scoring=scoring_options(
             model=model,
-            features=tuple(split_list(features) or ()) or None,
-            outputs=tuple(split_list(outputs) or ()) or None,
-            keep=KeepColumns.parse(keep),
+            features=features,
+            outputs=outputs,
+            keep=keep,
             provider=provider,
             threads=threads,
             batch_size=batch_size,

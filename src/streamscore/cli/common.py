@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from enum import Enum
 from typing import ParamSpec, TypeVar
 
 import typer
 
 from streamscore import console
+from streamscore.config import KeepColumns, ScoringOptions
 from streamscore.errors import EXIT_INTERRUPTED, StreamscoreError, UsageError
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-class LogFormat(str, Enum):
-    auto = "auto"
-    json = "json"
-    text = "text"
 
 
 def translate_errors(command: Callable[P, R]) -> Callable[P, R]:
@@ -44,6 +38,30 @@ def split_list(value: str | None) -> list[str] | None:
     if value is None or not value.strip():
         return None
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def scoring_options(
+    *,
+    model: str,
+    features: str | None,
+    outputs: str | None,
+    keep: str | None,
+    provider: str,
+    threads: int | None,
+    batch_size: int,
+    reject_nan: bool,
+) -> ScoringOptions:
+    """ScoringOptions from the options every scoring command shares (comma lists parsed)."""
+    return ScoringOptions(
+        model=model,
+        features=tuple(split_list(features) or ()) or None,
+        outputs=tuple(split_list(outputs) or ()) or None,
+        keep=KeepColumns.parse(keep),
+        provider=provider,
+        threads=threads,
+        batch_size=batch_size,
+        reject_nan=reject_nan,
+    )
 
 
 def parse_int_list(value: str, option: str) -> list[int]:

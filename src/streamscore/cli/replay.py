@@ -9,8 +9,8 @@ import typer
 
 from streamscore import console
 from streamscore.cli import options as opt
-from streamscore.cli.common import split_list, translate_errors
-from streamscore.config import KeepColumns, ReplayOptions, ScoringOptions
+from streamscore.cli.common import scoring_options, translate_errors
+from streamscore.config import ReplayOptions
 from streamscore.errors import UsageError
 from streamscore.kafka.settings import KafkaSettings
 
@@ -124,11 +124,11 @@ def replay(
         kafka=settings,
         input_topic=input_topic,
         output_topic=output_topic,
-        scoring=ScoringOptions(
+        scoring=scoring_options(
             model=model,
-            features=tuple(split_list(features) or ()) or None,
-            outputs=tuple(split_list(outputs) or ()) or None,
-            keep=KeepColumns.parse(keep),
+            features=features,
+            outputs=outputs,
+            keep=keep,
             provider=provider,
             threads=threads,
             batch_size=batch_size,

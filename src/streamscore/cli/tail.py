@@ -9,8 +9,8 @@ import typer
 
 from streamscore import console
 from streamscore.cli import options as opt
-from streamscore.cli.common import split_list, translate_errors
-from streamscore.config import KeepColumns, ScoringOptions, TailOptions
+from streamscore.cli.common import scoring_options, translate_errors
+from streamscore.config import TailOptions
 from streamscore.errors import UsageError
 from streamscore.kafka.settings import KafkaSettings
 from streamscore.shutdown import stop_on_signals
@@ -139,11 +139,11 @@ def tail(
         input_topic=input_topic,
         output_topic=output_topic,
         group=group,
-        scoring=ScoringOptions(
+        scoring=scoring_options(
             model=model,
-            features=tuple(split_list(features) or ()) or None,
-            outputs=tuple(split_list(outputs) or ()) or None,
-            keep=KeepColumns.parse(keep),
+            features=features,
+            outputs=outputs,
+            keep=keep,
             provider=provider,
             threads=threads,
             batch_size=max_batch,
