@@ -157,13 +157,7 @@ class ReplayRun:
         """IN's partitions, after creating or checking OUT and the dead-letter topic; and
         whether dead letters can keep their partition number."""
         o = self.options
-        count = admin.partition_count(o.input_topic)
-        if count is None:
-            raise KafkaError(
-                f"input topic '{o.input_topic}' does not exist on {o.kafka.bootstrap_servers}",
-                hint="check --input-topic",
-                code="UNKNOWN_TOPIC_OR_PART",
-            )
+        count = admin.input_partition_count(o.input_topic)
         # Outputs keep their input's timestamps, so new topics keep the input's retention:
         # with the broker's default, replayed history older than 7 days would be deleted.
         inherited = admin.topic_config(o.input_topic, ["retention.ms", "cleanup.policy"])

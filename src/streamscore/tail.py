@@ -224,13 +224,7 @@ class TailRun:
     def _prepare_topics(self, admin: Admin) -> int:
         """IN's partition count; OUT, the dead-letter and shadow topics created or checked."""
         o = self.options
-        count = admin.partition_count(o.input_topic)
-        if count is None:
-            raise KafkaError(
-                f"input topic '{o.input_topic}' does not exist on {o.kafka.bootstrap_servers}",
-                hint="check --input-topic",
-                code="UNKNOWN_TOPIC_OR_PART",
-            )
+        count = admin.input_partition_count(o.input_topic)
         outputs = [o.output_topic, o.dead_letter_topic]
         if o.shadow is not None:
             outputs.append(o.shadow_output_topic)

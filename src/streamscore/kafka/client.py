@@ -290,6 +290,17 @@ class Admin(_Client):
             return None
         return len(described.partitions)
 
+    def input_partition_count(self, topic: str) -> int:
+        """How many partitions the input ``topic`` has; KafkaError when it does not exist."""
+        count = self.partition_count(topic)
+        if count is None:
+            raise KafkaError(
+                f"input topic '{topic}' does not exist on {self.settings.bootstrap_servers}",
+                hint="check --input-topic",
+                code="UNKNOWN_TOPIC_OR_PART",
+            )
+        return count
+
     def topic_config(self, topic: str, names: Sequence[str]) -> dict[str, str]:
         """The values of the named settings of ``topic`` (defaults included)."""
         resource = ConfigResource(ResourceType.TOPIC, topic)
