@@ -253,7 +253,9 @@ def format_summary(summary: Mapping[str, Any], title: str) -> Table:
         elif isinstance(value, int):
             shown = f"{value:,}"
         elif isinstance(value, dict):
-            shown = ", ".join(f"{k}={v}" for k, v in value.items())
+            shown = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
+        elif isinstance(value, list):
+            shown = "; ".join(str(item) for item in value) or "-"
         else:
             shown = str(value)
         table.add_row(key.replace("_", " "), Text(shown))
