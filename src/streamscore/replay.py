@@ -34,7 +34,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
-import pyarrow as pa
 
 from streamscore.config import ReplayOptions
 from streamscore.errors import KafkaError, MappingError, TransactionAborted, UsageError
@@ -45,12 +44,11 @@ from streamscore.kafka.headers import HeaderStamp
 from streamscore.kafka.offsets import EndOffsets
 from streamscore.kafka.sink import AtLeastOnce, Delivery, ExactlyOnce, KafkaBatch, KafkaSink
 from streamscore.kafka.source import PartitionRangeSource
-from streamscore.mapping import source_fields
 from streamscore.model import resolve_model
 from streamscore.model.session import LoadedModel, load_model
 from streamscore.pipeline import SourceBatch, run_pipeline
 from streamscore.reporting import Reporter, SilentReporter
-from streamscore.scoring import ScoredBatch, Scorer
+from streamscore.scoring import ScoredBatch, Scorer, scorer_for_records
 
 MAX_ATTEMPTS = 3
 
@@ -110,13 +108,8 @@ class ReplayRun:
         ref = resolve_model(s.model)
         # No spinning: the reader and writer threads need the cores between model calls.
         model = load_model(ref, provider=s.provider, threads=s.threads, spin=False)
-        fields = source_fields(model.signature, s.features)
-        scorer = Scorer.for_schema(
-            model,
-            pa.schema(list(fields.items())),
-            features=s.features,
-            outputs=s.outputs,
-            reject_nan=s.reject_nan,
+        scorer, fields = scorer_for_records(
+            model, features=s.features, outputs=s.outputs, reject_nan=s.reject_nan
         )
         decoder = JsonDecoder(fields, s.keep, max_record_bytes=o.max_record_bytes)
         summary = self._summary(model)

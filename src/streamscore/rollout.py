@@ -1,7 +1,7 @@
 """The model versions serving a live topic: primary, canary and shadow, and what they read.
 
 Each version serving in a role is an :class:`Arm`: its model, its scorer and the JSON fields
-it reads (planned by :func:`streamscore.mapping.source_fields`, as replay plans them). A
+it reads (planned by :func:`streamscore.scoring.scorer_for_records`, as for replay). A
 :class:`Serving` is the set that scores the next batch, with the one decoder that reads the
 fields of all of them; ``tail`` builds a new one when the primary is hot-reloaded, so a
 switch always falls between batches.
@@ -24,11 +24,11 @@ from streamscore.config import KeepColumns, ScoringOptions
 from streamscore.errors import MappingError
 from streamscore.kafka.client import KafkaRecord
 from streamscore.kafka.codec import DecodedBatch, JsonDecoder
-from streamscore.mapping import plan_inputs, source_fields
+from streamscore.mapping import plan_inputs
 from streamscore.model import ModelRef
 from streamscore.model.session import load_model
 from streamscore.routing import CanarySpec, record_fallback
-from streamscore.scoring import Scorer
+from streamscore.scoring import Scorer, scorer_for_records
 
 
 @dataclass(frozen=True)
@@ -44,10 +44,8 @@ class Arm:
 def prepare_arm(role: str, ref: ModelRef, scoring: ScoringOptions) -> Arm:
     """Load ``ref`` and plan its inputs from JSON fields (raises ModelError, MappingError)."""
     model = load_model(ref, provider=scoring.provider, threads=scoring.threads)
-    fields = source_fields(model.signature, scoring.features)
-    scorer = Scorer.for_schema(
+    scorer, fields = scorer_for_records(
         model,
-        pa.schema(list(fields.items())),
         features=scoring.features,
         outputs=scoring.outputs,
         reject_nan=scoring.reject_nan,

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from streamscore.errors import ModelError, UsageError
-from streamscore.mapping import Feeds, InputPlan, build_feeds, plan_inputs
+from streamscore.mapping import Feeds, InputPlan, build_feeds, plan_inputs, source_fields
 from streamscore.model.session import LoadedModel
 
 REASON_COLUMN = "_reject_reason"
@@ -157,6 +157,29 @@ class Scorer:
 
 
 _EMPTY = pa.RecordBatch.from_pydict({})
+
+
+def scorer_for_records(
+    model: LoadedModel,
+    *,
+    features: Sequence[str] | None = None,
+    outputs: Sequence[str] | None = None,
+    reject_nan: bool = False,
+) -> tuple[Scorer, dict[str, pa.DataType]]:
+    """A scorer for schemaless records (JSON), and the fields it reads with their types.
+
+    The model, not the data, decides the field types (:func:`streamscore.mapping.source_fields`);
+    a decoder then reads exactly those fields.
+    """
+    fields = source_fields(model.signature, features)
+    scorer = Scorer.for_schema(
+        model,
+        pa.schema(list(fields.items())),
+        features=features,
+        outputs=outputs,
+        reject_nan=reject_nan,
+    )
+    return scorer, fields
 
 
 @dataclass(frozen=True)
