@@ -95,18 +95,3 @@ class RegressionDetected(StreamscoreError):
     """A benchmark is slower than its baseline by more than the allowed margin."""
 
     exit_code = 8
-
-
-ALL_ERRORS: tuple[type[StreamscoreError], ...] = (
-    StreamscoreError,
-    UsageError,
-    PartialFailure,
-    InputError,
-    MappingError,
-    ModelError,
-    KafkaError,
-    KafkaAuthError,
-    TransactionAborted,
-    LockedError,
-    RegressionDetected,
-)

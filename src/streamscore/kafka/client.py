@@ -46,7 +46,6 @@ from streamscore.kafka.settings import KafkaSettings as KafkaSettings
 from streamscore.kafka.settings import parse_properties as parse_properties
 
 TIMESTAMP_NOT_AVAILABLE = ck.TIMESTAMP_NOT_AVAILABLE
-OFFSET_INVALID = ck.OFFSET_INVALID
 
 # librdkafka logs through Python logging (not straight to stderr); the NullHandler keeps
 # Python's last-resort handler from printing them, while an application can still opt in.
@@ -609,18 +608,7 @@ class Producer(_Client):
         headers: Headers | None = None,
     ) -> bool:
         """Queue one record; False when it is larger than the producer may send."""
-        handle = self.handle
-        while True:
-            try:
-                handle.produce(topic, value, key, partition, timestamp=timestamp, headers=headers)
-                return True
-            except BufferError:  # the local queue is full: let librdkafka send some
-                handle.poll(0.05)
-            except ck.KafkaException as exc:
-                kerr = _kafka_error_of(exc)
-                if kerr is not None and kerr.code() == _E.MSG_SIZE_TOO_LARGE:
-                    return False
-                raise translate(exc, self.settings, f"producing to topic '{topic}'") from None
+        return not self.produce_many(topic, [(value, key, partition, timestamp, headers)])
 
     def produce_many(self, topic: str, records: Sequence[OutgoingRecord]) -> list[int]:
         """Queue many records (value, key, partition, timestamp, headers) in one call.

@@ -8,6 +8,7 @@ row the model could not take) and ``streamscore.error.message``.
 
 from __future__ import annotations
 
+from streamscore.errors import KafkaError
 from streamscore.kafka.client import TIMESTAMP_NOT_AVAILABLE, KafkaRecord, Producer
 from streamscore.kafka.headers import HeaderStamp
 
@@ -44,6 +45,11 @@ class DeadLetters:
             return
         # Larger than this producer may send: keep the reason, drop the value.
         headers.append((VALUE_OMITTED, b"too large for the dead-letter topic"))
-        self.producer.produce(
+        if not self.producer.produce(
             self.topic, None, record.key(), partition=target, timestamp=timestamp, headers=headers
-        )
+        ):  # even key and headers are too large: never drop a dead letter silently
+            raise KafkaError(
+                f"dead letter for partition {partition} offset {offset} is too large for "
+                f"topic '{self.topic}' even without its value",
+                hint="raise the topic's max.message.bytes",
+            )

@@ -49,10 +49,6 @@ class EndOffsets:
         ranges = {p: PartitionRange(min(starts[p], ends[p]), ends[p]) for p in sorted(ends)}
         return cls(ranges, uuid.uuid4().hex[:12], int(time.time() * 1000), identity)
 
-    @property
-    def total(self) -> int:
-        return sum(r.size for r in self.ranges.values())
-
     def metadata(self, partition: int) -> str:
         """The committed-offset metadata that records this snapshot for ``partition``."""
         r = self.ranges[partition]
