@@ -78,9 +78,11 @@ class JsonReporter:
         self._done: dict[str, int] = {}
         self._last = time.monotonic()
 
-    def add_task(self, key: str, description: str, total: int | None) -> None:
+    def add_task(
+        self, key: str, description: str, total: int | None, *, completed: int = 0
+    ) -> None:
         self._totals[key] = total
-        self._done.setdefault(key, 0)
+        self._done.setdefault(key, completed)
 
     def advance(self, key: str, amount: int) -> None:
         self._done[key] = self._done.get(key, 0) + amount
@@ -112,17 +114,23 @@ class RichReporter:
         )
         self._tasks: dict[str, TaskID] = {}
         self._started: dict[str, float] = {}
+        self._resumed_at: dict[str, float] = {}
         self._progress.start()
 
-    def add_task(self, key: str, description: str, total: int | None) -> None:
-        self._tasks[key] = self._progress.add_task(description, total=total, rate="")
+    def add_task(
+        self, key: str, description: str, total: int | None, *, completed: int = 0
+    ) -> None:
+        self._tasks[key] = self._progress.add_task(
+            description, total=total, completed=completed, rate=""
+        )
         self._started[key] = time.monotonic()
+        self._resumed_at[key] = completed
 
     def advance(self, key: str, amount: int) -> None:
         task = self._tasks[key]
         self._progress.advance(task, amount)
         elapsed = max(time.monotonic() - self._started[key], 1e-9)
-        done = self._progress.tasks[task].completed
+        done = self._progress.tasks[task].completed - self._resumed_at[key]
         self._progress.update(task, rate=f"{done / elapsed:,.0f}/s")
 
     def event(self, payload: Mapping[str, Any]) -> None:
@@ -151,7 +159,9 @@ class LiveStatusReporter:
         self._live = Live(format_tail_status({}), console=_stdout, auto_refresh=False)
         self._live.start()
 
-    def add_task(self, key: str, description: str, total: int | None) -> None:
+    def add_task(
+        self, key: str, description: str, total: int | None, *, completed: int = 0
+    ) -> None:
         pass
 
     def advance(self, key: str, amount: int) -> None:

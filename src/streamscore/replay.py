@@ -335,9 +335,8 @@ class ReplayRun:
         self.tasks_added = True
         for p, r in snapshot.ranges.items():
             key = f"partition-{p}"
-            self.reporter.add_task(key, f"{o.input_topic}[{p}]", r.size)
-            if positions[p] > r.start:
-                self.reporter.advance(key, positions[p] - r.start)
+            done = max(0, positions[p] - r.start)
+            self.reporter.add_task(key, f"{o.input_topic}[{p}]", r.size, completed=done)
 
     def _progress(self, *, check_first: bool) -> Callable[[SourceBatch, ScoredBatch], None]:
         """Per-partition progress; with ``check_first``, the first batch must fit the model."""

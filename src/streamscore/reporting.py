@@ -13,8 +13,14 @@ from typing import Any, Protocol
 class Reporter(Protocol):
     """Receives progress (per task key) and events (JSON-able dicts with an ``event`` key)."""
 
-    def add_task(self, key: str, description: str, total: int | None) -> None:
-        """Announce a unit of progress, e.g. all rows of a batch run or one partition."""
+    def add_task(
+        self, key: str, description: str, total: int | None, *, completed: int = 0
+    ) -> None:
+        """Announce a unit of progress, e.g. all rows of a batch run or one partition.
+
+        ``completed`` is work done before this run (a resumed replay): shown as done, but
+        not counted in the rate.
+        """
 
     def advance(self, key: str, amount: int) -> None:
         """``amount`` more records done on task ``key``."""
@@ -29,7 +35,9 @@ class Reporter(Protocol):
 class SilentReporter:
     """A reporter that drops everything; the default for library calls."""
 
-    def add_task(self, key: str, description: str, total: int | None) -> None:
+    def add_task(
+        self, key: str, description: str, total: int | None, *, completed: int = 0
+    ) -> None:
         pass
 
     def advance(self, key: str, amount: int) -> None:
