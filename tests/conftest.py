@@ -172,3 +172,63 @@ def column_model(model_dir: Path) -> Any:
 
 
 # --- end of models and data section -------------------------------------------------------------
+
+
+# --- Model server: a real MLServer serving the sample models (tests/support/model_server.py) ---
+#
+# model_server   a ModelServer for the whole session in .model-server/test-<pid>/ (REST and
+#                gRPC on free 127.0.0.1 ports, no metrics port); .url is its base URL. A test
+#                may stop() it and start() it again (same ports); the next test finds it
+#                running again.
+
+
+class ModelServer:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.url = ""
+
+    def start(self) -> str:
+        from support import model_server
+
+        self.url = model_server.start(self.home)
+        return self.url
+
+    def stop(self, *, hard: bool = False) -> None:
+        from support import model_server
+
+        model_server.stop(self.home, hard=hard)
+
+    def model(self, name: str, version: str | None = None) -> str:
+        return f"{self.url}/v2/models/{name}" + (f"/versions/{version}" if version else "")
+
+
+@pytest.fixture(scope="session")
+def _model_server_session() -> Iterator[ModelServer]:
+    from support import model_server
+
+    for home in (REPO / ".model-server").glob("test-*"):  # left by a session killed hard
+        pid = home.name.removeprefix("test-")
+        if pid.isdigit() and not _is_alive(int(pid)):
+            model_server.stop(home, hard=True)
+            shutil.rmtree(home, ignore_errors=True)
+    server = ModelServer(REPO / ".model-server" / f"test-{os.getpid()}")
+    try:
+        server.start()
+    except RuntimeError as exc:
+        server.stop(hard=True)
+        pytest.fail(f"could not start MLServer for the tests: {exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop(hard=True)
+        shutil.rmtree(server.home, ignore_errors=True)
+
+
+@pytest.fixture
+def model_server(_model_server_session: ModelServer) -> ModelServer:
+    """The session's MLServer, running (started again if a previous test stopped it)."""
+    _model_server_session.start()
+    return _model_server_session
+
+
+# --- end of model server section ---------------------------------------------------------------

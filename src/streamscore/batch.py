@@ -31,9 +31,8 @@ import pyarrow.parquet as pq
 
 from streamscore import __version__
 from streamscore.config import BatchOptions, OnError
-from streamscore.errors import InputError, LockedError, ModelError, UsageError
-from streamscore.model import resolve_model
-from streamscore.model.session import LoadedModel, load_model
+from streamscore.errors import InputError, LockedError, ModelError, RemoteError, UsageError
+from streamscore.model.base import Model, close_model, open_model
 from streamscore.pipeline import SourceBatch, run_pipeline
 from streamscore.reporting import Reporter, SilentReporter
 from streamscore.scoring import ScoredBatch, Scorer
@@ -80,6 +79,7 @@ class BatchSummary:
     model_version: str
     model_sha256: str
     provider: str
+    model_server: str | None = None  # a remote model's server (its base URL)
     files_ok: int = 0
     files_skipped: int = 0
     files_failed: int = 0
@@ -110,7 +110,10 @@ class BatchSummary:
         self.rows_rejected += result.rows_rejected
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        payload = asdict(self)
+        if payload["model_server"] is None:  # an embedded model
+            del payload["model_server"]
+        return payload
 
 
 @dataclass
@@ -182,7 +185,7 @@ def _is_current(output: Path, wanted: dict[str, str]) -> bool:
 class BatchRun:
     """One execution of ``streamscore batch``; use :func:`run_batch`."""
 
-    def __init__(self, options: BatchOptions, model: LoadedModel, reporter: Reporter) -> None:
+    def __init__(self, options: BatchOptions, model: Model, reporter: Reporter) -> None:
         self.options = options
         self.model = model
         self.reporter = reporter
@@ -196,6 +199,7 @@ class BatchRun:
             model_version=ref.version,
             model_sha256=ref.sha256,
             provider=model.provider,
+            model_server=ref.server or None,
         )
 
     def _identity(self, fp: str) -> dict[str, str]:
@@ -262,6 +266,8 @@ class BatchRun:
             META_PREFIX + "run_id": self.run_id,
             META_PREFIX + "provider": self.model.provider,
         }
+        if self.model.ref.server:
+            metadata[META_PREFIX + "model_server"] = self.model.ref.server
         scores = planned.scorer.score_schema()
         sink = ParquetFileSink(
             planned.output,
@@ -292,7 +298,9 @@ class BatchRun:
 
         try:
             stats = run_pipeline(source, planned.scorer, sink, on_batch=on_batch)
-        except (InputError, ModelError) as exc:
+        except (InputError, ModelError, RemoteError) as exc:
+            # A model server that is away fails this file only: its output is discarded and
+            # a rerun scores it; nothing of it was quarantined as bad data.
             if self.options.on_error is OnError.fail:
                 raise
             _discard_outputs(planned.output, planned.rejected)
@@ -421,8 +429,9 @@ def run_batch(options: BatchOptions, reporter: Reporter | None = None) -> BatchS
     reporter = reporter or SilentReporter()
     s = options.scoring
     # No spinning: ONNX Runtime's idle workers would take the cores the reader and writer need.
-    model = load_model(resolve_model(s.model), provider=s.provider, threads=s.threads, spin=False)
+    model = open_model(s.model, provider=s.provider, threads=s.threads, spin=False, remote=s.remote)
     try:
         return BatchRun(options, model, reporter).execute()
     finally:
+        close_model(model)
         reporter.close()

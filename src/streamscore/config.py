@@ -12,6 +12,7 @@ from streamscore.errors import UsageError
 
 if TYPE_CHECKING:
     from streamscore.kafka.settings import KafkaSettings
+    from streamscore.remote.settings import RemoteSettings
     from streamscore.routing import CanarySpec
 
 
@@ -78,6 +79,7 @@ class ScoringOptions:
     threads: int | None = None
     batch_size: int = 4096
     reject_nan: bool = False
+    remote: RemoteSettings | None = None  # when MODEL is a URL: headers, TLS, retries…
 
     def __post_init__(self) -> None:
         if self.batch_size <= 0:

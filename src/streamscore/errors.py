@@ -10,7 +10,10 @@
     │   ├── KafkaAuthError            exit 6   authentication or authorization refused
     │   └── TransactionAborted        exit 6   a transaction was rolled back; rerun resumes
     ├── LockedError                   exit 7   another run holds the output's lock
-    └── RegressionDetected            exit 8   bench: slower than the baseline allows
+    ├── RegressionDetected            exit 8   bench: slower than the baseline allows
+    └── RemoteError                   exit 9   model server refused us or broke the protocol
+        └── RemoteUnavailable         exit 9   model server away (down, timeout, 429, 5xx)
+                                               after every retry; a rerun resumes
 
 Exit 130 means interrupted (SIGINT). Only ``streamscore.cli`` turns these into exit codes;
 library users catch ``StreamscoreError``.
@@ -95,3 +98,16 @@ class RegressionDetected(StreamscoreError):
     """A benchmark is slower than its baseline by more than the allowed margin."""
 
     exit_code = 8
+
+
+class RemoteError(StreamscoreError):
+    """A model server refused our credentials or answered outside the protocol."""
+
+    exit_code = 9
+
+
+class RemoteUnavailable(RemoteError):
+    """A model server stayed unreachable, slow or overloaded through every retry (an outage).
+
+    Nothing is dead-lettered for it: the rows were never judged, so a rerun scores them.
+    """

@@ -9,7 +9,7 @@ import typer
 
 from streamscore import console
 from streamscore.cli import options as opt
-from streamscore.cli.common import scoring_options, translate_errors
+from streamscore.cli.common import remote_settings, scoring_options, translate_errors
 from streamscore.config import BatchOptions, OnError
 from streamscore.errors import PartialFailure, UsageError
 
@@ -48,6 +48,12 @@ def batch(
         bool, typer.Option(help="Delete outputs whose input file no longer exists.")
     ] = False,
     log_format: opt.LogFormat = "auto",
+    header: opt.Header = None,
+    ca_file: opt.CaFile = None,
+    timeout: opt.Timeout = 30.0,
+    retries: opt.Retries = 5,
+    concurrency: opt.Concurrency = 4,
+    signature: opt.Signature = None,
 ) -> None:
     """Score every Parquet file under INPUT with MODEL into OUT, one output file per input.
 
@@ -67,6 +73,14 @@ def batch(
             threads=threads,
             batch_size=batch_size,
             reject_nan=reject_nan,
+            remote=remote_settings(
+                header=header,
+                ca_file=ca_file,
+                timeout=timeout,
+                retries=retries,
+                concurrency=concurrency,
+                signature=signature,
+            ),
         ),
         on_error=on_error,
         force=force,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 import typer
@@ -11,6 +12,7 @@ import typer
 from streamscore import console
 from streamscore.config import KeepColumns, ScoringOptions
 from streamscore.errors import EXIT_INTERRUPTED, StreamscoreError, UsageError
+from streamscore.remote.settings import RemoteSettings
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -50,6 +52,7 @@ def scoring_options(
     threads: int | None,
     batch_size: int,
     reject_nan: bool,
+    remote: RemoteSettings | None = None,
 ) -> ScoringOptions:
     """ScoringOptions from the options every scoring command shares (comma lists parsed)."""
     return ScoringOptions(
@@ -61,6 +64,27 @@ def scoring_options(
         threads=threads,
         batch_size=batch_size,
         reject_nan=reject_nan,
+        remote=remote,
+    )
+
+
+def remote_settings(
+    *,
+    header: list[str] | None,
+    ca_file: Path | None,
+    timeout: float,
+    retries: int,
+    concurrency: int,
+    signature: Path | None,
+) -> RemoteSettings:
+    """RemoteSettings from the remote model options (used when MODEL is a URL)."""
+    return RemoteSettings.build(
+        header,
+        ca_file=ca_file,
+        timeout_s=timeout,
+        retries=retries,
+        concurrency=concurrency,
+        signature=signature,
     )
 
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from streamscore import console
-from streamscore.cli.common import translate_errors
+from streamscore.cli import options as opt
+from streamscore.cli.common import remote_settings, translate_errors
 from streamscore.model import list_models, resolve_model
+from streamscore.remote import is_model_url
+
+if TYPE_CHECKING:
+    from streamscore.remote.settings import RemoteSettings
 
 app = typer.Typer(help="Inspect models and model repositories.", no_args_is_help=True)
 
@@ -19,10 +24,29 @@ app = typer.Typer(help="Inspect models and model repositories.", no_args_is_help
 )
 @translate_errors
 def inspect(
-    model: Annotated[str, typer.Argument(help="An .onnx file, REPO/NAME or REPO/NAME/VERSION.")],
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="An .onnx file, REPO/NAME, REPO/NAME/VERSION, or a model server URL "
+            "http(s)://HOST:PORT/v2/models/NAME (or .../NAME/versions/V)."
+        ),
+    ],
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
+    header: opt.Header = None,
+    ca_file: opt.CaFile = None,
+    timeout: opt.Timeout = 10.0,
 ) -> None:
-    """Show a model's inputs, outputs, opsets, producer, metadata, sha256 and size."""
+    """Show a model's inputs, outputs, opsets, producer, metadata, sha256 and size.
+
+    For a model server URL: the server's metadata, its readiness and the version answering.
+    """
+    if is_model_url(model):
+        settings = remote_settings(
+            header=header, ca_file=ca_file, timeout=timeout, retries=1, concurrency=1,
+            signature=None,
+        )  # fmt: skip
+        _inspect_remote(model, settings, json_out)
+        return
     from streamscore.model.session import load_model  # onnxruntime: loaded only when run
 
     loaded = load_model(resolve_model(model), provider="cpu")
@@ -55,6 +79,32 @@ def inspect(
     console.print_text(f"producer {sig.producer}\nopsets   {opsets}")
     for key, value in sig.metadata.items():
         console.print_text(f"metadata {key} = {value}")
+
+
+def _inspect_remote(model: str, settings: RemoteSettings, json_out: bool) -> None:
+    from streamscore.remote.model import inspect_remote_model  # httpx: loaded only when run
+
+    info = inspect_remote_model(model, settings)
+    if json_out:
+        console.json_line(info)
+        return
+    label = f"{info['name']}:{info['version']}" if info["version"] else info["name"]
+    console.print_renderable(
+        console.format_table(
+            f"{label}  {info['server']}",
+            ["", "name", "type", "shape"],
+            [("input", t["name"], t["type"], t["shape"]) for t in info["inputs"]]
+            + [("output", t["name"], t["type"], t["shape"]) for t in info["outputs"]],
+        )
+    )
+    ready = "ready" if info["ready"] else "NOT ready"
+    server = "ready" if info["server_ready"] else "NOT ready"
+    console.print_text(f"model    {ready}\nserver   {server}\nplatform {info['platform']}")
+    if not info["signature_published"]:
+        console.print_text(
+            "the server publishes no signature for this model: give a local copy with "
+            "--signature FILE.onnx when scoring"
+        )
 
 
 @app.command("list", epilog="Example: streamscore models list sample_data/models")

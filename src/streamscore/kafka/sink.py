@@ -28,10 +28,10 @@ from streamscore.kafka.client import (
     Producer,
 )
 from streamscore.kafka.codec import DecodedBatch, encode_values
-from streamscore.kafka.dead_letter import OUTPUT_TOO_LARGE, REJECTED, DeadLetters
+from streamscore.kafka.dead_letter import OUTPUT_TOO_LARGE, DeadLetters
 from streamscore.kafka.headers import HeaderStamp
 from streamscore.pipeline import Sink, SourceBatch
-from streamscore.scoring import ScoredBatch
+from streamscore.scoring import ScoredBatch, rejection_kind
 
 
 @dataclass
@@ -135,7 +135,7 @@ class KafkaSink(Sink):
         written = self._produce_scores(context, scored, kinds)
         index = decoded.index.tolist()
         for row, reason in zip(scored.rejected.tolist(), scored.reasons, strict=True):
-            self._dead_letter(records[index[row]], REJECTED, reason, kinds)
+            self._dead_letter(records[index[row]], rejection_kind(reason), reason, kinds)
         for failure in decoded.failures:
             self._dead_letter(records[failure.index], failure.kind, failure.message, kinds)
         self.delivery.commit(context.topic, context.commit)

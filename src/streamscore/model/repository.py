@@ -20,13 +20,26 @@ MODEL_FILENAME = "model.onnx"
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A resolved model file: who it is (name, version) and what it is (sha256)."""
+    """A resolved model: who it is (name, version) and what it is (sha256).
+
+    A model file has its ``path``; a model on a server (:mod:`streamscore.remote`) has its
+    ``server`` base URL instead, and ``sha256`` digests the server, name, version and signature.
+    """
 
     name: str
     version: str
     path: Path
     sha256: str
     size: int
+    server: str = ""
+
+    @property
+    def location(self) -> str:
+        """Where the model lives: its file, or its URL on a server."""
+        if not self.server:
+            return str(self.path)
+        version = f"/versions/{self.version}" if self.version else ""
+        return f"{self.server}/v2/models/{self.name}{version}"
 
     @property
     def label(self) -> str:

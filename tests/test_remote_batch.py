@@ -1,0 +1,319 @@
+"""Remote models over the Open Inference Protocol: the client's pieces, batch and inspect.
+
+The server tests run against a real MLServer (the ``model_server`` fixture) serving the sample
+models with the ONNX runtime in tests/support; see tests/support/model_server.py for the
+misbehaving variants (fraud_strict, fraud_short, fraud_unsigned).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import ModelServer
+from helpers.data import streamscore_metadata
+from helpers.runs import batch_options, invoke, score
+from streamscore.batch import REJECTED_DIR, BatchRun
+from streamscore.config import OnError
+from streamscore.errors import RemoteError, RemoteUnavailable, UsageError
+from streamscore.model.base import close_model, open_model
+from streamscore.model.signature import ModelSignature, TensorSpec
+from streamscore.remote import ModelURL
+from streamscore.remote.breaker import BreakerState, CircuitBreaker
+from streamscore.remote.protocol import decode_response
+from streamscore.remote.settings import RemoteSettings
+from streamscore.reporting import RecordingReporter
+from streamscore.scoring import REASON_COLUMN
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "sample_data"
+FEATURES = tuple(f"f{i:02d}" for i in range(30))
+SCORES = ["label", "probabilities_0", "probabilities_1"]
+FAST = RemoteSettings(timeout_s=2.0, retries=1, backoff_s=0.05, max_backoff_s=0.1)
+
+
+def sample_input(folder: Path, rows: int = 1500, files: int = 1) -> Path:
+    """``files`` Parquet files of the holdout day's first rows, under ``folder``."""
+    table = pq.read_table(SAMPLE / "transactions" / "date=2026-11-04" / "part-0.parquet")
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(files):
+        pq.write_table(table.slice(i * rows, rows), folder / f"part-{i}.parquet")
+    return folder
+
+
+# ---------------------------------------------------------------- pieces, no server
+
+
+def test_a_model_url_names_server_model_and_optional_version() -> None:
+    latest = ModelURL.parse("http://127.0.0.1:8080/v2/models/fraud")
+    pinned = ModelURL.parse("https://models.example:443/prefix/v2/models/fraud/versions/3/")
+    assert (latest.server, latest.name, latest.version) == ("http://127.0.0.1:8080", "fraud", None)
+    assert (pinned.server, pinned.name, pinned.version) == (
+        "https://models.example:443/prefix",
+        "fraud",
+        "3",
+    )
+    assert pinned.model_path() == "/v2/models/fraud/versions/3"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://user:secret@127.0.0.1:8080/v2/models/fraud",
+        "http://127.0.0.1:8080/v2/models/fraud?token=secret",
+        "http://127.0.0.1:8080/models/fraud",
+    ],
+)
+def test_a_model_url_with_credentials_a_query_or_another_path_is_refused(url: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        ModelURL.parse(url)
+    assert "secret" not in caught.value.one_line()
+
+
+def test_header_values_never_show_in_the_settings_repr() -> None:
+    settings = RemoteSettings.build(["Authorization: Bearer s3cret", "X-Team: fraud"])
+    assert "s3cret" not in repr(settings) and "fraud" not in repr(settings)
+    assert settings.request_headers()["Authorization"] == "Bearer s3cret"
+    with pytest.raises(UsageError) as caught:
+        RemoteSettings.build(["Bearer s3cret-without-a-name"])
+    assert "s3cret" not in caught.value.one_line()
+
+
+def test_the_breaker_opens_after_failures_then_lets_one_probe_through() -> None:
+    breaker = CircuitBreaker(threshold=2, cooldown_s=0.05)
+    breaker.record_failure()
+    assert breaker.allow()
+    breaker.record_failure()
+    assert breaker.state is BreakerState.open and not breaker.allow()
+    import time
+
+    time.sleep(0.06)
+    assert breaker.allow()  # the probe
+    assert breaker.state is BreakerState.half_open and not breaker.allow()
+    breaker.record_success()
+    assert breaker.state is BreakerState.closed and breaker.allow()
+
+
+SIGNATURE = ModelSignature(
+    inputs=(TensorSpec("input", "tensor(float)", (None, 2)),),
+    outputs=(
+        TensorSpec("label", "tensor(int64)", (None,)),
+        TensorSpec("p", "tensor(float)", (None, 2)),
+    ),
+)
+
+
+def answer(**outputs: tuple[list[int], str, list[float]]) -> bytes:
+    tensors = [
+        {"name": name, "shape": shape, "datatype": datatype, "data": data}
+        for name, (shape, datatype, data) in outputs.items()
+    ]
+    return orjson.dumps({"model_name": "m", "model_version": "1", "outputs": tensors})
+
+
+def test_a_well_formed_answer_decodes_with_n_by_1_outputs_flattened() -> None:
+    body = answer(label=([2, 1], "INT64", [0, 1]), p=([2, 2], "FP32", [0.9, 0.1, 0.2, 0.8]))
+    values, version = decode_response(body, SIGNATURE, ["label", "p"], 2, "server S")
+    assert version == "1" and values[0].tolist() == [0, 1] and values[1].shape == (2, 2)
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (answer(label=([1], "INT64", [0]), p=([1, 2], "FP32", [0.5, 0.5])), "1 row(s)"),
+        (answer(label=([2], "INT64", [0, 1])), "left out output(s) p"),
+        (answer(label=([2], "FP64", [0, 1]), p=([2, 2], "FP32", [0] * 4)), "as FP64"),
+        (b"<html>oops</html>", "not an OIP response"),
+    ],
+)
+def test_an_answer_that_does_not_match_the_request_is_an_error_naming_the_server(
+    body: bytes, fragment: str
+) -> None:
+    with pytest.raises(RemoteError) as caught:
+        decode_response(body, SIGNATURE, ["label", "p"], 2, "model server http://S")
+    assert "http://S" in caught.value.one_line() and fragment in caught.value.one_line()
+
+
+# ---------------------------------------------------------------- a real MLServer
+
+
+def test_batch_scores_through_the_server_equal_embedded_scores_with_lineage(
+    tmp_path: Path, model_server: ModelServer
+) -> None:
+    source = sample_input(tmp_path / "in")
+    for model, features in (("fraud", FEATURES), ("fraud_columns", None)):
+        local = SAMPLE / "models" / model
+        embedded, _ = score(source, tmp_path / f"{model}-local", local, features=features)
+        remote, _ = score(
+            source,
+            tmp_path / f"{model}-remote",
+            model_server.model(model),
+            features=features,
+            remote=RemoteSettings(concurrency=3),
+            batch_size=256,
+        )
+        assert remote.rows_scored == embedded.rows_scored == 1500
+        assert (remote.model_version, remote.provider, remote.model_server) == (
+            "2" if model == "fraud" else "1",
+            "remote",
+            model_server.url,
+        )
+        local_rows = pq.read_table(tmp_path / f"{model}-local" / "part-0.parquet")
+        remote_rows = pq.read_table(tmp_path / f"{model}-remote" / "part-0.parquet")
+        assert remote_rows.column("transaction_id").equals(local_rows.column("transaction_id"))
+        assert remote_rows.column("label").equals(local_rows.column("label"))
+        for column in ("probabilities_0", "probabilities_1"):
+            np.testing.assert_allclose(
+                remote_rows.column(column).to_numpy(),
+                local_rows.column(column).to_numpy(),
+                atol=1e-6,
+            )
+        meta = streamscore_metadata(tmp_path / f"{model}-remote" / "part-0.parquet")
+        assert meta["model_server"] == model_server.url and meta["provider"] == "remote"
+        assert meta["model_name"] == model and meta["model_version"] == remote.model_version
+
+
+def test_a_pinned_version_is_the_one_that_answers(
+    tmp_path: Path, model_server: ModelServer
+) -> None:
+    source = sample_input(tmp_path / "in", rows=300)
+    v1, _ = score(source, tmp_path / "v1", model_server.model("fraud", "1"), features=FEATURES)
+    local, _ = score(
+        source, tmp_path / "local", SAMPLE / "models" / "fraud" / "1", features=FEATURES
+    )
+    assert v1.model_version == "1"
+    remote_p = pq.read_table(tmp_path / "v1" / "part-0.parquet").column("probabilities_1")
+    local_p = pq.read_table(tmp_path / "local" / "part-0.parquet").column("probabilities_1")
+    np.testing.assert_allclose(remote_p.to_numpy(), local_p.to_numpy(), atol=1e-6)
+
+
+def test_rows_the_server_rejects_are_isolated_and_quarantined_with_its_message(
+    tmp_path: Path, model_server: ModelServer
+) -> None:
+    table = pq.read_table(SAMPLE / "transactions" / "date=2026-11-04" / "part-0.parquet").slice(
+        0, 1000
+    )
+    bad = [3, 517, 998]
+    amounts = table.column("f00").to_numpy().copy()
+    amounts[bad] = -1.0
+    table = table.set_column(table.schema.get_field_index("f00"), "f00", pa.array(amounts))
+    (tmp_path / "in").mkdir()
+    pq.write_table(table, tmp_path / "in" / "part-0.parquet")
+    summary, _ = score(
+        tmp_path / "in",
+        tmp_path / "out",
+        model_server.model("fraud_strict"),
+        features=FEATURES,
+        batch_size=400,
+    )
+    assert (summary.rows_scored, summary.rows_rejected) == (997, 3)
+    rejected = pq.read_table(tmp_path / "out" / REJECTED_DIR / "part-0.parquet")
+    assert rejected.column("transaction_id").to_pylist() == [
+        table.column("transaction_id")[i].as_py() for i in bad
+    ]
+    reasons = rejected.column(REASON_COLUMN).to_pylist()
+    assert all(r.startswith("remote_rejected: model server") for r in reasons)
+    assert all("must be at least 0" in r for r in reasons)
+    assert list(summary.rejected_reasons.values()) == [3]
+
+
+def test_a_server_answering_too_few_rows_fails_the_file_and_writes_nothing(
+    tmp_path: Path, model_server: ModelServer
+) -> None:
+    source = sample_input(tmp_path / "in", rows=500)
+    summary, _ = score(
+        source, tmp_path / "out", model_server.model("fraud_short", "1"), features=FEATURES
+    )
+    assert summary.files_failed == 1 and summary.rows_scored == 0
+    assert model_server.url in summary.failures[0] and "row(s)" in summary.failures[0]
+    assert not list((tmp_path / "out").rglob("*.parquet"))
+
+
+def test_a_server_outage_fails_the_files_unquarantined_and_a_rerun_resumes(
+    tmp_path: Path, model_server: ModelServer
+) -> None:
+    source = sample_input(tmp_path / "in", rows=400, files=2)
+    options = batch_options(
+        source, tmp_path / "out", model_server.model("fraud"), features=FEATURES, remote=FAST
+    )
+    model = open_model(options.scoring.model, remote=FAST)
+    model_server.stop()
+    try:
+        summary = BatchRun(options, model, RecordingReporter()).execute()
+    finally:
+        close_model(model)
+    assert summary.files_failed == 2 and summary.partial  # the CLI exits 3
+    assert (
+        "unavailable" in summary.failures[0] and "nothing was dead-lettered" in summary.failures[0]
+    )
+    assert not list((tmp_path / "out").rglob("*.parquet"))  # no output, nothing quarantined
+    model_server.start()
+    rerun, _ = score(
+        source, tmp_path / "out", model_server.model("fraud"), features=FEATURES, remote=FAST
+    )
+    assert (rerun.files_ok, rerun.files_failed, rerun.rows_scored) == (2, 0, 800)
+
+
+def test_a_server_that_is_down_exits_9_with_one_line_and_no_secret(
+    tmp_path: Path, model_server: ModelServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = model_server.model("fraud")
+    model_server.stop()
+    monkeypatch.setenv("STREAMSCORE_REMOTE_TOKEN", "env-s3cret")
+    result = invoke(
+        "batch", sample_input(tmp_path / "in", rows=10), "--out", tmp_path / "out",
+        "--model", url, "--header", "X-Api-Key: hdr-s3cret", "--retries", "1", "--timeout", "1",
+    )  # fmt: skip
+    assert result.exit_code == 9
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "unavailable" in lines[0] and model_server.url in lines[0]
+    assert "s3cret" not in result.output
+
+
+def test_a_server_without_a_signature_says_so_and_takes_one_from_a_local_copy(
+    tmp_path: Path, model_server: ModelServer
+) -> None:
+    source = sample_input(tmp_path / "in", rows=100)
+    url = model_server.model("fraud_unsigned")
+    result = invoke("batch", source, "--out", tmp_path / "out", "--model", url)
+    assert result.exit_code == 5
+    assert "publishes no signature" in result.output and "--signature" in result.output
+    local = SAMPLE / "models" / "fraud" / "1" / "model.onnx"
+    result = invoke(
+        "batch", source, "--out", tmp_path / "out", "--model", url, "--signature", local
+    )
+    assert result.exit_code == 0, result.output
+    assert pq.read_table(tmp_path / "out" / "part-0.parquet").num_rows == 100
+
+
+def test_models_inspect_shows_the_servers_metadata_and_readiness(model_server: ModelServer) -> None:
+    result = invoke("models", "inspect", model_server.model("fraud_columns"), "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["server"] == model_server.url and info["ready"] is True
+    assert info["version"] == "1"
+    assert [i["name"] for i in info["inputs"]][-1] == "merchant_category"
+    assert info["inputs"][-1]["type"] == "tensor(string)"
+    missing = invoke("models", "inspect", model_server.model("nope"))
+    assert missing.exit_code == 5 and "nope" in missing.output
+
+
+def test_a_mismatch_in_on_error_fail_mode_stops_the_run_with_exit_9(
+    tmp_path: Path, model_server: ModelServer
+) -> None:
+    source = sample_input(tmp_path / "in", rows=50)
+    with pytest.raises(RemoteError) as caught:
+        score(
+            source,
+            tmp_path / "out",
+            model_server.model("fraud_short", "1"),
+            features=FEATURES,
+            on_error=OnError.fail,
+        )
+    assert not isinstance(caught.value, RemoteUnavailable) and caught.value.exit_code == 9
