@@ -9,7 +9,7 @@ import typer
 
 from streamscore import console
 from streamscore.cli import options as opt
-from streamscore.cli.common import scoring_options, translate_errors
+from streamscore.cli.common import remote_settings, scoring_options, translate_errors
 from streamscore.config import ReplayOptions
 from streamscore.errors import UsageError
 from streamscore.kafka.settings import KafkaSettings
@@ -103,6 +103,12 @@ def replay(
     config: opt.KafkaConfigFile = None,
     connect_timeout: opt.ConnectTimeout = 10.0,
     log_format: opt.LogFormat = "auto",
+    header: opt.Header = None,
+    ca_file: opt.CaFile = None,
+    timeout: opt.Timeout = 30.0,
+    retries: opt.Retries = 5,
+    concurrency: opt.Concurrency = 4,
+    signature: opt.Signature = None,
 ) -> None:
     """Score every record of a topic, up to its end offsets at start, into another topic.
 
@@ -133,6 +139,14 @@ def replay(
             threads=threads,
             batch_size=batch_size,
             reject_nan=reject_nan,
+            remote=remote_settings(
+                header=header,
+                ca_file=ca_file,
+                timeout=timeout,
+                retries=retries,
+                concurrency=concurrency,
+                signature=signature,
+            ),
         ),
         dlq_topic=dlq_topic,
         group=group,
