@@ -219,6 +219,9 @@ def format_tail_status(status: Mapping[str, Any]) -> Table:
     errors = status.get("errors") or {}
     if errors:
         table.add_row("errors", ", ".join(f"{k}={v:,}" for k, v in errors.items()))
+    servers = status.get("model_servers") or {}
+    if servers:  # a remote model: its server's circuit breaker
+        table.add_row("model server", ", ".join(f"{s} {state}" for s, state in servers.items()))
     return table
 
 

@@ -50,11 +50,13 @@ from typing import Any
 import orjson
 
 from streamscore.config import TailOptions
-from streamscore.errors import KafkaError, StreamscoreError
+from streamscore.errors import KafkaError, RemoteUnavailable, StreamscoreError
 from streamscore.kafka.client import Admin, Consumer, KafkaRecord, Producer
 from streamscore.metrics import TailMetrics
 from streamscore.model import ModelRef, resolve_model
 from streamscore.model.watch import ModelWatcher, repository_model_dir
+from streamscore.remote import is_model_url
+from streamscore.remote.breaker import breaker_states
 from streamscore.reporting import Reporter, SilentReporter
 from streamscore.rollout import Arm, Serving, check_fits, prepare_arm
 from streamscore.routing import resolve_version
@@ -65,6 +67,7 @@ RECENT_RECORDS = 200  # input values a new model version is tried on before it s
 MAX_BATCH_ATTEMPTS = 5
 RETRY_BACKOFF_S = 1.0
 STATS_INTERVAL_MS = 1000
+SERVER_PROBE_S = 1.0  # how often a paused tail asks a model server whether it is back
 
 # Defaults for live serving; a -X property of the same name wins.
 CONSUMER_DEFAULTS: dict[str, Any] = {
@@ -91,6 +94,7 @@ class TailSummary:
     batches_retried: int = 0
     reloads: int = 0
     versions_rejected: int = 0
+    outage_pauses: int = 0  # times consumption paused for a model server outage
     serving: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     records_per_second: float = 0.0
@@ -143,6 +147,7 @@ class TailRun:
         self._last_status = time.monotonic()
         self._failed_attempts = 0
         self._closed_at = 0.0  # when the last micro-batch closed (monotonic)
+        self._paused = False  # consumption paused through a model server outage
 
     # --- set-up ------------------------------------------------------------------------------
 
@@ -194,7 +199,9 @@ class TailRun:
     def _first_serving(self) -> Serving:
         """Load the models; watch MODEL's repository when it names one."""
         o, s = self.options, self.options.scoring
-        primary = prepare_arm("primary", resolve_model(s.model), s)
+        primary = prepare_arm(
+            "primary", s.model if is_model_url(s.model) else resolve_model(s.model), s
+        )
         canary = shadow = None
         if o.canary is not None:
             canary = prepare_arm("canary", resolve_version(s.model, o.canary.version), s)
@@ -353,6 +360,11 @@ class TailRun:
         self._recent = [record.value() for record in records[-RECENT_RECORDS:]]
         try:
             self.writer.write(self._current(), records, first, commit)
+        except RemoteUnavailable as exc:
+            # An outage, not bad data: scoring comes before anything of the batch is
+            # produced, so nothing was written; read it again once the server answers.
+            self._wait_for_model_servers(first, exc)
+            return
         except KafkaError as exc:
             if exc.code in FENCED_CODES:
                 raise
@@ -382,10 +394,39 @@ class TailRun:
         self.consumer.seek(self.options.input_topic, first)
         self.stop.wait(RETRY_BACKOFF_S * self._failed_attempts)
 
+    def _wait_for_model_servers(self, first: dict[int, int], exc: RemoteUnavailable) -> None:
+        """Pause consumption (memory stays bounded, nothing is skipped) until every remote
+        model answers its readiness probe, then resume from the failed batch."""
+        topic = self.options.input_topic
+        self.consumer.seek(topic, first)
+        self.consumer.pause(topic, sorted(self._assigned))
+        self._paused = True
+        self.summary.outage_pauses += 1
+        self.metrics.error("model_server_outage")
+        self.reporter.event(
+            {"event": "warning", "message": f"{exc.one_line()}; consumption paused"}
+        )
+        models = [arm.scorer.model for arm in self.serving.arms]
+        probes = [probe for m in models if (probe := getattr(m, "probe", None)) is not None]
+        while not self.stop.is_set():
+            got, _ = self.consumer.consume(1, IDLE_POLL_S)  # stays in the group meanwhile
+            self._pending.extend(got)
+            self._tick()
+            if all(probe() for probe in probes):
+                break
+            self.stop.wait(SERVER_PROBE_S)
+        self._paused = False
+        self.consumer.resume(topic, sorted(self._assigned))
+        self.reporter.event(
+            {"event": "info", "message": "model server answers again; consumption resumed"}
+        )
+
     # --- group membership, statistics, reporting ---------------------------------------------
 
     def _on_assign(self, partitions: list[int]) -> None:
         self._assigned.update(partitions)
+        if self._paused:  # through a model server outage, new partitions wait too
+            self.consumer.pause(self.options.input_topic, partitions)
         self.reporter.event(
             {"event": "assigned", "partitions": sorted(partitions), "owned": sorted(self._assigned)}
         )
@@ -439,6 +480,9 @@ class TailRun:
             self.reporter.event(event)
         if self.watcher is not None:
             self._current()  # a reload shows in the status and metrics even when idle
+        servers = breaker_states()
+        if servers:
+            self.metrics.set_model_servers({url: state.value for url, state in servers.items()})
         now = time.monotonic()
         if force_status or now - self._last_status >= self.options.status_interval_s:
             self._last_status = now

@@ -1,10 +1,12 @@
 """A circuit breaker per model server, shared by every model and worker thread of the process.
 
 Closed: requests flow. After ``threshold`` outage failures in a row it opens: requests are
-not sent (each caller waits out its own backoff instead) until ``cooldown_s`` has passed;
+not sent (each caller waits out the cooldown, as one of its retries) until ``cooldown_s`` has
+passed;
 then one probe request is let through (half-open). Its success closes the breaker; its
 failure opens it again with a doubled cooldown (up to ``max_cooldown_s``). So a dead server
-gets one request per cooldown, not one per worker per retry.
+gets one request per cooldown, not one per worker per retry. A caller that gives up after
+all its retries trips it open at once.
 """
 
 from __future__ import annotations
@@ -53,6 +55,13 @@ class CircuitBreaker:
                 return True
             return False
 
+    def remaining_s(self) -> float:
+        """Seconds until an open breaker lets a probe through (0 when it would now)."""
+        with self._lock:
+            if self._state is not BreakerState.open:
+                return 0.0
+            return max(0.0, self._cooldown_s - (time.monotonic() - self._opened_at))
+
     def record_success(self) -> None:
         with self._lock:
             self._state = BreakerState.closed
@@ -66,6 +75,12 @@ class CircuitBreaker:
                 self._cooldown_s = min(self._cooldown_s * 2, self.max_cooldown_s)
                 self._open()
             elif self._state is BreakerState.closed and self._failures >= self.threshold:
+                self._open()
+
+    def trip(self) -> None:
+        """Open now: a caller gave up on the server after all its retries."""
+        with self._lock:
+            if self._state is not BreakerState.open:
                 self._open()
 
     def _open(self) -> None:

@@ -127,7 +127,9 @@ class OipClient:
                 self.breaker.record_failure()
             else:
                 failure = "circuit breaker open after repeated failures"
+                delay = max(self.breaker.remaining_s(), 0.01)
             if attempt >= s.retries:
+                self.breaker.trip()
                 raise RemoteUnavailable(
                     f"model server {self.server} unavailable for {what} after "
                     f"{attempt + 1} attempt(s): {failure}",

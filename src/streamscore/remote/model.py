@@ -102,6 +102,14 @@ class RemoteModel:
         self._pool.shutdown(wait=True)
         self.client.close()
 
+    def probe(self) -> bool:
+        """Does the model answer its readiness endpoint now? A yes closes the breaker, so
+        the next request goes out at once."""
+        ready = self.client.is_ready(self.url.model_path(self.version or None) + "/ready")
+        if ready:
+            self.client.breaker.record_success()
+        return ready
+
     def run(self, output_names: Sequence[str], feeds: dict[str, np.ndarray]) -> list[Any]:
         """Score every row, blocking; a row the server rejects is an error here."""
         answer = self.submit(output_names, feeds).result()
