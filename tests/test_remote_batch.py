@@ -317,3 +317,46 @@ def test_a_mismatch_in_on_error_fail_mode_stops_the_run_with_exit_9(
             on_error=OnError.fail,
         )
     assert not isinstance(caught.value, RemoteUnavailable) and caught.value.exit_code == 9
+
+
+# ---------------------------------------------------------------- bench
+
+
+def test_bench_measures_a_served_model_with_the_same_table(model_server: ModelServer) -> None:
+    result = invoke(
+        "bench", model_server.model("fraud_columns"), "--batch-sizes", "8", "--concurrency",
+        "1,2", "--warmup", "0", "--window", "0.1", "--max-duration", "0.3", "--json", "-",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert [r["key"] for r in report["results"]] == [
+        "remote/threads=0/batch=8/concurrency=1",
+        "remote/threads=0/batch=8/concurrency=2",
+    ]
+    assert all(r["rows_per_s"] > 0 and r["provider_used"] == "remote" for r in report["results"])
+    assert report["model"]["path"] == model_server.model("fraud_columns", "1")
+
+
+def test_bench_model_and_url_compares_embedded_and_served_on_the_same_inputs(
+    model_server: ModelServer,
+) -> None:
+    local = SAMPLE / "models" / "fraud_columns" / "1"
+    result = invoke(
+        "bench", local, model_server.model("fraud_columns"), "--batch-sizes", "4,32",
+        "--warmup", "0", "--window", "0.1", "--max-duration", "0.3", "--json", "-",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    providers = [r["configuration"]["provider"] for r in report["results"]]
+    assert providers == ["cpu", "cpu", "remote", "remote"]
+    compared = report["remote_comparison"]
+    assert [c["embedded_key"] for c in compared] == [r["key"] for r in report["results"][:2]]
+    for c, local_r, served_r in zip(
+        compared, report["results"][:2], report["results"][2:], strict=True
+    ):
+        assert c["remote_key"] == served_r["key"]
+        assert c["ratio"] == pytest.approx(served_r["rows_per_s"] / local_r["rows_per_s"])
+        assert 0 <= c["remote_overhead"] <= 1
+    assert report["served"] == model_server.model("fraud_columns", "1")
+    mismatch = invoke("bench", local, model_server.model("fraud"), "--batch-sizes", "4")
+    assert mismatch.exit_code == 2 and "other inputs" in mismatch.output

@@ -333,7 +333,7 @@ def format_bench_results(report: Mapping[str, Any]) -> Table:
             "★" if r["key"] == best else "",
             c["provider"]
             + ("" if r["provider_used"] == c["provider"] else f"→{r['provider_used']}"),
-            _threads(c["threads"]),
+            "-" if c["provider"] == "remote" else _threads(c["threads"]),
             f"{c['batch_size']:,}",
             str(c["concurrency"]),
         ]
@@ -389,6 +389,31 @@ def format_bench_pipeline(report: Mapping[str, Any]) -> Table:
             f"{p['pipeline_rows_per_s']:,.0f}",
             f"{p['bare_rows_per_s']:,.0f}",
             f"{p['ratio']:.2f}",
+        )
+    return table
+
+
+def format_bench_remote(report: Mapping[str, Any]) -> Table:
+    """``bench MODEL URL``: each embedded configuration against the served model."""
+    table = Table(
+        title=f"embedded vs served ({report.get('served')}), same inputs, same run",
+        title_justify="left",
+        caption="ratio: served rows/s over embedded rows/s; remote share: part of the served "
+        "p50 the embedded model does not pay (network, serialization, server framework)",
+        caption_justify="left",
+    )
+    headers = ["embedded", "embedded rows/s", "served rows/s", "ratio", "p50 ms", "served p50"]
+    for header in [*headers, "remote share"]:
+        table.add_column(header, justify="left" if header == "embedded" else "right")
+    for c in report.get("remote_comparison") or []:
+        table.add_row(
+            c["embedded_key"],
+            _num(c["embedded_rows_per_s"], ",.0f"),
+            _num(c["remote_rows_per_s"], ",.0f"),
+            f"{c['ratio']:.2f}x",
+            _num(c["embedded_p50_ms"]),
+            _num(c["remote_p50_ms"]),
+            f"{c['remote_overhead']:.0%}",
         )
     return table
 
