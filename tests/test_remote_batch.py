@@ -7,8 +7,14 @@ misbehaving variants (fraud_strict, fraud_short, fraud_unsigned).
 
 from __future__ import annotations
 
+import http.server
 import json
+import ssl
+import subprocess
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import orjson
@@ -360,3 +366,87 @@ def test_bench_model_and_url_compares_embedded_and_served_on_the_same_inputs(
     assert report["served"] == model_server.model("fraud_columns", "1")
     mismatch = invoke("bench", local, model_server.model("fraud"), "--batch-sizes", "4")
     assert mismatch.exit_code == 2 and "other inputs" in mismatch.output
+
+
+# ---------------------------------------------------------------- TLS and credentials
+
+
+class _TinyOip(http.server.BaseHTTPRequestHandler):
+    """A minimal OIP model ``m``: p = x0 + x1, version 7; remembers request headers."""
+
+    seen: ClassVar[list[dict[str, str]]] = []
+    metadata = {
+        "name": "m",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}],
+        "outputs": [{"name": "p", "datatype": "FP32", "shape": [-1]}],
+    }
+
+    def _send(self, code: int, payload: object) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self.seen.append(dict(self.headers))
+        if self.path == "/v2/models/m":
+            self._send(200, self.metadata)
+        elif self.path.endswith("/ready"):
+            self._send(200, {})
+        else:
+            self._send(404, {"error": "no such model"})
+
+    def do_POST(self) -> None:
+        self.seen.append(dict(self.headers))
+        request = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        x = np.asarray(request["inputs"][0]["data"], dtype=np.float32).reshape(-1, 2)
+        p = {"name": "p", "datatype": "FP32", "shape": [len(x)], "data": x.sum(1).tolist()}
+        self._send(200, {"model_name": "m", "model_version": "7", "outputs": [p]})
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def https_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A tiny OIP server on https://127.0.0.1 with a self-signed certificate; (url, cert)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+         "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _TinyOip)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _TinyOip.seen.clear()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}", cert
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_tls_is_verified_and_ca_file_trusts_a_server_and_secrets_stay_hidden(
+    https_server: tuple[str, Path],
+) -> None:
+    url, cert = https_server
+    model = f"{url}/v2/models/m"
+    untrusted = invoke("models", "inspect", model)
+    assert untrusted.exit_code == 9 and "not trusted" in untrusted.output
+    assert "--ca-file" in untrusted.output
+    trusted = invoke(
+        "models", "inspect", model, "--json", "--ca-file", cert,
+        "--header", "Authorization: Bearer tls-s3cret",
+    )  # fmt: skip
+    assert trusted.exit_code == 0, trusted.output
+    info = json.loads(trusted.output)
+    assert (info["version"], info["ready"], info["inputs"][0]["name"]) == ("7", True, "x")
+    assert "tls-s3cret" not in trusted.output
+    assert _TinyOip.seen[-1].get("Authorization") == "Bearer tls-s3cret"
