@@ -12,6 +12,7 @@ import json
 import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -28,7 +29,7 @@ from helpers.runs import batch_options, invoke, score
 from streamscore.batch import REJECTED_DIR, BatchRun
 from streamscore.config import OnError
 from streamscore.errors import RemoteError, RemoteUnavailable, UsageError
-from streamscore.model.base import close_model, open_model
+from streamscore.model.base import SubmittingModel, close_model, open_model
 from streamscore.model.signature import ModelSignature, TensorSpec
 from streamscore.remote import ModelURL
 from streamscore.remote.breaker import BreakerState, CircuitBreaker
@@ -97,8 +98,6 @@ def test_the_breaker_opens_after_failures_then_lets_one_probe_through() -> None:
     assert breaker.allow()
     breaker.record_failure()
     assert breaker.state is BreakerState.open and not breaker.allow()
-    import time
-
     time.sleep(0.06)
     assert breaker.allow()  # the probe
     assert breaker.state is BreakerState.half_open and not breaker.allow()
@@ -450,3 +449,21 @@ def test_tls_is_verified_and_ca_file_trusts_a_server_and_secrets_stay_hidden(
     assert (info["version"], info["ready"], info["inputs"][0]["name"]) == ("7", True, "x")
     assert "tls-s3cret" not in trusted.output
     assert _TinyOip.seen[-1].get("Authorization") == "Bearer tls-s3cret"
+
+
+def test_closing_a_remote_model_gives_up_on_a_request_waiting_to_retry(
+    model_server: ModelServer,
+) -> None:
+    patient = RemoteSettings(retries=50, backoff_s=1.0, max_backoff_s=5.0)
+    model = open_model(model_server.model("fraud_columns", "1"), remote=patient)
+    assert isinstance(model, SubmittingModel)
+    feeds = {s.name: np.zeros((2, 1), dtype=s.dtype) for s in model.signature.inputs}
+    feeds["merchant_category"] = np.array([["grocery"], ["fuel"]], dtype=object)
+    model_server.stop()
+    call = model.submit(model.signature.output_names(), feeds)
+    time.sleep(0.5)  # the request failed and waits to retry
+    closing = time.monotonic()
+    close_model(model)  # what an interrupted run does on its way out
+    with pytest.raises(RemoteUnavailable):
+        call.result()
+    assert time.monotonic() - closing < 5

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 import ssl
-import time
+import threading
 from typing import Any
 
 import orjson
@@ -52,6 +52,7 @@ class OipClient:
         verify: bool | ssl.SSLContext = server.startswith("https://")
         if verify and settings.ca_file is not None:
             verify = ssl.create_default_context(cafile=str(settings.ca_file))
+        self._closing = threading.Event()
         connections = pool or settings.concurrency + 1
         self._http = httpx.Client(
             base_url=server,
@@ -62,6 +63,8 @@ class OipClient:
         )
 
     def close(self) -> None:
+        """Close the pool; requests waiting to retry give up at once."""
+        self._closing.set()
         self._http.close()
 
     def get_json(self, path: str, what: str) -> dict[str, Any]:
@@ -145,7 +148,8 @@ class OipClient:
                     hint="nothing was dead-lettered; a rerun resumes once the server answers",
                 )
             backoff = min(s.max_backoff_s, s.backoff_s * 2**attempt)
-            time.sleep(delay if delay is not None else backoff * random.uniform(0.5, 1.0))
+            if self._closing.wait(delay if delay is not None else backoff * random.uniform(0.5, 1)):
+                raise RemoteUnavailable(f"model server {self.server}: stopped while retrying")
             attempt += 1
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from streamscore.errors import ModelError, RemoteError
+from streamscore.errors import ModelError, RemoteError, RemoteUnavailable
 from streamscore.model.base import Answer
 from streamscore.model.repository import ModelRef
 from streamscore.model.signature import ModelSignature
@@ -96,11 +96,14 @@ class RemoteModel:
         self._infer_path = url.model_path(version or None) + "/infer"
         self._where = f"model server {url.server} (model {self.ref.label})"
         self._slots = threading.BoundedSemaphore(settings.concurrency)
+        self._closed = threading.Event()
         self._pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="streamscore-oip")
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        """Give up on requests still out (an interrupted run must not wait for retries)."""
+        self._closed.set()
         self.client.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def probe(self) -> bool:
         """Does the model answer its readiness endpoint now? A yes closes the breaker, so
@@ -122,7 +125,9 @@ class RemoteModel:
         """Encode now, send on a worker thread; blocks while ``concurrency`` calls are out."""
         names = list(output_names)
         body = encode_request(self.signature, feeds, names)
-        self._slots.acquire()
+        while not self._slots.acquire(timeout=0.1):
+            if self._closed.is_set():
+                raise RemoteUnavailable(f"{self._where}: closed")
         try:
             future = self._pool.submit(self._exchange, names, feeds, body)
         except BaseException:
