@@ -13,7 +13,9 @@ replay, one local broker (scripts/kafka-local; or --bootstrap). For each --concu
 
 Each figure is the median of --repeat runs (rows/s, wall clock, model open included for (b)
 and (c)). It prints the ratios (b)/(a) and (c)/(a) at the best concurrency of each (target:
->= 0.80) and writes them with --json.
+>= 0.80) and writes them with --json. For reference it also times (b) and (c) with the same
+model embedded (sample_data/models/NAME, the version the server answers), which shows what
+the Kafka side of (c) costs on this machine.
 
     .venv/bin/python benchmarks/remote_throughput.py [--rows 100000] [--concurrency 1,2,4]
 """
@@ -92,6 +94,7 @@ def bare_client(url: str, table: Any, batch: int, concurrency: int) -> float:
 def scoring(url: str, batch: int, concurrency: int) -> ScoringOptions:
     return ScoringOptions(
         model=url,
+        provider="cpu",
         features=FEATURES,
         batch_size=batch,
         keep=KeepColumns.parse("transaction_id"),
@@ -127,6 +130,14 @@ def streamscore_replay(
     seconds = time.perf_counter() - started
     assert summary.records_scored == rows, summary.as_dict()
     return rows / seconds
+
+
+def served_version(url: str) -> str:
+    model = open_model(url, remote=RemoteSettings(concurrency=1))
+    try:
+        return model.ref.version
+    finally:
+        close_model(model)
 
 
 def median_of(repeat: int, run: Callable[[], float]) -> float:
@@ -182,6 +193,15 @@ def main() -> None:
                 f"{name} {values[c]:>9,.0f}" for name, values in figures.items() if c in values
             )
             print(f"concurrency {c}:  {shown}  rows/s")
+        version = served_version(url)
+        local = str(ROOT / "sample_data" / "models" / args.model / version)
+        embedded = {"batch": median_of(n, lambda: streamscore_batch(local, work, rows, batch, 1))}
+        if bootstrap is not None:
+            embedded["replay"] = median_of(
+                n, lambda: streamscore_replay(local, bootstrap, topic, rows, batch, 1)
+            )
+        shown = "  ".join(f"{name} {value:>9,.0f}" for name, value in embedded.items())
+        print(f"embedded {args.model}/{version}: {shown}  rows/s (reference)")
         best_bare = max(figures["bare"].values())
         ratios = {
             name: max(values.values()) / best_bare
@@ -193,7 +213,13 @@ def main() -> None:
         if args.json:
             args.json.write_text(
                 json.dumps(
-                    {"rows": rows, "batch_size": batch, "rows_per_s": figures, "ratios": ratios},
+                    {
+                        "rows": rows,
+                        "batch_size": batch,
+                        "rows_per_s": figures,
+                        "embedded_rows_per_s": embedded,
+                        "ratios": ratios,
+                    },
                     indent=2,
                 )
             )

@@ -69,3 +69,4 @@ def test_tail_pauses_through_a_server_outage_and_resumes_without_loss_or_dead_le
     assert tail.stop(signal.SIGTERM) == 0
     summary = tail.summary()
     assert summary["outage_pauses"] >= 1 and summary["records_dead_lettered"] == 0
+    assert summary["serving"] == {"primary": f"fraud:2 @ {model_server.url}"}

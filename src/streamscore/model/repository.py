@@ -34,6 +34,11 @@ class ModelRef:
     server: str = ""
 
     @property
+    def lineage(self) -> str:
+        """``name:version``, and ``@ server`` for a model on a server; for summaries."""
+        return f"{self.label} @ {self.server}" if self.server else self.label
+
+    @property
     def location(self) -> str:
         """Where the model lives: its file, or its URL on a server."""
         if not self.server:
