@@ -265,7 +265,7 @@ def test_a_server_outage_fails_the_files_unquarantined_and_a_rerun_resumes(
     assert (rerun.files_ok, rerun.files_failed, rerun.rows_scored) == (2, 0, 800)
 
 
-def test_a_server_that_is_down_exits_9_with_one_line_and_no_secret(
+def test_a_server_that_is_down_exits_12_with_one_line_and_no_secret(
     tmp_path: Path, model_server: ModelServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = model_server.model("fraud")
@@ -275,7 +275,7 @@ def test_a_server_that_is_down_exits_9_with_one_line_and_no_secret(
         "batch", sample_input(tmp_path / "in", rows=10), "--out", tmp_path / "out",
         "--model", url, "--header", "X-Api-Key: hdr-s3cret", "--retries", "1", "--timeout", "1",
     )  # fmt: skip
-    assert result.exit_code == 9
+    assert result.exit_code == 12
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "unavailable" in lines[0] and model_server.url in lines[0]
     assert "s3cret" not in result.output
@@ -309,7 +309,7 @@ def test_models_inspect_shows_the_servers_metadata_and_readiness(model_server: M
     assert missing.exit_code == 5 and "nope" in missing.output
 
 
-def test_a_mismatch_in_on_error_fail_mode_stops_the_run_with_exit_9(
+def test_a_mismatch_in_on_error_fail_mode_stops_the_run_with_exit_12(
     tmp_path: Path, model_server: ModelServer
 ) -> None:
     source = sample_input(tmp_path / "in", rows=50)
@@ -321,7 +321,7 @@ def test_a_mismatch_in_on_error_fail_mode_stops_the_run_with_exit_9(
             features=FEATURES,
             on_error=OnError.fail,
         )
-    assert not isinstance(caught.value, RemoteUnavailable) and caught.value.exit_code == 9
+    assert not isinstance(caught.value, RemoteUnavailable) and caught.value.exit_code == 12
 
 
 # ---------------------------------------------------------------- bench
@@ -438,7 +438,7 @@ def test_tls_is_verified_and_ca_file_trusts_a_server_and_secrets_stay_hidden(
     url, cert = https_server
     model = f"{url}/v2/models/m"
     untrusted = invoke("models", "inspect", model)
-    assert untrusted.exit_code == 9 and "not trusted" in untrusted.output
+    assert untrusted.exit_code == 12 and "not trusted" in untrusted.output
     assert "--ca-file" in untrusted.output
     trusted = invoke(
         "models", "inspect", model, "--json", "--ca-file", cert,

@@ -89,7 +89,7 @@ def test_replay_through_the_server_scores_as_embedded_and_names_the_server(
     assert (first[h.MODEL], first[h.MODEL_VERSION]) == ("fraud", "2")
 
 
-def test_a_server_killed_mid_replay_stops_it_with_exit_9_and_a_rerun_writes_each_input_once(
+def test_a_server_killed_mid_replay_stops_it_with_exit_12_and_a_rerun_writes_each_input_once(
     kafka_bootstrap: str, topics: Callable[[int], tuple[str, str]], model_server: ModelServer
 ) -> None:
     source, target = topics(3)
@@ -109,7 +109,7 @@ def test_a_server_killed_mid_replay_stops_it_with_exit_9_and_a_rerun_writes_each
     model_server.stop(hard=True)  # SIGKILL: connections reset mid-request
     _, stderr = process.communicate(timeout=120)
     counter.consumer.close()
-    assert process.returncode == 9, stderr
+    assert process.returncode == 12, stderr
     assert len(stderr.strip().splitlines()) == 1 and "unavailable" in stderr
 
     model_server.start()

@@ -11,8 +11,8 @@
     │   └── TransactionAborted        exit 6   a transaction was rolled back; rerun resumes
     ├── LockedError                   exit 7   another run holds the output's lock
     ├── RegressionDetected            exit 8   bench: slower than the baseline allows
-    └── RemoteError                   exit 9   model server refused us or broke the protocol
-        └── RemoteUnavailable         exit 9   model server away (down, timeout, 429, 5xx)
+    └── RemoteError                   exit 12  model server refused us or broke the protocol
+        └── RemoteUnavailable         exit 12  model server away (down, timeout, 429, 5xx)
                                                after every retry; a rerun resumes
 
 Exit 130 means interrupted (SIGINT). Only ``streamscore.cli`` turns these into exit codes;
@@ -103,7 +103,7 @@ class RegressionDetected(StreamscoreError):
 class RemoteError(StreamscoreError):
     """A model server refused our credentials or answered outside the protocol."""
 
-    exit_code = 9
+    exit_code = 12
 
 
 class RemoteUnavailable(RemoteError):

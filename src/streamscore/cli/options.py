@@ -108,7 +108,7 @@ Retries = Annotated[
     int,
     typer.Option(
         help="Retries of a request through a model server outage (down, timeout, 429, 5xx), "
-        "with exponential backoff and jitter; then the run stops with exit 9."
+        "with exponential backoff and jitter; then the run stops with exit 12."
     ),
 ]
 Concurrency = Annotated[
