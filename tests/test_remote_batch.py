@@ -390,7 +390,7 @@ class _TinyOip(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.seen.append(dict(self.headers))
-        if self.path == "/v2/models/m":
+        if self.path in ("/v2/models/m", "/v2/models/m/versions/7"):
             self._send(200, self.metadata)
         elif self.path.endswith("/ready"):
             self._send(200, {})
@@ -467,3 +467,48 @@ def test_closing_a_remote_model_gives_up_on_a_request_waiting_to_retry(
     with pytest.raises(RemoteUnavailable):
         call.result()
     assert time.monotonic() - closing < 5
+
+
+class _FlakyOip(_TinyOip):
+    """Answers 503, then 429 (Retry-After: 0), then like _TinyOip."""
+
+    failures: ClassVar[list[int]] = []
+
+    def do_POST(self) -> None:
+        if self.failures:
+            code = self.failures.pop(0)
+            self.rfile.read(int(self.headers["content-length"]))
+            self.send_response(code)
+            self.send_header("retry-after", "0")
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
+        super().do_POST()
+
+
+def test_an_overloaded_or_failing_server_is_retried_until_it_answers() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FlakyOip)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _FlakyOip.failures[:] = [503, 429, 502]
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v2/models/m/versions/7"
+        settings = RemoteSettings(retries=3, backoff_s=0.01, max_backoff_s=0.02)
+        model = open_model(url, remote=settings)
+        try:
+            x = np.array([[1, 2], [3, 4]], dtype=np.float32)
+            [p] = model.run(["p"], {"x": x})
+        finally:
+            close_model(model)
+        assert p.tolist() == [3.0, 7.0] and _FlakyOip.failures == []
+        _FlakyOip.failures[:] = [500] * 5
+        model = open_model(url, remote=settings)
+        try:
+            with pytest.raises(RemoteUnavailable) as caught:
+                model.run(["p"], {"x": x})
+        finally:
+            close_model(model)
+        assert "after 4 attempt(s)" in caught.value.one_line()
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -122,3 +122,26 @@ def test_a_server_killed_mid_replay_stops_it_with_exit_12_and_a_rerun_writes_eac
     expected = sorted((m.partition(), m.offset()) for m in read_topic(kafka_bootstrap, source))
     assert len(expected) == total and produced == expected  # none lost, none twice
     assert read_topic(kafka_bootstrap, target + ".dlq") == []  # the outage is not bad data
+
+
+def test_rows_the_server_rejects_are_dead_lettered_as_remote_rejected_and_only_they(
+    kafka_bootstrap: str, topics: Callable[[int], tuple[str, str]], model_server: ModelServer
+) -> None:
+    source, target = topics(1)
+    rows = sample_rows(300)
+    bad = {7, 150, 299}
+    for i in bad:
+        rows[i]["f00"] = -5.0
+    produce_rows(kafka_bootstrap, source, rows)
+    summary = run_replay(
+        remote_options(kafka_bootstrap, source, target, model_server.model("fraud_strict"))
+    )
+    assert (summary.records_scored, summary.records_dead_lettered) == (297, 3)
+    assert summary.dead_letter_kinds == {"remote_rejected": 3}
+    dead = read_topic(kafka_bootstrap, target + ".dlq")
+    assert sorted(source_of(m)[1] for m in dead) == sorted(bad)
+    for message in dead:
+        found = headers_of(message)
+        assert found[h.ERROR_TYPE] == "remote_rejected"
+        assert "must be at least 0" in found[h.ERROR_MESSAGE]
+        assert found[h.MODEL_SERVER] == model_server.url

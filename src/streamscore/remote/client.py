@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from streamscore.errors import ModelError, RemoteError, RemoteUnavailable
-from streamscore.remote.breaker import CircuitBreaker, breaker_for
+from streamscore.remote.breaker import BreakerState, CircuitBreaker, breaker_for
 from streamscore.remote.protocol import error_message
 from streamscore.remote.settings import RemoteSettings
 
@@ -137,6 +137,8 @@ class OipClient:
                     failure = f"HTTP {code}: {error_message(response.content)}"
                     delay = _retry_after(response)
                 self.breaker.record_failure()
+                if self.breaker.state is BreakerState.open:  # the next try is its probe
+                    delay = max(delay or 0.0, self.breaker.remaining_s())
             else:
                 failure = "circuit breaker open after repeated failures"
                 delay = max(self.breaker.remaining_s(), 0.01)
