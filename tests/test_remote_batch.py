@@ -305,6 +305,9 @@ def test_models_inspect_shows_the_servers_metadata_and_readiness(model_server: M
     assert info["version"] == "1"
     assert [i["name"] for i in info["inputs"]][-1] == "merchant_category"
     assert info["inputs"][-1]["type"] == "tensor(string)"
+    text = invoke("models", "inspect", model_server.model("fraud_unsigned"))
+    assert text.exit_code == 0, text.output
+    assert "model    ready" in text.output and "publishes no signature" in text.output
     missing = invoke("models", "inspect", model_server.model("nope"))
     assert missing.exit_code == 5 and "nope" in missing.output
 
