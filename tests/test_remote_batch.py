@@ -11,6 +11,7 @@ import http.server
 import json
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -515,3 +516,20 @@ def test_an_overloaded_or_failing_server_is_retried_until_it_answers() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_without_the_remote_extra_a_model_url_fails_in_one_line_naming_it(tmp_path: Path) -> None:
+    code = (
+        "import sys; sys.modules['httpx'] = None; sys.argv = ['streamscore', *sys.argv[1:]]; "
+        "from streamscore.cli.app import main; main()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, "models", "inspect", "http://127.0.0.1:9/v2/models/m"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 5
+    assert done.stderr.strip().splitlines() == [
+        "error: a model URL needs the remote extra (pip install 'streamscore[remote]')"
+    ]

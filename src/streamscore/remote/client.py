@@ -23,7 +23,7 @@ from streamscore.remote.settings import RemoteSettings
 
 try:
     import httpx
-except ImportError as exc:  # pragma: no cover - depends on the installed extras
+except ImportError as exc:  # the remote extra is not installed
     raise ModelError(
         "a model URL needs the remote extra",
         hint="pip install 'streamscore[remote]'",
