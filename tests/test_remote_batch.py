@@ -533,3 +533,17 @@ def test_without_the_remote_extra_a_model_url_fails_in_one_line_naming_it(tmp_pa
     assert done.stderr.strip().splitlines() == [
         "error: a model URL needs the remote extra (pip install 'streamscore[remote]')"
     ]
+
+
+def test_the_tail_status_panel_shows_each_model_servers_breaker() -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    from streamscore.console import format_tail_status
+
+    shown = StringIO()
+    Console(file=shown, width=120).print(
+        format_tail_status({"model_servers": {"http://127.0.0.1:8080": "open"}})
+    )
+    assert "model server" in shown.getvalue() and "http://127.0.0.1:8080 open" in shown.getvalue()

@@ -93,12 +93,12 @@ def test_a_server_killed_mid_replay_stops_it_with_exit_12_and_a_rerun_writes_eac
     kafka_bootstrap: str, topics: Callable[[int], tuple[str, str]], model_server: ModelServer
 ) -> None:
     source, target = topics(3)
-    total = 1200
+    total = 2000  # 200 requests: the server dies with most of them still to come
     produce_rows(kafka_bootstrap, source, sample_rows(total))
     command = [
         sys.executable, "-m", "streamscore", "replay", "-b", kafka_bootstrap, "-i", source,
         "-o", target, "-m", model_server.model("fraud"), "--features", FEATURES,
-        "--batch-size", "20", "--concurrency", "2", "--retries", "2", "--timeout", "2",
+        "--batch-size", "10", "--concurrency", "2", "--retries", "2", "--timeout", "2",
         "--log-format", "json",
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
