@@ -394,7 +394,13 @@ class _TinyOip(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.seen.append(dict(self.headers))
-        if self.path in ("/v2/models/m", "/v2/models/m/versions/7"):
+        if self.path.startswith("/v2/models/secure") and (
+            self.headers.get("Authorization") != "Bearer good-token"
+        ):
+            self._send(401, {"error": "unauthorized"})
+        elif self.path in ("/v2/models/secure", "/v2/models/secure/versions/7"):
+            self._send(200, {**self.metadata, "name": "secure"})
+        elif self.path in ("/v2/models/m", "/v2/models/m/versions/7"):
             self._send(200, self.metadata)
         elif self.path.endswith("/ready"):
             self._send(200, {})
@@ -547,3 +553,24 @@ def test_the_tail_status_panel_shows_each_model_servers_breaker() -> None:
         format_tail_status({"model_servers": {"http://127.0.0.1:8080": "open"}})
     )
     assert "model server" in shown.getvalue() and "http://127.0.0.1:8080 open" in shown.getvalue()
+
+
+def test_refused_credentials_exit_12_and_a_token_from_the_environment_is_sent_unseen(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _TinyOip)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        model = f"http://127.0.0.1:{server.server_address[1]}/v2/models/secure/versions/7"
+        refused = invoke("models", "inspect", model)
+        assert refused.exit_code == 12 and "refused access" in refused.output
+        assert "STREAMSCORE_REMOTE_TOKEN" in refused.output
+        monkeypatch.setenv("STREAMSCORE_REMOTE_TOKEN", "good-token")
+        allowed = invoke("models", "inspect", model, "--json")
+        assert allowed.exit_code == 0, allowed.output
+        assert json.loads(allowed.output)["name"] == "secure"
+        assert "good-token" not in allowed.output
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -35,13 +35,13 @@ from streamscore.remote.url import ModelURL
 
 PROVIDER = "remote"
 
-# Rows sent, and per answered part: (positions into the rows sent, the answer's body).
-_Parts = list[tuple[np.ndarray, bytes]]
-
 
 @dataclass
 class _Exchange:
-    parts: _Parts = field(default_factory=list)
+    """What the server made of one submitted batch, still undecoded: each answered part as
+    (positions into the rows sent, the answer's body), and each refused row with the message."""
+
+    parts: list[tuple[np.ndarray, bytes]] = field(default_factory=list)
     rejected: list[tuple[int, str]] = field(default_factory=list)
 
 

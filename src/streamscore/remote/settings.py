@@ -52,10 +52,25 @@ class RemoteSettings:
             raise UsageError(f"--ca-file {self.ca_file} is not a file")
 
     @classmethod
-    def build(cls, headers: list[str] | None = None, **options: object) -> RemoteSettings:
+    def build(
+        cls,
+        headers: list[str] | None = None,
+        *,
+        ca_file: Path | None = None,
+        timeout_s: float = 30.0,
+        retries: int = 5,
+        concurrency: int = 4,
+        signature: Path | None = None,
+    ) -> RemoteSettings:
         """Settings from CLI values; ``Name: value`` headers parsed here."""
-        parsed = tuple(parse_header(text) for text in headers or ())
-        return cls(headers=parsed, **options)  # type: ignore[arg-type]
+        return cls(
+            headers=tuple(parse_header(text) for text in headers or ()),
+            ca_file=ca_file,
+            timeout_s=timeout_s,
+            retries=retries,
+            concurrency=concurrency,
+            signature=signature,
+        )
 
     def request_headers(self) -> dict[str, str]:
         """The headers to send, with $STREAMSCORE_REMOTE_TOKEN read now (not at import)."""
