@@ -255,7 +255,7 @@ class TailRun:
                 "phase": "started",
                 "message": f"tail: group '{o.group}' scoring '{o.input_topic}' ({partitions} "
                 f"partitions) into '{o.output_topic}' ({self.summary.delivery})",
-                "models": {arm.role: arm.ref.lineage for arm in self.serving.arms},
+                "models": {arm.role: arm.ref.full_label for arm in self.serving.arms},
                 "metrics_port": self.summary.metrics_port,
             }
         )
@@ -269,7 +269,7 @@ class TailRun:
         summary.seconds = round(seconds, 3)
         if seconds > 0:
             summary.records_per_second = round(counts.records_read / seconds, 1)
-        summary.serving = {arm.role: arm.ref.lineage for arm in self.serving.arms}
+        summary.serving = {arm.role: arm.ref.full_label for arm in self.serving.arms}
         return summary
 
     # --- models ------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ class ModelRef:
     server: str = ""
 
     @property
-    def lineage(self) -> str:
+    def full_label(self) -> str:
         """``name:version``, and ``@ server`` for a model on a server; for summaries."""
         return f"{self.label} @ {self.server}" if self.server else self.label
 
