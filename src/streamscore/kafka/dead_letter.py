@@ -12,7 +12,12 @@ from __future__ import annotations
 from streamscore.errors import KafkaError
 from streamscore.kafka.client import TIMESTAMP_NOT_AVAILABLE, KafkaRecord, Producer
 from streamscore.kafka.headers import HeaderStamp
+from streamscore.scoring import REJECTED, REMOTE_REJECTED
 
+__all__ = ["OUTPUT_TOO_LARGE", "REJECTED", "REMOTE_REJECTED", "VALUE_OMITTED", "DeadLetters"]
+
+# REJECTED: decoded, but the input mapping or the model rejected the row; REMOTE_REJECTED:
+# a model server refused the row (see streamscore.scoring.rejection_kind).
 OUTPUT_TOO_LARGE = "output_too_large"  # scored, but the output exceeds the producer's limit
 VALUE_OMITTED = "streamscore.value.omitted"
 
