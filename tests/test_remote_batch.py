@@ -365,7 +365,8 @@ def test_bench_model_and_url_compares_embedded_and_served_on_the_same_inputs(
     ):
         assert c["remote_key"] == served_r["key"]
         assert c["ratio"] == pytest.approx(served_r["rows_per_s"] / local_r["rows_per_s"])
-        assert 0 <= c["remote_overhead"] <= 1
+        assert 0 <= c["remote_overhead"] <= 1 and c["serialization_ms"] > 0
+        assert c["serialization_share"] + c["network_share"] <= 1 + 1e-9
     assert report["served"] == model_server.model("fraud_columns", "1")
     mismatch = invoke("bench", local, model_server.model("fraud"), "--batch-sizes", "4")
     assert mismatch.exit_code == 2 and "other inputs" in mismatch.output

@@ -399,21 +399,24 @@ def format_bench_remote(report: Mapping[str, Any]) -> Table:
         title=f"embedded vs served ({report.get('served')}), same inputs, same run",
         title_justify="left",
         caption="ratio: served rows/s over embedded rows/s; remote share: part of the served "
-        "p50 the embedded model does not pay (network, serialization, server framework)",
+        "p50 the embedded model does not pay, split into the client's serialization (encode "
+        "+ decode, timed apart) and the rest (network and server framework)",
         caption_justify="left",
     )
     headers = ["embedded", "embedded rows/s", "served rows/s", "ratio", "p50 ms", "served p50"]
-    for header in [*headers, "remote share"]:
+    for header in [*headers, "remote share", "serialization", "network+server"]:
         table.add_column(header, justify="left" if header == "embedded" else "right")
     for c in report.get("remote_comparison") or []:
         table.add_row(
             c["embedded_key"],
             _num(c["embedded_rows_per_s"], ",.0f"),
             _num(c["remote_rows_per_s"], ",.0f"),
-            f"{c['ratio']:.2f}x",
+            f"{c['ratio']:.3g}x",
             _num(c["embedded_p50_ms"]),
             _num(c["remote_p50_ms"]),
             f"{c['remote_overhead']:.0%}",
+            f"{c.get('serialization_share', 0):.0%}",
+            f"{c.get('network_share', 0):.0%}",
         )
     return table
 

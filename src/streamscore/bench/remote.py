@@ -13,7 +13,10 @@ import dataclasses
 import itertools
 import time
 
+import numpy as np
+
 from streamscore.bench.environment import collect_environment
+from streamscore.bench.inputs import InputSource
 from streamscore.bench.options import BenchOptions
 from streamscore.bench.report import (
     BenchReport,
@@ -29,10 +32,12 @@ from streamscore.model.base import close_model
 from streamscore.model.repository import resolve_model
 from streamscore.model.session import load_model
 from streamscore.remote.model import RemoteModel, open_remote_model
+from streamscore.remote.protocol import encode_request
 from streamscore.remote.settings import RemoteSettings
 from streamscore.reporting import Reporter
 
 REMOTE = "remote"
+SERIALIZATION_CALLS = 20
 
 
 def _open_served(url: str, options: BenchOptions) -> RemoteModel:
@@ -42,8 +47,26 @@ def _open_served(url: str, options: BenchOptions) -> RemoteModel:
     return open_remote_model(url, settings)
 
 
-def compare_remote(results: list[BenchResult]) -> list[RemoteComparison]:
-    """Each embedded result against the remote one at the same batch, concurrency and rate."""
+def serialization_ms(model: RemoteModel, inputs: InputSource, batch_size: int) -> float:
+    """Median time the client spends encoding one request and decoding its answer."""
+    names = model.signature.output_names()
+    feeds = inputs.feeds(batch_size)
+    body = encode_request(model.signature, feeds, names)
+    answer = model.client.post(model.infer_path, body, "infer")
+    times = []
+    for _ in range(SERIALIZATION_CALLS):
+        started = time.perf_counter_ns()
+        encode_request(model.signature, feeds, names)
+        model.decode(answer, names, batch_size)
+        times.append(time.perf_counter_ns() - started)
+    return float(np.median(times)) / 1e6
+
+
+def compare_remote(
+    results: list[BenchResult], serialization: dict[int, float]
+) -> list[RemoteComparison]:
+    """Each embedded result against the remote one at the same batch, concurrency and rate;
+    ``serialization`` is the client's encode+decode time (ms) per batch size."""
     remote = {
         (r.configuration.batch_size, r.configuration.concurrency, r.configuration.rate): r
         for r in results
@@ -56,6 +79,7 @@ def compare_remote(results: list[BenchResult]) -> list[RemoteComparison]:
         if c.provider == REMOTE or served is None:
             continue
         local_p50, served_p50 = local.latency_ms.p50, served.latency_ms.p50
+        coding = serialization.get(c.batch_size, 0.0)
         compared.append(
             RemoteComparison(
                 embedded_key=local.key,
@@ -66,6 +90,11 @@ def compare_remote(results: list[BenchResult]) -> list[RemoteComparison]:
                 embedded_p50_ms=local_p50,
                 remote_p50_ms=served_p50,
                 remote_overhead=max(0.0, 1 - local_p50 / served_p50) if served_p50 else 0.0,
+                serialization_ms=coding,
+                serialization_share=min(1.0, coding / served_p50) if served_p50 else 0.0,
+                network_share=max(0.0, 1 - (local_p50 + coding) / served_p50)
+                if served_p50
+                else 0.0,
             )
         )
     return compared
@@ -119,7 +148,12 @@ def run_with_remote(options: BenchOptions, reporter: Reporter) -> BenchReport:
             providers=statuses,
             results=results,
             served=None if options.remote_only else served.ref.location,
-            remote_comparison=compare_remote(results),
+            remote_comparison=compare_remote(
+                results,
+                {}
+                if options.remote_only
+                else {b: serialization_ms(served, inputs, b) for b in options.batch_sizes},
+            ),
         )
     finally:
         close_model(served)

@@ -233,7 +233,9 @@ class RemoteComparison:
     """An embedded configuration against the served model at the same batch, concurrency and
     rate, on the same inputs. ``ratio`` is remote rows/s over embedded rows/s;
     ``remote_overhead`` is the share of the remote p50 latency that the embedded model does
-    not pay: network, serialization and the server's own framework."""
+    not pay. It splits into ``serialization_share`` (the client encoding the request and
+    decoding the answer, timed apart as ``serialization_ms``) and ``network_share`` (the rest:
+    the network and the server's own framework)."""
 
     embedded_key: str
     remote_key: str
@@ -243,6 +245,9 @@ class RemoteComparison:
     embedded_p50_ms: float
     remote_p50_ms: float
     remote_overhead: float
+    serialization_ms: float = 0.0
+    serialization_share: float = 0.0
+    network_share: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,7 @@ class RemoteModel:
         self.version = version  # pinned: the version that answered at open, or the URL's
         self.in_flight = settings.concurrency
         self.ref = _ref(url, version, signature)
-        self._infer_path = url.model_path(version or None) + "/infer"
+        self.infer_path = url.model_path(version or None) + "/infer"
         self._where = f"model server {url.server} (model {self.ref.label})"
         self._slots = threading.BoundedSemaphore(settings.concurrency)
         self._closed = threading.Event()
@@ -163,7 +163,7 @@ class RemoteModel:
         if body is None:
             body = encode_request(self.signature, feeds, names)
         try:
-            exchange.parts.append((positions, self.client.post(self._infer_path, body, "infer")))
+            exchange.parts.append((positions, self.client.post(self.infer_path, body, "infer")))
             return
         except DataRejected as exc:
             if len(positions) == 1:
