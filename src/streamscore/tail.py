@@ -148,6 +148,7 @@ class TailRun:
         self._failed_attempts = 0
         self._closed_at = 0.0  # when the last micro-batch closed (monotonic)
         self._paused = False  # consumption paused through a model server outage
+        self._revoking = False  # inside the revoke callback of a rebalance
 
     # --- set-up ------------------------------------------------------------------------------
 
@@ -363,6 +364,11 @@ class TailRun:
         except RemoteUnavailable as exc:
             # An outage, not bad data: scoring comes before anything of the batch is
             # produced, so nothing was written; read it again once the server answers.
+            if self._revoking:  # no waiting inside a rebalance: read them again later (the
+                # partitions kept) or leave them to their next owner (those revoked)
+                self.consumer.seek(self.options.input_topic, first)
+                self.reporter.event({"event": "warning", "message": exc.one_line()})
+                return
             self._wait_for_model_servers(first, exc)
             return
         except KafkaError as exc:
@@ -434,7 +440,11 @@ class TailRun:
     def _on_revoke(self, partitions: list[int]) -> None:
         """Finish and commit what was collected before the partitions move."""
         if self._pending:
-            self._process(self._take_pending())
+            self._revoking = True
+            try:
+                self._process(self._take_pending())
+            finally:
+                self._revoking = False
         self._settle_or_retry(wait_for_commit=True)
         self._forget(partitions, "revoked")
 
