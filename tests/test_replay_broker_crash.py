@@ -83,8 +83,8 @@ def freeze_inside_a_transaction(
 
 
 # TransactionLogValue: version (int16), producer id (int64), epoch (int16), timeout (int32),
-# then the state (int8); 4 and 5 are CompleteCommit and CompleteAbort.
-_COMPLETE_STATES = {4, 5}
+# then the state (int8); 0, 4 and 5 are Empty, CompleteCommit and CompleteAbort.
+_COMPLETE_STATES = {0, 4, 5}
 
 
 def forget_open_transaction(data: Path) -> None:
