@@ -755,9 +755,10 @@ class Producer(_Client):
             self.in_transaction = False
             return
         self.in_transaction = False
-        # Best effort: the broker aborts it anyway on timeout or when the next instance starts.
+        # Best effort, and briefly: the broker aborts it anyway on timeout or when the next
+        # instance starts, and a run giving up must not wait a full deadline more for it.
         with contextlib.suppress(ck.KafkaException):
-            self._handle.abort_transaction(self._txn_timeout())
+            _within(self.settings.connect_timeout_s, self._handle.abort_transaction)
 
     def _txn_timeout(self) -> float:
         """How long one transactional step may take in all, retries included: 3 connect
