@@ -2,14 +2,17 @@
 
 A transaction is *hanging* on a partition when the partition holds records of it but no
 marker ever ends it: the partition's last stable offset (LSO, where read_committed readers
-stop) stays below its high watermark. Kafka 4.3 leaves one behind after a broker crash: on
-restart its transaction coordinator rolls back the transaction the crash left open, but when
-the output partition has no leader yet (the restarted broker is still being fenced), it skips
-that partition's abort marker ("Couldn't find leader endpoint for partitions … can be
-skipped") and records the rollback as complete. The next replay registers the same
-transactional id, so it gets the same producer id, and its first COMMIT marker on that
-partition ends the hanging transaction too: the crashed batch becomes visible next to its
-rerun, i.e. duplicates.
+stop) stays below its high watermark. Kafka 4.3 can leave one behind after a broker crash
+(seen in its log): when the broker was down longer than the transaction timeout, its
+coordinator rolls the open transaction back as soon as it starts, from the metadata it had
+before the crash; the controller then fences the old broker incarnation, its partitions lose
+their leader, the coordinator skips their abort markers ("Couldn't find leader endpoint for
+partitions … can be skipped") and, if it records the rollback as complete before it resigns,
+no later election sends them again. The next replay registers the same transactional id, so
+it gets the same producer id, and its first COMMIT marker on that partition ends the hanging
+transaction too: the crashed batch becomes visible next to its rerun, i.e. duplicates (and a
+skipped marker on the group's offsets partition leaves an offset commit pending, which blocks
+reading the group's offsets).
 
 The defence uses the same rule in reverse: a transaction from our producer id that writes to
 every hanging partition and is *aborted* ends the hanging records as aborted. It also sends
