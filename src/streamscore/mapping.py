@@ -260,9 +260,12 @@ def _to_numbers(
     values = array.to_numpy(zero_copy_only=False)
     if target.kind in "iu" and values.dtype.kind == "f":
         info = np.iinfo(target)  # type: ignore[type-var]
+        # float(info.max) rounds up to 2**63 (a value that does not fit): compare against
+        # the exact power of two above the range instead.
+        above = 2.0 ** (info.bits if info.min == 0 else info.bits - 1)
         with np.errstate(invalid="ignore"):
             bad = ~np.isfinite(values) | (values != np.floor(values))
-            bad |= (values < info.min) | (values > info.max)
+            bad |= (values < info.min) | (values >= above)
         rej.add(
             bad, lambda i: f"value {values[i].item()!r} in {where} is not a valid {target.name}"
         )
@@ -277,10 +280,10 @@ def _to_numbers(
         and values.dtype.kind in "fiu"
         and values.dtype.itemsize > target.itemsize
     ):
-        # Casting would overflow to infinity (and numpy would warn): reject instead.
-        limit = float(np.finfo(target).max)  # type: ignore[type-var]
-        with np.errstate(invalid="ignore"):
-            bad = np.isfinite(values) & ((values > limit) | (values < -limit))
+        # A value that becomes infinity when cast is out of range: the same rule as the
+        # fast path of _fill_matrix, so a value's verdict never depends on its batch.
+        with np.errstate(over="ignore"):
+            bad = np.isinf(values.astype(target)) & np.isfinite(values)
         rej.add(
             bad,
             lambda i: f"value {values[i].item()!r} in {where} is out of range for {target.name}",

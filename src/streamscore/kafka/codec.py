@@ -13,8 +13,13 @@ code, and one bad record never costs its neighbours their scores.
 Typing rules (the same for every record): a numeric model input takes a JSON number (an
 integer input a JSON integer); a string input takes a string (a number or boolean is taken as
 its JSON text, as polars does). Missing fields, nulls, other types, ``NaN``/``Infinity``
-literals (not JSON, though Python's json module writes them), empty or oversized values and
-tombstones (null values) are failures with a kind and a message.
+literals (``nan``: not JSON, though Python's json module writes them), numbers beyond float64
+such as ``1e400`` (``out_of_range``), a byte order mark or a lone surrogate (``not_json``),
+empty or oversized values and tombstones (null values) are failures with a kind and a message.
+A record that names a model field twice is a ``duplicate_field`` failure: decoders disagree
+on which of the two values counts, so neither is scored. Finding them costs one regex pass
+(in Rust) over the batch; only records that name a model field more often than once are then
+parsed again to confirm.
 
 Encoding uses ``polars.DataFrame.write_ndjson`` (~0.6 µs a record against ~2.2 µs for orjson
 per row); it writes float32 scores in their shortest form, so they read back bit-identical.
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +52,8 @@ NOT_OBJECT = "not_object"
 MISSING_FIELD = "missing_field"
 NULL_FIELD = "null_field"
 WRONG_TYPE = "wrong_type"
+DUPLICATE_FIELD = "duplicate_field"
+OUT_OF_RANGE = "out_of_range"
 
 _INT64 = (-(2**63), 2**63 - 1)
 
@@ -138,6 +146,8 @@ class JsonDecoder:
         self._known: tuple[str, ...] = ()  # the non-model fields of the last record seen
         self._known_set: set[str] = set()
         self._known_size = -1
+        alternatives = "|".join(re.escape(json.dumps(name)[1:-1]) for name in self.fields)
+        self._model_keys = f'"(?:{alternatives})"\\s*:' if self.fields else None
 
     def decode(self, values: Sequence[bytes | None]) -> DecodedBatch:
         """Decode one batch; records that cannot be decoded come back as failures."""
@@ -161,6 +171,8 @@ class JsonDecoder:
             good, frame, parsed = self._screened(values, good, failures)
         elif frame is not None:
             good, frame = self._drop_null_fields(values, good, frame, failures)
+            good, frame = self._drop_duplicate_fields(values, good, frame, failures)
+            good, frame = self._drop_escapes_orjson_refuses(values, good, frame, failures)
             good, frame = self._drop_structured_text(values, good, frame, failures)
         failures.sort(key=lambda failure: failure.index)
         index = np.asarray(good, dtype=np.int64)
@@ -227,11 +239,7 @@ class JsonDecoder:
         try:
             obj = orjson.loads(value)
         except orjson.JSONDecodeError as exc:
-            try:
-                json.loads(value)  # Python's json accepts NaN and Infinity; orjson does not
-            except ValueError:
-                return (NOT_JSON, f"not valid JSON: {exc}"), None
-            return (NAN, "NaN or Infinity literal (not valid JSON)"), None
+            return _lenient_json_problem(value) or (NOT_JSON, f"not valid JSON: {exc}"), None
         if not isinstance(obj, dict):
             return (NOT_OBJECT, f"a JSON {_json_kind(obj)}, not an object"), None
         for name, dtype in self.fields.items():
@@ -244,7 +252,73 @@ class JsonDecoder:
             if wanted is not None:
                 kind = _json_kind(value_of)
                 return (WRONG_TYPE, f"field '{name}' is a {kind}; the model needs {wanted}"), None
+        if self._names_a_field_twice([value]):
+            duplicate = _duplicate_key(value)
+            if duplicate is not None:
+                return (DUPLICATE_FIELD, f"field '{duplicate}' appears twice"), None
         return None, obj
+
+    def _names_a_field_twice(self, texts: list[bytes]) -> list[int]:
+        """Positions in ``texts`` that name some model field more than once (maybe nested,
+        maybe in a string: a suspect, to be confirmed by :func:`_duplicate_key`)."""
+        if self._model_keys is None or not texts:
+            return []
+        expected = len(self.fields)
+        joined = b"\n".join(texts).decode("utf-8", "replace")
+        total = pl.Series([joined]).str.count_matches(self._model_keys).item()
+        if total <= expected * len(texts):  # every record names every field at least once
+            return []
+        strings = pl.Series([text.decode("utf-8", "replace") for text in texts])
+        counts = strings.str.count_matches(self._model_keys).to_numpy()
+        return [int(i) for i in np.flatnonzero(counts > expected)]
+
+    def _drop_escapes_orjson_refuses(
+        self,
+        values: Sequence[bytes | None],
+        good: list[int],
+        frame: pl.DataFrame,
+        failures: list[DecodeFailure],
+    ) -> tuple[list[int], pl.DataFrame]:
+        """polars reads a lone surrogate escape (``"\\ud800"``) that orjson refuses: screen
+        records with ``\\u`` escapes, so a record's fate never depends on its batch."""
+        escaped = [row for row, i in enumerate(good) if b"\\u" in (values[i] or b"")]
+        if not escaped:
+            return good, frame
+        keep = np.ones(frame.height, dtype=bool)
+        for row in escaped:
+            value = values[good[row]]
+            assert value is not None
+            problem, _ = self._screen(value)
+            if problem is not None:
+                failures.append(DecodeFailure(good[row], *problem))
+                keep[row] = False
+        kept = [i for i, ok in zip(good, keep.tolist(), strict=True) if ok]
+        return kept, frame.filter(pl.Series(keep))
+
+    def _drop_duplicate_fields(
+        self,
+        values: Sequence[bytes | None],
+        good: list[int],
+        frame: pl.DataFrame,
+        failures: list[DecodeFailure],
+    ) -> tuple[list[int], pl.DataFrame]:
+        """polars scores a repeated field's first value, a JSON reader downstream sees the
+        last: records that name a model field twice are dead-lettered instead."""
+        suspects = self._names_a_field_twice(_present(values, good))
+        if not suspects:
+            return good, frame
+        keep = np.ones(frame.height, dtype=bool)
+        for row in suspects:
+            value = values[good[row]]
+            assert value is not None
+            duplicate = _duplicate_key(value)
+            if duplicate is not None:
+                failures.append(
+                    DecodeFailure(good[row], DUPLICATE_FIELD, f"field '{duplicate}' appears twice")
+                )
+                keep[row] = False
+        kept = [i for i, ok in zip(good, keep.tolist(), strict=True) if ok]
+        return kept, frame.filter(pl.Series(keep))
 
     def _drop_null_fields(
         self,
@@ -327,6 +401,59 @@ class JsonDecoder:
         # Decoded records hold every model field, so the size pins the field set down.
         self._known, self._known_set, self._known_size = tuple(kept), set(kept), len(obj)
         return kept
+
+
+def _lenient_json_problem(value: bytes) -> tuple[str, str] | None:
+    """What is wrong with a value orjson refused but Python's json module reads, if it does."""
+    constants: list[str] = []
+
+    def constant(name: str) -> float:
+        constants.append(name)
+        return float(name)
+
+    try:
+        parsed = json.loads(value, parse_constant=constant)
+    except ValueError:
+        return None
+    if constants:
+        return NAN, f"{constants[0]} literal (not valid JSON)"
+    if value.startswith(b"\xef\xbb\xbf"):
+        return NOT_JSON, "starts with a byte order mark (not valid in JSON text)"
+    if _has_infinity(parsed):
+        return OUT_OF_RANGE, "a number is out of range for a 64-bit float"
+    return NOT_JSON, "a string holds a lone surrogate (not valid Unicode)"
+
+
+def _has_infinity(value: Any) -> bool:
+    if isinstance(value, float):
+        return value in (float("inf"), float("-inf"))
+    if isinstance(value, dict):
+        return any(_has_infinity(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_has_infinity(item) for item in value)
+    return False
+
+
+def _duplicate_key(value: bytes) -> str | None:
+    """The first key a record's top-level object holds twice, if any."""
+    last: list[str | None] = [None]
+
+    def check(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        # The hook runs innermost object first, so its last call is for the top level.
+        seen: set[str] = set()
+        last[0] = None
+        for key, _ in items:
+            if key in seen:
+                last[0] = key
+                break
+            seen.add(key)
+        return dict(items)
+
+    try:
+        json.loads(value, object_pairs_hook=check)
+    except ValueError:
+        return None
+    return last[0]
 
 
 def _present(values: Sequence[bytes | None], indices: list[int]) -> list[bytes]:
