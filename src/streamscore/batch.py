@@ -31,12 +31,19 @@ import pyarrow.parquet as pq
 
 from streamscore import __version__
 from streamscore.config import BatchOptions, OnError
-from streamscore.errors import InputError, LockedError, ModelError, UsageError
+from streamscore.errors import (
+    InputError,
+    LockedError,
+    ModelError,
+    OutputError,
+    UsageError,
+    output_error,
+)
 from streamscore.model import resolve_model
 from streamscore.model.session import LoadedModel, load_model
 from streamscore.pipeline import SourceBatch, run_pipeline
 from streamscore.reporting import Reporter, SilentReporter
-from streamscore.scoring import ScoredBatch, Scorer
+from streamscore.scoring import REASON_COLUMN, ScoredBatch, Scorer
 from streamscore.sinks.parquet import ParquetFileSink, remove_stale_temp_files
 from streamscore.sources.parquet import (
     ParquetInput,
@@ -129,9 +136,12 @@ class _PlannedFile:
 @contextlib.contextmanager
 def output_lock(output: Path, run_id: str) -> Iterator[None]:
     """Hold an exclusive lock on OUTPUT for the run; the OS frees it if the process dies."""
-    output.mkdir(parents=True, exist_ok=True)
     path = output / LOCK_NAME
-    handle = path.open("a+")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        handle = path.open("a+")
+    except OSError as exc:
+        raise output_error(path, exc) from exc
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -142,13 +152,17 @@ def output_lock(output: Path, run_id: str) -> Iterator[None]:
                 f"{output} is being written by another streamscore run ({holder})",
                 hint="wait for it to finish; the lock is released when that process exits",
             ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}, run {run_id}")
-        handle.flush()
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()}, run {run_id}")
+            handle.flush()
+        except OSError as exc:
+            raise output_error(path, exc) from exc
         yield
     finally:
-        handle.close()
+        with contextlib.suppress(OSError):  # a failed write leaves a buffer close can't flush
+            handle.close()
 
 
 def options_digest(options: BatchOptions) -> str:
@@ -214,6 +228,7 @@ class BatchRun:
             schema = parquet.schema_arrow
             rows = parquet.metadata.num_rows
             parquet.close()
+            _check_names(schema, quarantine=self.options.on_error is OnError.quarantine)
             fp = fingerprint(item.path)
             if not self.options.force and _is_current(output, self._identity(fp)):
                 base.status = "skipped"
@@ -291,8 +306,11 @@ class BatchRun:
             self.reporter.advance("rows", batch.rows.num_rows)
 
         try:
-            stats = run_pipeline(source, planned.scorer, sink, on_batch=on_batch)
-        except (InputError, ModelError) as exc:
+            try:
+                stats = run_pipeline(source, planned.scorer, sink, on_batch=on_batch)
+            except OSError as exc:  # reading errors are InputErrors: this is the output
+                raise output_error(planned.output, exc) from exc
+        except (InputError, ModelError, OutputError) as exc:
             if self.options.on_error is OnError.fail:
                 raise
             _discard_outputs(planned.output, planned.rejected)
@@ -343,7 +361,11 @@ class BatchRun:
             self.summary.seconds = round(time.perf_counter() - started, 3)
             if self.summary.seconds > 0:
                 self.summary.rows_per_second = round(self.summary.rows_in / self.summary.seconds, 1)
-            _write_json_atomically(self.options.output / SUMMARY_NAME, self.summary.as_dict())
+            summary_path = self.options.output / SUMMARY_NAME
+            try:
+                _write_json_atomically(summary_path, self.summary.as_dict())
+            except OSError as exc:
+                raise output_error(summary_path, exc) from exc
         return self.summary
 
     def _handle_orphans(self, current: set[Path]) -> None:
@@ -381,6 +403,23 @@ def _check_paths(source: Path, output: Path) -> None:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create --out {output}: {exc.strerror}") from exc
+
+
+def _check_names(schema: pa.Schema, *, quarantine: bool) -> None:
+    """Column names that would make an output or its rejects file ambiguous."""
+    seen: set[str] = set()
+    for name in schema.names:
+        if name in seen:
+            raise InputError(
+                f"column '{name}' appears twice in the file",
+                hint="give every column a distinct name",
+            )
+        seen.add(name)
+    if quarantine and REASON_COLUMN in seen:
+        raise InputError(
+            f"input column '{REASON_COLUMN}' clashes with the reason column of rejected rows",
+            hint="rename it, or use --on-error skip",
+        )
 
 
 def _is_within(path: Path, parent: Path) -> bool:

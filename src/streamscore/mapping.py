@@ -230,7 +230,13 @@ def _to_strings(array: pa.Array, column: str, spec: TensorSpec, rej: _Rejections
             lambda _: f"null in {_describe(column, spec)}",
         )
         array = array.fill_null("")
-    return np.asarray(array.to_numpy(zero_copy_only=False), dtype=object)
+    try:
+        return np.asarray(array.to_numpy(zero_copy_only=False), dtype=object)
+    except pa.ArrowException as exc:  # the one check Arrow leaves to the conversion
+        raise MappingError(
+            f"{_describe(column, spec)} holds text that is not valid UTF-8",
+            hint="re-encode the column as UTF-8",
+        ) from exc
 
 
 def _parse_strings(array: pa.Array, target: np.dtype[np.generic]) -> pa.Array:
