@@ -9,7 +9,10 @@ Built for unattended nightly runs:
 * rows that cannot be scored go to ``OUTPUT/_rejected/`` with a reason (``--on-error``);
 * a corrupt input is reported and the others still run; the summary says the run was
   partial and is also written to ``OUTPUT/_streamscore_run.json``;
-* a lock file refuses a second run on the same OUTPUT while one is running.
+* a lock file refuses a second run on the same OUTPUT while one is running;
+* a ``stop`` event (the CLI sets it on SIGINT/SIGTERM) ends the run at the next batch: the
+  file in progress is abandoned (temporary files removed) and the summary, marked
+  ``interrupted``, is still written.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import fcntl
 import hashlib
 import json
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -98,6 +102,7 @@ class BatchSummary:
     rejected_reasons: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
+    interrupted: bool = False  # stopped by a signal before every file was done
     streamscore_version: str = __version__
 
     @property
@@ -193,13 +198,24 @@ def _is_current(output: Path, wanted: dict[str, str]) -> bool:
     return all(found.get(key) == value for key, value in wanted.items())
 
 
+class _Stopped(Exception):
+    """Raised between batches once ``stop`` is set: unwinds the pipeline through its abort."""
+
+
 class BatchRun:
     """One execution of ``streamscore batch``; use :func:`run_batch`."""
 
-    def __init__(self, options: BatchOptions, model: LoadedModel, reporter: Reporter) -> None:
+    def __init__(
+        self,
+        options: BatchOptions,
+        model: LoadedModel,
+        reporter: Reporter,
+        stop: threading.Event | None = None,
+    ) -> None:
         self.options = options
         self.model = model
         self.reporter = reporter
+        self.stop = stop or threading.Event()
         self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
         self.digest = options_digest(options)
         ref = model.ref
@@ -296,6 +312,8 @@ class BatchRun:
 
         def on_batch(batch: SourceBatch, scored: ScoredBatch) -> None:
             nonlocal position
+            if self.stop.is_set():
+                raise _Stopped
             if len(scored.rejected) and self.options.on_error is OnError.fail:
                 row = position + int(scored.rejected[0])
                 raise InputError(
@@ -355,8 +373,14 @@ class BatchRun:
                         _discard_outputs(output, self.options.output / REJECTED_DIR / relative)
                     self._record(plan)
             for planned in todo:
-                self._record(self.score_file(planned))
-            if self.options.input.is_dir():
+                if self.stop.is_set():
+                    break
+                try:
+                    self._record(self.score_file(planned))
+                except _Stopped:
+                    break
+            self.summary.interrupted = self.stop.is_set()
+            if self.options.input.is_dir() and not self.summary.interrupted:
                 self._handle_orphans({item.relative for item in inputs})
             self.summary.seconds = round(time.perf_counter() - started, 3)
             if self.summary.seconds > 0:
@@ -451,17 +475,23 @@ def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
     os.replace(temp, path)
 
 
-def run_batch(options: BatchOptions, reporter: Reporter | None = None) -> BatchSummary:
+def run_batch(
+    options: BatchOptions,
+    reporter: Reporter | None = None,
+    *,
+    stop: threading.Event | None = None,
+) -> BatchSummary:
     """Score every Parquet file under ``options.input``; see the module docstring.
 
-    Returns the summary; a summary with ``partial`` set means some files failed. Raises
-    StreamscoreError subclasses for problems that stop the whole run.
+    Returns the summary; a summary with ``partial`` set means some files failed, one with
+    ``interrupted`` that ``stop`` was set before the end. Raises StreamscoreError subclasses
+    for problems that stop the whole run.
     """
     reporter = reporter or SilentReporter()
     s = options.scoring
     # No spinning: ONNX Runtime's idle workers would take the cores the reader and writer need.
     model = load_model(resolve_model(s.model), provider=s.provider, threads=s.threads, spin=False)
     try:
-        return BatchRun(options, model, reporter).execute()
+        return BatchRun(options, model, reporter, stop).execute()
     finally:
         reporter.close()

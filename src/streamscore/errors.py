@@ -11,7 +11,9 @@
     │   └── TransactionAborted        exit 6   a transaction was rolled back; rerun resumes
     ├── LockedError                   exit 7   another run holds the output's lock
     ├── RegressionDetected            exit 8   bench: slower than the baseline allows
-    └── OutputError                   exit 9   the output cannot be written (full, read-only)
+    ├── OutputError                   exit 9   the output cannot be written (full, read-only)
+    └── Interrupted                   exit 130 stopped by SIGINT (Ctrl-C); a rerun resumes
+        └── Terminated                exit 143 stopped by SIGTERM
 
 Exit 130 means interrupted (SIGINT), 143 terminated (SIGTERM). Only ``streamscore.cli``
 turns these into exit codes; library users catch ``StreamscoreError``.
@@ -112,3 +114,22 @@ def output_error(path: object, exc: OSError) -> OutputError:
         f"cannot write {path}: {reason}",
         hint="free space or choose a writable location",
     )
+
+
+class Interrupted(StreamscoreError):
+    """The run was stopped by SIGINT (Ctrl-C) before it finished; a rerun resumes."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
+class Terminated(Interrupted):
+    """The run was stopped by SIGTERM (cron, systemd, docker stop); a rerun resumes."""
+
+    exit_code = EXIT_TERMINATED
+
+
+def stopped_by(signum: int | None, what: str) -> Interrupted:
+    """The error for a run stopped by signal ``signum``; ``what`` says what was kept."""
+    if signum == 15:  # SIGTERM; the signal module is not needed for one number
+        return Terminated(f"terminated by SIGTERM; {what}", hint="rerun to resume")
+    return Interrupted(f"interrupted; {what}", hint="rerun to resume")

@@ -11,12 +11,18 @@ from streamscore import console
 from streamscore.cli import options as opt
 from streamscore.cli.common import scoring_options, translate_errors
 from streamscore.config import BatchOptions, OnError
-from streamscore.errors import PartialFailure, UsageError
+from streamscore.errors import PartialFailure, UsageError, stopped_by
+from streamscore.shutdown import StopSignal, stop_on_signals
 
 EXAMPLE = (
     "Example: streamscore batch sample_data/transactions --model sample_data/models/fraud "
     "--out scored/"
 )
+
+
+# After a stop signal, the batch in flight finishes and the file is abandoned; this long
+# later (or at a second signal) the process exits at once, as a killed run would.
+STOP_GRACE_S = 30.0
 
 
 def register(app: typer.Typer) -> None:
@@ -74,8 +80,12 @@ def batch(
     )
     from streamscore.batch import SUMMARY_NAME, run_batch  # heavy: loaded only when run
 
-    summary = run_batch(options, console.make_reporter(log_format))
+    stop = StopSignal()
+    with stop_on_signals(stop, grace_s=STOP_GRACE_S):
+        summary = run_batch(options, console.make_reporter(log_format), stop=stop)
     console.print_summary(summary.as_dict(), title="streamscore batch", log_format=log_format)
+    if summary.interrupted:
+        raise stopped_by(stop.signum, f"{summary.files_ok} file(s) finished, summary in {out}")
     if summary.partial:
         total = summary.files_ok + summary.files_skipped + summary.files_failed
         raise PartialFailure(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import signal
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
@@ -10,7 +11,8 @@ import typer
 
 from streamscore import console
 from streamscore.config import KeepColumns, ScoringOptions
-from streamscore.errors import EXIT_INTERRUPTED, StreamscoreError, UsageError
+from streamscore.errors import StreamscoreError, UsageError
+from streamscore.shutdown import signal_of
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -26,9 +28,10 @@ def translate_errors(command: Callable[P, R]) -> Callable[P, R]:
         except StreamscoreError as exc:
             console.print_error(exc.one_line())
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            console.print_error("interrupted")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM under interrupt_on_signals
+            signum = signal_of(exc)
+            console.print_error("terminated" if signum == signal.SIGTERM else "interrupted")
+            raise typer.Exit(128 + signum) from None
 
     return wrapper
 
