@@ -16,8 +16,9 @@ from streamscore.kafka.settings import KafkaSettings
 from streamscore.shutdown import interrupt_on_signals
 
 EXAMPLE = (
-    "Example: streamscore replay --bootstrap-servers 127.0.0.1:9092 --input-topic "
-    "transactions --output-topic transactions.fraud-v2 --model sample_data/models/fraud/2"
+    "Example: streamscore replay --bootstrap-servers HOST:PORT --input-topic "
+    "transactions --output-topic transactions.fraud-v2 --model sample_data/models/fraud/2 "
+    "(HOST:PORT: what scripts/kafka-local start printed, or set STREAMSCORE_BOOTSTRAP_SERVERS)"
 )
 
 

@@ -16,9 +16,10 @@ from streamscore.kafka.settings import KafkaSettings
 from streamscore.shutdown import stop_on_signals
 
 EXAMPLE = (
-    "Example: streamscore tail --bootstrap-servers 127.0.0.1:9092 --input-topic transactions "
+    "Example: streamscore tail --bootstrap-servers HOST:PORT --input-topic transactions "
     "--output-topic transactions.scored --group fraud-scorer --model sample_data/models/fraud "
-    "--metrics-port 9108"
+    "--metrics-port 9108 (HOST:PORT: what scripts/kafka-local start printed, or set "
+    "STREAMSCORE_BOOTSTRAP_SERVERS)"
 )
 
 
