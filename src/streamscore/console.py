@@ -259,8 +259,16 @@ def format_event(payload: Mapping[str, Any]) -> str:
         rej = f", {rejected:,} rejected" if rejected else ""
         return f"{status:>7}  {payload.get('input')}{rows}{rej}{extra}"
     if kind in ("warning", "error", "info"):
-        return f"{kind}: {payload.get('message')}"
+        port = payload.get("metrics_port")
+        metrics = f" · metrics on http://127.0.0.1:{port}/metrics" if port is not None else ""
+        return f"{kind}: {payload.get('message')}{metrics}"
     return ""
+
+
+def _is_identifier(key: str) -> bool:
+    """Ports, offsets, partitions and ids are names, not amounts: never "33,011"."""
+    last = key.rsplit("_", 1)[-1]
+    return last in ("port", "offset", "partition", "pid", "id")
 
 
 def format_summary(summary: Mapping[str, Any], title: str) -> Table:
@@ -275,7 +283,7 @@ def format_summary(summary: Mapping[str, Any], title: str) -> Table:
         elif isinstance(value, float):
             shown = f"{value:,.2f}"
         elif isinstance(value, int):
-            shown = f"{value:,}"
+            shown = str(value) if _is_identifier(key) else f"{value:,}"
         elif isinstance(value, dict):
             shown = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
         elif isinstance(value, list):

@@ -94,7 +94,7 @@ def _is_number(dtype: pa.DataType) -> bool:
     )
 
 
-def _check_type(column: str, dtype: pa.DataType, spec: TensorSpec) -> None:
+def _check_type(column: str, dtype: pa.DataType, spec: TensorSpec, *, matrix: bool) -> None:
     target = spec.dtype
     if target is None:
         raise MappingError(
@@ -110,7 +110,11 @@ def _check_type(column: str, dtype: pa.DataType, spec: TensorSpec) -> None:
         raise MappingError(
             f"column '{column}' has type {dtype}, which cannot feed model input "
             f"'{spec.name}' ({spec.element_type})",
-            hint="cast the column or choose other columns with --features",
+            # --features only chooses the columns of a 2-D input; other inputs take theirs
+            # by name.
+            hint="cast the column or choose other columns with --features"
+            if matrix
+            else "cast the column to a type that fits",
         )
 
 
@@ -178,10 +182,17 @@ def plan_inputs(
             if column not in columns:
                 raise MappingError(
                     f"column '{column}' needed by model input '{feed.input.name}' is missing",
-                    hint=f"available: {', '.join(list(columns)[:12])}",
+                    hint=f"available: {_listing(list(columns))}",
                 )
-            _check_type(column, columns[column], feed.input)
+            _check_type(column, columns[column], feed.input, matrix=feed.matrix)
     return InputPlan(feeds)
+
+
+def _listing(names: list[str], shown: int = 12) -> str:
+    """``a, b, c`` or, for a long list, its start and how long it is."""
+    if len(names) <= shown:
+        return ", ".join(names)
+    return f"{', '.join(names[:shown])}, … ({len(names)} columns)"
 
 
 def source_fields(

@@ -9,7 +9,7 @@ import typer
 
 from streamscore import console
 from streamscore.cli import options as opt
-from streamscore.cli.common import scoring_options, translate_errors
+from streamscore.cli.common import Command, scoring_options, translate_errors
 from streamscore.config import BatchOptions, OnError
 from streamscore.errors import PartialFailure, UsageError, stopped_by
 from streamscore.shutdown import StopSignal, stop_on_signals
@@ -26,7 +26,7 @@ STOP_GRACE_S = 30.0
 
 
 def register(app: typer.Typer) -> None:
-    app.command("batch", epilog=EXAMPLE)(batch)
+    app.command("batch", epilog=EXAMPLE, cls=Command)(batch)
 
 
 @translate_errors
@@ -58,6 +58,10 @@ def batch(
     """Score every Parquet file under INPUT with MODEL into OUT, one output file per input.
 
     Reruns skip files already scored by the same model and resume after a crash.
+
+    Exit codes: 0 ok (rejected rows included), 2 usage, 3 some files failed (see the summary),
+    4 input or mapping error, 5 model, 7 OUT locked by another run, 9 OUT cannot be written,
+    130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
     """
     if log_format not in ("auto", "json", "text"):
         raise UsageError(f"--log-format must be auto, json or text, not {log_format!r}")
