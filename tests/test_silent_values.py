@@ -144,3 +144,15 @@ def test_what_python_json_accepts_but_json_does_not_gets_its_own_kind(
         decoded = _decoder().decode(batch)
         assert [(f.index, f.kind) for f in decoded.failures] == [(0, kind)]
         assert words in decoded.failures[0].message
+
+
+def test_field_names_with_regex_characters_are_checked_literally() -> None:
+    decoder = JsonDecoder({"a b-c.d": pa.float64(), "é(x)": pa.float64()})
+    once = '{"a b-c.d": 1, "é(x)": 2}'.encode()
+    twice = '{"a b-c.d": 1, "é(x)": 2, "é(x)": 3}'.encode()
+    near = '{"a b-c.d": 1, "é(x)": 2, "aXb-c.d": 3}'.encode()
+
+    decoded = decoder.decode([once, twice, near])
+
+    assert [(f.index, f.kind) for f in decoded.failures] == [(1, DUPLICATE_FIELD)]
+    assert decoded.index.tolist() == [0, 2]
