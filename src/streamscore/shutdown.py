@@ -65,6 +65,9 @@ def stop_on_signals(stop: threading.Event, *, grace_s: float) -> Iterator[None]:
         timer.start()
         timers.append(timer)
 
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers; signals go to it anyway
+        return
     previous = {sig: signal.signal(sig, handler) for sig in SIGNALS}
     try:
         yield
@@ -82,6 +85,9 @@ def interrupt_on_signals() -> Iterator[None]:
     def handler(signum: int, _frame: FrameType | None) -> None:
         raise SignalInterrupt(signum)
 
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers
+        return
     previous = {sig: signal.signal(sig, handler) for sig in SIGNALS}
     try:
         yield
