@@ -156,3 +156,12 @@ def test_field_names_with_regex_characters_are_checked_literally() -> None:
 
     assert [(f.index, f.kind) for f in decoded.failures] == [(1, DUPLICATE_FIELD)]
     assert decoded.index.tolist() == [0, 2]
+
+
+def test_a_repeated_passthrough_field_is_passed_as_it_is() -> None:
+    # Only model fields are checked: the model never reads the others.
+    record = b'{"f0": 1.0, "f1": 2.0, "id": 1, "id": 2, "meta": {"f0": 3}}'
+
+    decoded = _decoder().decode([record, GOOD])
+
+    assert decoded.failures == []

@@ -268,7 +268,7 @@ class JsonDecoder:
                 kind = _json_kind(value_of)
                 return (WRONG_TYPE, f"field '{name}' is a {kind}; the model needs {wanted}"), None
         if len(self._suspect_pattern.findall(value)) > len(self.fields):
-            duplicate = _duplicate_key(value)
+            duplicate = _duplicate_key(value, self.fields)
             if duplicate is not None:
                 return (DUPLICATE_FIELD, f"field '{duplicate}' appears twice"), None
         return None, obj
@@ -440,8 +440,8 @@ def _has_infinity(value: Any) -> bool:
     return False
 
 
-def _duplicate_key(value: bytes) -> str | None:
-    """The first key a record's top-level object holds twice, if any."""
+def _duplicate_key(value: bytes, names: Mapping[str, Any]) -> str | None:
+    """The first of ``names`` that a record's top-level object holds twice, if any."""
     last: list[str | None] = [None]
 
     def check(items: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -449,7 +449,7 @@ def _duplicate_key(value: bytes) -> str | None:
         seen: set[str] = set()
         last[0] = None
         for key, _ in items:
-            if key in seen:
+            if key in seen and key in names:
                 last[0] = key
                 break
             seen.add(key)
