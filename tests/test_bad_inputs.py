@@ -254,3 +254,20 @@ def test_a_read_only_out_is_one_line(
 
     assert result.exit_code == 9, result.output
     assert_one_line_error(result, "cannot write", "Read-only file system")
+
+
+def test_a_summary_file_that_cannot_be_written_still_shows_the_summary(
+    tmp_path: Path, dense_model: TrainedModel
+) -> None:
+    source = one_good_file(tmp_path)
+    out = tmp_path / "out"
+    (out / f".{SUMMARY_NAME}.tmp").mkdir(parents=True)  # where the summary is written first
+
+    result = run_batch(source, out, dense_model.path)
+
+    assert result.exit_code == 9, result.output
+    assert statuses(result) == {"good.parquet": "ok"}
+    summary = json.loads(result.stdout.splitlines()[-1])
+    assert summary["event"] == "summary" and summary["files_ok"] == 1
+    assert_one_line_error(result, "cannot write", SUMMARY_NAME)
+    assert (out / "good.parquet").is_file()

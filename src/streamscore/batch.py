@@ -103,6 +103,7 @@ class BatchSummary:
     failures: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
     interrupted: bool = False  # stopped by a signal before every file was done
+    summary_error: str | None = None  # why OUTPUT/_streamscore_run.json could not be written
     streamscore_version: str = __version__
 
     @property
@@ -388,8 +389,8 @@ class BatchRun:
             summary_path = self.options.output / SUMMARY_NAME
             try:
                 _write_json_atomically(summary_path, self.summary.as_dict())
-            except OSError as exc:
-                raise output_error(summary_path, exc) from exc
+            except OSError as exc:  # the outputs are done: report them, then the failure
+                self.summary.summary_error = output_error(summary_path, exc).one_line()
         return self.summary
 
     def _handle_orphans(self, current: set[Path]) -> None:
@@ -484,7 +485,8 @@ def run_batch(
     """Score every Parquet file under ``options.input``; see the module docstring.
 
     Returns the summary; a summary with ``partial`` set means some files failed, one with
-    ``interrupted`` that ``stop`` was set before the end. Raises StreamscoreError subclasses
+    ``interrupted`` that ``stop`` was set before the end, one with ``summary_error`` that
+    the summary file could not be written. Raises StreamscoreError subclasses
     for problems that stop the whole run.
     """
     reporter = reporter or SilentReporter()

@@ -11,7 +11,7 @@ from streamscore import console
 from streamscore.cli import options as opt
 from streamscore.cli.common import Command, scoring_options, translate_errors
 from streamscore.config import BatchOptions, OnError
-from streamscore.errors import PartialFailure, UsageError, stopped_by
+from streamscore.errors import OutputError, PartialFailure, UsageError, stopped_by
 from streamscore.shutdown import StopSignal, stop_on_signals
 
 EXAMPLE = (
@@ -88,6 +88,8 @@ def batch(
     with stop_on_signals(stop, grace_s=STOP_GRACE_S):
         summary = run_batch(options, console.make_reporter(log_format), stop=stop)
     console.print_summary(summary.as_dict(), title="streamscore batch", log_format=log_format)
+    if summary.summary_error is not None:
+        raise OutputError(summary.summary_error)
     if summary.interrupted:
         raise stopped_by(stop.signum, f"{summary.files_ok} file(s) finished, summary in {out}")
     if summary.partial:
