@@ -238,7 +238,7 @@ def test_a_full_disk_for_the_lock_file_is_one_line(
 
     result = run_batch(source, mount_point / "out", dense_model.path)
 
-    assert result.exit_code == 9, result.output
+    assert result.exit_code == 10, result.output
     assert_one_line_error(result, "cannot write", "No space left on device")
 
 
@@ -252,7 +252,7 @@ def test_a_read_only_out_is_one_line(
 
     result = run_batch(source, mount_point / "out", dense_model.path)
 
-    assert result.exit_code == 9, result.output
+    assert result.exit_code == 10, result.output
     assert_one_line_error(result, "cannot write", "Read-only file system")
 
 
@@ -265,7 +265,7 @@ def test_a_summary_file_that_cannot_be_written_still_shows_the_summary(
 
     result = run_batch(source, out, dense_model.path)
 
-    assert result.exit_code == 9, result.output
+    assert result.exit_code == 10, result.output
     assert statuses(result) == {"good.parquet": "ok"}
     summary = json.loads(result.stdout.splitlines()[-1])
     assert summary["event"] == "summary" and summary["files_ok"] == 1

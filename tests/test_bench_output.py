@@ -102,6 +102,6 @@ def test_an_unwritable_output_path_is_refused_before_measuring(
 
     result = invoke("bench", MLP, "--batch-sizes", "1", *QUICK_CLI, option, target)
 
-    assert result.exit_code == 9, result.output
+    assert result.exit_code == 10, result.output
     assert "Traceback" not in result.output
     assert result.stderr.startswith("error: cannot write") and str(target) in result.stderr

@@ -11,7 +11,7 @@
     │   └── TransactionAborted        exit 6   a transaction was rolled back; rerun resumes
     ├── LockedError                   exit 7   another run holds the output's lock
     ├── RegressionDetected            exit 8   bench: slower than the baseline allows
-    ├── OutputError                   exit 9   the output cannot be written (full, read-only)
+    ├── OutputError                   exit 10  the output cannot be written (full, read-only)
     └── Interrupted                   exit 130 stopped by SIGINT (Ctrl-C); a rerun resumes
         └── Terminated                exit 143 stopped by SIGTERM
 
@@ -104,7 +104,7 @@ class RegressionDetected(StreamscoreError):
 class OutputError(StreamscoreError):
     """An output (file, folder, lock or report) cannot be written: disk full, read-only…"""
 
-    exit_code = 9
+    exit_code = 10
 
 
 def output_error(path: object, exc: OSError) -> OutputError:

@@ -60,7 +60,7 @@ def batch(
     Reruns skip files already scored by the same model and resume after a crash.
 
     Exit codes: 0 ok (rejected rows included), 2 usage, 3 some files failed (see the summary),
-    4 input or mapping error, 5 model, 7 OUT locked by another run, 9 OUT cannot be written,
+    4 input or mapping error, 5 model, 7 OUT locked by another run, 10 OUT cannot be written,
     130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
     """
     if log_format not in ("auto", "json", "text"):

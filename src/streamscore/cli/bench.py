@@ -126,7 +126,7 @@ def bench(
 
     Exit codes: 0 ok, 2 bad options, 4 unreadable data or baseline file,
     5 model error or a --require-provider provider that does not really load,
-    8 slower than --baseline allows, 9 --json/--plot cannot be written.
+    8 slower than --baseline allows, 10 --json/--plot cannot be written.
     """
     if log_format not in ("auto", "json", "text"):
         raise UsageError(f"--log-format must be auto, json or text, not {log_format!r}")
