@@ -54,12 +54,26 @@ def print_renderable(renderable: Any) -> None:
     _stdout.print(renderable)
 
 
-def print_wide(renderable: Any) -> None:
-    """Like print_renderable, but off a terminal up to 200 columns: CI logs do not wrap."""
-    if stdout_is_tty():
-        _stdout.print(renderable)
+def print_wide(renderable: Any, *, stderr: bool = False) -> None:
+    """Like print_renderable, but off a terminal up to 200 columns: CI logs do not wrap.
+
+    ``stderr`` sends it there: human text when stdout carries JSON lines.
+    """
+    stream = sys.stderr if stderr else sys.stdout
+    if stream.isatty():
+        (_stderr if stderr else _stdout).print(renderable)
     else:  # a Console never prints wider than its own width, so make a wider one
-        Console(file=sys.stdout, highlight=False, width=200).print(renderable)
+        Console(file=stream, highlight=False, width=200).print(renderable)
+
+
+def print_note(text: str) -> None:
+    """A human line that is not the command's output (warnings, "wrote FILE"): on stderr."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def machine_readable(log_format: str) -> bool:
+    """Whether stdout carries JSON lines only: ``json``, or ``auto`` off a terminal."""
+    return log_format == "json" or (log_format == "auto" and not stdout_is_tty())
 
 
 def json_line(payload: Mapping[str, Any], stream: TextIO | None = None) -> None:
@@ -245,8 +259,16 @@ def format_event(payload: Mapping[str, Any]) -> str:
         rej = f", {rejected:,} rejected" if rejected else ""
         return f"{status:>7}  {payload.get('input')}{rows}{rej}{extra}"
     if kind in ("warning", "error", "info"):
-        return f"{kind}: {payload.get('message')}"
+        port = payload.get("metrics_port")
+        metrics = f" · metrics on http://127.0.0.1:{port}/metrics" if port is not None else ""
+        return f"{kind}: {payload.get('message')}{metrics}"
     return ""
+
+
+def _is_identifier(key: str) -> bool:
+    """Ports, offsets, partitions and ids are names, not amounts: never "33,011"."""
+    last = key.rsplit("_", 1)[-1]
+    return last in ("port", "offset", "partition", "pid", "id")
 
 
 def format_summary(summary: Mapping[str, Any], title: str) -> Table:
@@ -261,7 +283,7 @@ def format_summary(summary: Mapping[str, Any], title: str) -> Table:
         elif isinstance(value, float):
             shown = f"{value:,.2f}"
         elif isinstance(value, int):
-            shown = f"{value:,}"
+            shown = str(value) if _is_identifier(key) else f"{value:,}"
         elif isinstance(value, dict):
             shown = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
         elif isinstance(value, list):
@@ -300,6 +322,9 @@ def _threads(value: Any) -> str:
     return "auto" if value == 0 else str(value)
 
 
+_LATENCY = ("min", "p50", "p90", "p95", "p99", "max")
+
+
 def format_bench_results(report: Mapping[str, Any]) -> Table:
     """``streamscore bench``: one row per configuration, the best one marked with ★."""
     results = report.get("results") or []
@@ -308,15 +333,18 @@ def format_bench_results(report: Mapping[str, Any]) -> Table:
     copies = any(r.get("transfer_ms") for r in results)
     label = ":".join(part for part in (model.get("name"), model.get("version")) if part)
     settings = report.get("settings") or {}
+    closed = any(r["configuration"].get("rate") is None for r in results)
+    star = "★ most rows/s" if closed else "★ lowest p99"
     table = Table(
         title=f"streamscore bench  {label}  (inputs {settings.get('inputs', '?')})",
         title_justify="left",
-        caption=format_bench_environment(report),
+        caption=f"{star} · {format_bench_environment(report)}",
         caption_justify="left",
     )
     headers = ["", "provider", "threads", "batch", "conc."]
-    headers += ["rate/s", "served/s"] if open_loop else []
-    headers += ["calls/s", "rows/s", "p50 ms", "p90 ms", "p99 ms", "max ms"]
+    # Open loop: the calls served per second are the calls/s, beside the rate asked for.
+    headers += ["rate/s", "served/s"] if open_loop else ["calls/s"]
+    headers += ["rows/s"] + [f"{name} ms" for name in _LATENCY]
     headers += ["queue p99 ms"] if open_loop else []
     headers += ["h2d / compute / d2h ms"] if copies else []
     headers += ["overhead", "stable"]
@@ -335,11 +363,10 @@ def format_bench_results(report: Mapping[str, Any]) -> Table:
             str(c["concurrency"]),
         ]
         if open_loop:
-            row += [_num(c.get("rate"), ",.0f"), _num(r["calls_per_s"], ",.0f")]
-        else:
-            row += [_num(r["calls_per_s"], ",.0f")]
+            row += [_num(c.get("rate"), ",.0f")]
+        row += [_num(r["calls_per_s"], ",.0f")]
         row += [_num(r["rows_per_s"], ",.0f")]
-        row += [_num(lat[k]) for k in ("p50", "p90", "p99", "max")]
+        row += [_num(lat[k]) for k in _LATENCY]
         if open_loop:
             row += [_num((r.get("queue_ms") or {}).get("p99"))]
         if copies:
