@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from streamscore import plotting
 from streamscore.bench.baseline import check_overlap, compare_reports
 from streamscore.bench.environment import collect_environment
 from streamscore.bench.harness import (
@@ -308,6 +309,8 @@ def run_bench(options: BenchOptions, reporter: Reporter | None = None) -> BenchR
                 f"{option} {path}: folder {path.parent} does not exist",
                 hint="create it first; the check runs before measuring",
             )
+    if options.plot_path is not None:
+        plotting.require_matplotlib("--plot")
     try:
         baseline = None
         if options.baseline is not None:
