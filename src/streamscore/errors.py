@@ -10,7 +10,8 @@
     │   ├── KafkaAuthError            exit 6   authentication or authorization refused
     │   └── TransactionAborted        exit 6   a transaction was rolled back; rerun resumes
     ├── LockedError                   exit 7   another run holds the output's lock
-    └── RegressionDetected            exit 8   bench: slower than the baseline allows
+    ├── RegressionDetected            exit 8   bench: slower than the baseline allows
+    └── ComparisonGateFailed          exit 9   compare: flip rate or PSI beyond the limit
 
 Exit 130 means interrupted (SIGINT). Only ``streamscore.cli`` turns these into exit codes;
 library users catch ``StreamscoreError``.
@@ -95,3 +96,9 @@ class RegressionDetected(StreamscoreError):
     """A benchmark is slower than its baseline by more than the allowed margin."""
 
     exit_code = 8
+
+
+class ComparisonGateFailed(StreamscoreError):
+    """Two models' scores differ more than ``--max-flip-rate`` or ``--max-psi`` allow."""
+
+    exit_code = 9
