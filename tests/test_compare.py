@@ -433,3 +433,25 @@ def test_rows_missing_from_one_topic_are_counted(
         40,
     )
     assert all(c["max_abs"] == 0 for c in (col["delta"] for col in data["columns"]))
+
+
+@pytest.mark.kafka
+def test_topics_that_are_missing_or_not_written_by_streamscore_are_one_line_errors(
+    kafka_bootstrap: str, unique_topic: Callable[..., str]
+) -> None:
+    from confluent_kafka import Producer
+
+    plain = unique_topic(partitions=1, prefix="compare-plain")
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    producer.produce(plain, b'{"score": 0.5}')
+    assert producer.flush(10) == 0
+    wait_for_records(kafka_bootstrap, plain, 1)
+    missing = invoke("compare", "--topics", plain, "no-such-topic", "-b", kafka_bootstrap,
+                     "--connect-timeout", "5")  # fmt: skip
+    assert missing.exit_code == 6 and "'no-such-topic' does not exist" in missing.output
+    other = unique_topic(partitions=1, prefix="compare-plain")
+    unheaded = invoke("compare", "--topics", plain, other, "-b", kafka_bootstrap)
+    assert unheaded.exit_code == 4, unheaded.output
+    assert f"topic '{plain}' partition 0 offset 0" in unheaded.output
+    assert "no streamscore source headers" in unheaded.output
+    assert "Traceback" not in unheaded.output

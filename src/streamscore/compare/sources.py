@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,10 +87,10 @@ def _matrix(batch: pa.RecordBatch, columns: Sequence[str], rows: np.ndarray) -> 
 class PairScored(ScoredBatch):
     """A batch scored by both models: ``accepted`` are the rows both scored."""
 
-    scored_a: ScoredBatch = field(default=None)  # type: ignore[assignment]
-    scored_b: ScoredBatch = field(default=None)  # type: ignore[assignment]
-    in_a: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # into scored_a
-    in_b: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    scored_a: ScoredBatch
+    scored_b: ScoredBatch
+    in_a: np.ndarray  # positions in scored_a.scores of the rows both scored
+    in_b: np.ndarray
 
 
 class PairScorer:

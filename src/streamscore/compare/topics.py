@@ -18,7 +18,7 @@ import pyarrow as pa
 from streamscore.compare.comparison import PairedBatch
 from streamscore.compare.report import Side
 from streamscore.compare.sources import Emit, PairSource
-from streamscore.errors import InputError, UsageError
+from streamscore.errors import InputError, KafkaError, UsageError
 from streamscore.kafka import headers as h
 from streamscore.kafka.client import Admin, Consumer
 from streamscore.kafka.codec import DecodedBatch, JsonDecoder
@@ -81,10 +81,11 @@ class TopicPairs(PairSource):
             for topic in self.topics:
                 count = admin.partition_count(topic)
                 if count is None:
-                    raise UsageError(
+                    raise KafkaError(
                         f"--topics: topic '{topic}' does not exist on "
                         f"{self.settings.bootstrap_servers}",
                         hint="name the output topics of two replay or tail runs",
+                        code="UNKNOWN_TOPIC_OR_PART",
                     )
                 partitions = list(range(count))
                 ranges.append(
