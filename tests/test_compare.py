@@ -455,3 +455,27 @@ def test_topics_that_are_missing_or_not_written_by_streamscore_are_one_line_erro
     assert f"topic '{plain}' partition 0 offset 0" in unheaded.output
     assert "no streamscore source headers" in unheaded.output
     assert "Traceback" not in unheaded.output
+
+
+def test_scored_compares_the_score_columns_batch_recorded_not_kept_inputs(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "in").mkdir()
+    pq.write_table(pq.read_table(DAY).slice(0, 500), tmp_path / "in" / "part-0.parquet")
+    for name, model in (("a", V1), ("b", MLP)):
+        run_batch(
+            BatchOptions(
+                tmp_path / "in", tmp_path / name, ScoringOptions(str(model), provider="cpu")
+            )
+        )
+    scored = (tmp_path / "a", tmp_path / "b")
+    default = run_compare(CompareOptions(CompareMode.scored, scored=scored, key="transaction_id"))
+    # is_fraud is a numeric column both outputs kept, but no score
+    assert [c.name for c in default.columns] == ["label", "probabilities_0", "probabilities_1"]
+    chosen = run_compare(
+        CompareOptions(
+            CompareMode.scored, scored=scored, key="transaction_id", columns=("is_fraud",)
+        )
+    )
+    assert [c.name for c in chosen.columns] == ["is_fraud"]
+    assert chosen.columns[0].flips == 0 and chosen.columns[0].delta.max_abs == 0

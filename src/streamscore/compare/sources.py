@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from streamscore.compare.comparison import PairedBatch
 from streamscore.compare.report import Side
@@ -286,7 +287,12 @@ class ScoredPairs(PairSource):
                     )
             frames.append(frame)
             schemas.append(schema)
-        numeric = [[n for n, t in s.items() if t.is_numeric()] for s in schemas]
+        # By default only the columns batch recorded as scores (not kept input columns).
+        recorded = (None, None) if wanted else (_score_columns(dir_a), _score_columns(dir_b))
+        numeric = [
+            [n for n, t in schema.items() if t.is_numeric() and (scores is None or n in scores)]
+            for schema, scores in zip(schemas, recorded, strict=True)
+        ]
         self.columns = choose_columns(
             numeric[0], numeric[1], wanted, exclude=[key, *self.keep], where=" (--scored)"
         )
@@ -333,6 +339,20 @@ class ScoredPairs(PairSource):
                 only_b=int(np.count_nonzero(in_b & ~in_a)),
             )
             emit(cols, paired)
+
+
+def _score_columns(root: Path) -> set[str] | None:
+    """The score columns ``batch`` recorded in its outputs' metadata (None if it did not)."""
+    from streamscore.sources.parquet import discover_parquet
+
+    found: set[str] = set()
+    for item in discover_parquet(root):
+        metadata = pq.read_metadata(item.path).metadata or {}
+        names = metadata.get(b"streamscore.score_columns")
+        if names is None:
+            return None
+        found.update(names.decode().split(","))
+    return found
 
 
 def _frame_matrix(frame: Any, names: Sequence[str]) -> np.ndarray:
