@@ -479,3 +479,14 @@ def test_scored_compares_the_score_columns_batch_recorded_not_kept_inputs(
     )
     assert [c.name for c in chosen.columns] == ["is_fraud"]
     assert chosen.columns[0].flips == 0 and chosen.columns[0].delta.max_abs == 0
+
+
+def test_an_unwritable_json_path_is_a_one_line_error(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        pq.write_table(pa.table({"id": [1, 2], "score": [0.1, 0.7]}), tmp_path / name / "x.parquet")
+    (tmp_path / "taken.json").mkdir()  # a folder where the file should go
+    result = invoke("compare", "--scored", tmp_path / "a", tmp_path / "b", "--key", "id",
+                    "--json", tmp_path / "taken.json")  # fmt: skip
+    assert result.exit_code == 2 and "cannot write" in result.output
+    assert "Traceback" not in result.output

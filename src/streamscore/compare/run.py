@@ -9,7 +9,7 @@ from streamscore.compare.comparison import Comparison, PairedBatch, check_gate
 from streamscore.compare.options import CompareMode, CompareOptions
 from streamscore.compare.report import CompareReport, save_report
 from streamscore.compare.sources import ModelPairs, PairSource, ScoredPairs
-from streamscore.errors import ComparisonGateFailed
+from streamscore.errors import ComparisonGateFailed, UsageError
 from streamscore.reporting import Reporter, SilentReporter
 
 
@@ -76,13 +76,22 @@ def run_compare(options: CompareOptions, reporter: Reporter | None = None) -> Co
         gate=check_gate(columns, options.max_flip_rate, options.max_psi),
         samples=comparison.samples(),
     )
-    if options.json_path is not None:
-        save_report(report, options.json_path)
-    if options.report_path is not None:
-        from streamscore.compare.plot import write_report
-
-        write_report(report, options.report_path)
+    _write(report, options)
     return report
+
+
+def _write(report: CompareReport, options: CompareOptions) -> None:
+    from streamscore.compare.plot import write_report
+
+    for path, write in ((options.json_path, save_report), (options.report_path, write_report)):
+        if path is not None:
+            try:
+                write(report, path)
+            except OSError as exc:
+                raise UsageError(
+                    f"cannot write {path}: {exc.strerror or exc}",
+                    hint="choose a writable location",
+                ) from exc
 
 
 def gate_error(report: CompareReport) -> ComparisonGateFailed | None:
