@@ -119,6 +119,10 @@ def compare(
         )
     if data is not None and len(model or []) != 2:
         raise UsageError(f"DATA needs --model twice (A, then B), got {len(model or [])}")
+    if key is not None and scored is None:
+        raise UsageError(
+            "--key goes with --scored (DATA pairs rows by position, --topics by offset)"
+        )
     if data is None and model:
         raise UsageError("--model goes with DATA; --scored and --topics read existing scores")
     to_stdout = json_out == "-"
