@@ -39,7 +39,7 @@ def compare(
     ] = None,
     scored: Annotated[
         tuple[Path, Path] | None,
-        typer.Option(help="Instead of DATA: two `batch` output folders A B, joined on --key."),
+        typer.Option(help="Instead of DATA: two batch output folders A B, joined on --key."),
     ] = None,
     key: Annotated[
         str | None, typer.Option(help="--scored: the column that identifies a row (unique).")
@@ -84,7 +84,7 @@ def compare(
     ] = None,
     report: Annotated[
         Path | None,
-        typer.Option(help="Write a self-contained HTML page with pictures (needs [plot])."),
+        typer.Option(help="Write a self-contained HTML page with pictures (needs the plot extra)."),
     ] = None,
     features: opt.Features = None,
     outputs: opt.Outputs = None,
