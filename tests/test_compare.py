@@ -390,6 +390,9 @@ def test_topics_of_two_replays_join_on_source_offsets(
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert data["mode"] == "topics"
+    assert (data["a"]["model"], data["a"]["version"]) == ("fraud", "1")
+    assert (data["b"]["model"], data["b"]["version"]) == ("fraud", "2")
+    assert data["a"]["source"] == f"topic {outputs[0]}"
     assert data["rows"] == {"matched": rows, "only_a": 0, "only_b": 0, "neither": 0,
                             "duplicates_a": 0, "duplicates_b": 0}  # fmt: skip
     table = pq.read_table(tmp_path / "part-0.parquet")

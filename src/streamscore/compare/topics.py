@@ -175,6 +175,18 @@ class TopicPairs(PairSource):
             if not isinstance(value, dict):
                 raise InputError(f"{where}: the value is not a JSON object")
             parsed.append((source, value))
+        if records and (self.a, self.b)[side].model is None:  # name the model from its headers
+            found = h.header_dict(records[0].headers())
+            named = Side(
+                (self.a, self.b)[side].source,
+                found.get(h.MODEL),
+                found.get(h.MODEL_VERSION),
+                found.get(h.MODEL_SHA256),
+            )
+            if side == 0:
+                self.a = named
+            else:
+                self.b = named
         if not self.columns and parsed:
             self._discover(side, parsed[0][1])
         duplicates = 0
