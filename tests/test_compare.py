@@ -494,3 +494,15 @@ def test_an_unwritable_json_path_is_a_one_line_error(tmp_path: Path) -> None:
                     "--json", tmp_path / "taken.json")  # fmt: skip
     assert result.exit_code == 2 and "cannot write" in result.output
     assert "Traceback" not in result.output
+
+
+def test_off_a_terminal_stdout_holds_one_json_line_and_the_tables_go_to_stderr(
+    day: Path,
+) -> None:
+    result = invoke("compare", day, "-m", V1, "-m", V2, "--top", "1")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1
+    summary = json.loads(lines[0])
+    assert summary["event"] == "summary" and summary["schema"] == "streamscore.compare"
+    assert "streamscore compare" in result.stderr and "probabilities_1" in result.stderr

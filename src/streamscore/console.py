@@ -54,12 +54,26 @@ def print_renderable(renderable: Any) -> None:
     _stdout.print(renderable)
 
 
-def print_wide(renderable: Any) -> None:
-    """Like print_renderable, but off a terminal up to 200 columns: CI logs do not wrap."""
-    if stdout_is_tty():
-        _stdout.print(renderable)
+def print_wide(renderable: Any, *, stderr: bool = False) -> None:
+    """Like print_renderable, but off a terminal up to 200 columns: CI logs do not wrap.
+
+    ``stderr`` sends it there: human text when stdout carries JSON lines.
+    """
+    stream = sys.stderr if stderr else sys.stdout
+    if stream.isatty():
+        (_stderr if stderr else _stdout).print(renderable)
     else:  # a Console never prints wider than its own width, so make a wider one
-        Console(file=sys.stdout, highlight=False, width=200).print(renderable)
+        Console(file=stream, highlight=False, width=200).print(renderable)
+
+
+def print_note(text: str) -> None:
+    """A human line that is not the command's output (warnings, "wrote FILE"): on stderr."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def machine_readable(log_format: str) -> bool:
+    """Whether stdout carries JSON lines only: ``json``, or ``auto`` off a terminal."""
+    return log_format == "json" or (log_format == "auto" and not stdout_is_tty())
 
 
 def json_line(payload: Mapping[str, Any], stream: TextIO | None = None) -> None:

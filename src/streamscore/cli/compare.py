@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -173,18 +174,22 @@ def compare(
 
     reporter: Reporter = SilentReporter() if to_stdout else console.make_reporter(log_format)
     result = run_compare(options, reporter)
+    # stdout carries the report: JSON with --json -, one JSON line off a terminal (or with
+    # --log-format json), the tables on a terminal. Human text goes to stderr otherwise.
+    machine = to_stdout or console.machine_readable(log_format)
+    shown = json.loads(dumps_report(result))
     if to_stdout:
         console.print_text(dumps_report(result).rstrip("\n"))
-    else:
-        shown = result.to_dict()
-        console.print_wide(console.format_compare_columns(shown))
-        for column in shown["columns"]:
-            table = console.format_compare_top(column)
-            if table is not None:
-                console.print_wide(table)
-        for written in (options.json_path, options.report_path):
-            if written is not None:
-                console.print_text(f"wrote {written}")
+    elif machine:
+        console.json_line({"event": "summary", **shown})
+    console.print_wide(console.format_compare_columns(shown), stderr=machine)
+    for column in shown["columns"]:
+        table = console.format_compare_top(column)
+        if table is not None:
+            console.print_wide(table, stderr=machine)
+    for written in (options.json_path, options.report_path):
+        if written is not None:
+            console.print_note(f"wrote {written}")
     error = gate_error(result)
     if error is not None:
         raise error
