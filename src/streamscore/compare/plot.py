@@ -64,7 +64,7 @@ def column_figure(report: CompareReport, column: ColumnResult) -> Any:
         dist.set_xlabel(f"{column.name} (score)")
         dist.set_ylabel("share of rows (log scale)")
         dist.set_title("Score distributions", loc="left")
-        dist.legend(loc="upper right")
+        dist.legend(loc="best")
 
         shown = np.random.default_rng(0).permutation(len(a))[:SCATTER_POINTS]
         scatter.scatter(a[shown], b[shown], s=5, alpha=0.35, color=plotting.NEUTRAL,
@@ -78,7 +78,7 @@ def column_figure(report: CompareReport, column: ColumnResult) -> Any:
         scatter.set_xlabel(f"{label_a} (score)")
         scatter.set_ylabel(f"{label_b} (score)")
         scatter.set_title(f"A against B ({len(shown):,} rows shown)", loc="left")
-        scatter.legend(loc="upper left")
+        scatter.legend(loc="best")
 
         diffs = a - b
         span = float(np.abs(diffs).max()) or 1e-9
