@@ -506,3 +506,18 @@ def test_off_a_terminal_stdout_holds_one_json_line_and_the_tables_go_to_stderr(
     summary = json.loads(lines[0])
     assert summary["event"] == "summary" and summary["schema"] == "streamscore.compare"
     assert "streamscore compare" in result.stderr and "probabilities_1" in result.stderr
+
+
+def test_a_gate_fails_when_no_row_matched(tmp_path: Path) -> None:
+    for name, ids in (("a", [1, 2]), ("b", [3, 4])):
+        (tmp_path / name).mkdir()
+        scores = pa.table({"id": ids, "score": [0.1, 0.7]})
+        pq.write_table(scores, tmp_path / name / "x.parquet")
+    args = ["compare", "--scored", tmp_path / "a", tmp_path / "b", "--key", "id", "--json", "-"]
+    plain = invoke(*args)
+    assert plain.exit_code == 0
+    data = json.loads(plain.stdout)
+    assert data["rows"]["matched"] == 0 and data["rows"]["only_a"] == data["rows"]["only_b"] == 2
+    assert data["columns"][0]["a"]["mean"] is None  # nothing compared: no statistic
+    gated = invoke(*args, "--max-psi", "0.2")
+    assert gated.exit_code == 9 and "no row was scored by both sides" in gated.output

@@ -116,8 +116,12 @@ class Comparison:
             name=stats.name,
             compared=stats.compared,
             missing=stats.missing,
-            a=Distribution(m.mean_a, stats.min_a, stats.max_a, _quantiles(a)),
-            b=Distribution(m.mean_b, stats.min_b, stats.max_b, _quantiles(b)),
+            a=Distribution(
+                *_spread(stats.compared, m.mean_a, stats.min_a, stats.max_a), _quantiles(a)
+            ),
+            b=Distribution(
+                *_spread(stats.compared, m.mean_b, stats.min_b, stats.max_b), _quantiles(b)
+            ),
             delta=Delta(
                 stats.sum_delta / stats.compared if stats.compared else float("nan"),
                 stats.sum_abs_delta / stats.compared if stats.compared else float("nan"),
@@ -136,6 +140,12 @@ class Comparison:
         )
 
 
+def _spread(count: int, mean: float, low: float, high: float) -> tuple[float, float, float]:
+    """Mean, min and max, or NaN (null in JSON) when no row was compared."""
+    nan = float("nan")
+    return (mean, low, high) if count else (nan, nan, nan)
+
+
 def _quantiles(values: np.ndarray) -> dict[str, float]:
     if len(values) == 0:
         return {f"p{round(q * 100):02d}": float("nan") for q in QUANTILES}
@@ -144,10 +154,16 @@ def _quantiles(values: np.ndarray) -> dict[str, float]:
 
 
 def check_gate(
-    columns: Sequence[ColumnResult], max_flip_rate: float | None, max_psi: float | None
+    columns: Sequence[ColumnResult],
+    max_flip_rate: float | None,
+    max_psi: float | None,
+    matched: int,
 ) -> Gate:
-    """Which columns exceed the limits. Flip limits apply to classifier columns only."""
+    """Which columns exceed the limits. Flip limits apply to classifier columns only; with
+    no matched row at all, a gate fails rather than pass on nothing."""
     gate = Gate(max_flip_rate, max_psi)
+    if (max_flip_rate is not None or max_psi is not None) and matched == 0:
+        gate.failures.append(GateFailure("(all)", "matched_rows", 0, 1))
     for column in columns:
         if (
             max_flip_rate is not None

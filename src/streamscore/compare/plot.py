@@ -170,6 +170,8 @@ def _gate(report: CompareReport) -> str:
         f"<li>{html.escape(f.column)}: flip rate {f.value:.3%} &gt; {f.limit:.3%}</li>"
         if f.metric == "flip_rate"
         else f"<li>{html.escape(f.column)}: PSI {f.value:.4f} &gt; {f.limit:g}</li>"
+        if f.metric == "psi"
+        else "<li>no row was scored by both sides</li>"
         for f in gate.failures
     )
     return f"<p><strong>gate failed</strong></p><ul>{items}</ul>"

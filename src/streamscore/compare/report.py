@@ -13,6 +13,8 @@
                       row is in it (then quantiles, Spearman and PSI are exact too)
     columns           [column]            one per compared score column
     gate              {max_flip_rate, max_psi, failures: [{column, metric, value, limit}]}
+                      metric: flip_rate, psi, or matched_rows (column "(all)") when a gate
+                      is set and no row matched
 
 A column::
 
@@ -109,7 +111,7 @@ class ColumnResult:
 @dataclass(frozen=True)
 class GateFailure:
     column: str
-    metric: str  # flip_rate | psi
+    metric: str  # flip_rate | psi | matched_rows (no row matched: nothing to check)
     value: float
     limit: float
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from streamscore.compare.comparison import Comparison, PairedBatch, check_gate
 from streamscore.compare.options import CompareMode, CompareOptions
-from streamscore.compare.report import CompareReport, save_report
+from streamscore.compare.report import CompareReport, GateFailure, save_report
 from streamscore.compare.sources import ModelPairs, PairSource, ScoredPairs
 from streamscore.errors import ComparisonGateFailed, UsageError
 from streamscore.reporting import Reporter, SilentReporter
@@ -73,7 +73,7 @@ def run_compare(options: CompareOptions, reporter: Reporter | None = None) -> Co
             "exact": comparison.sample.exact,
         },
         columns=columns,
-        gate=check_gate(columns, options.max_flip_rate, options.max_psi),
+        gate=check_gate(columns, options.max_flip_rate, options.max_psi, comparison.rows.matched),
         samples=comparison.samples(),
     )
     _write(report, options)
@@ -94,17 +94,20 @@ def _write(report: CompareReport, options: CompareOptions) -> None:
                 ) from exc
 
 
+def _failure_text(failure: GateFailure) -> str:
+    if failure.metric == "flip_rate":
+        return f"{failure.column} flip rate {failure.value:.2%} > {failure.limit:.2%}"
+    if failure.metric == "psi":
+        return f"{failure.column} PSI {failure.value:.3f} > {failure.limit:g}"
+    return "no row was scored by both sides, so nothing could be checked"
+
+
 def gate_error(report: CompareReport) -> ComparisonGateFailed | None:
     """The error naming every column beyond --max-flip-rate / --max-psi, or None."""
     failures = report.gate.failures
     if not failures:
         return None
-    named = "; ".join(
-        f"{f.column} flip rate {f.value:.2%} > {f.limit:.2%}"
-        if f.metric == "flip_rate"
-        else f"{f.column} PSI {f.value:.3f} > {f.limit:g}"
-        for f in failures
-    )
+    named = "; ".join(_failure_text(f) for f in failures)
     return ComparisonGateFailed(
         f"models differ beyond the gate: {named}",
         hint="look at the report's top rows; raise the limit only on purpose",
