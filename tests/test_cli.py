@@ -304,7 +304,7 @@ def test_start_up_does_not_load_the_heavy_libraries() -> None:
     code = (
         "import sys, streamscore.cli.app; "
         "print(','.join(m for m in ('onnxruntime', 'confluent_kafka', 'pyarrow', 'polars', "
-        "'httpx') "
+        "'matplotlib', 'httpx') "
         "if m in sys.modules))"
     )
     loaded = subprocess.run(

@@ -337,7 +337,7 @@ def test_bench_measures_a_served_model_with_the_same_table(model_server: ModelSe
         "1,2", "--warmup", "0", "--window", "0.1", "--max-duration", "0.3", "--json", "-",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert [r["key"] for r in report["results"]] == [
         "remote/threads=0/batch=8/concurrency=1",
         "remote/threads=0/batch=8/concurrency=2",
@@ -355,7 +355,7 @@ def test_bench_model_and_url_compares_embedded_and_served_on_the_same_inputs(
         "--warmup", "0", "--window", "0.1", "--max-duration", "0.3", "--json", "-",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     providers = [r["configuration"]["provider"] for r in report["results"]]
     assert providers == ["cpu", "cpu", "remote", "remote"]
     compared = report["remote_comparison"]
