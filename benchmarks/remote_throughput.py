@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -167,10 +168,10 @@ def main() -> None:
     kafka_home = ROOT / "benchmarks" / ".data" / f"kafka-{os.getpid()}"
     base = args.server or model_server.start(server_home)
     bootstrap = None
+    work = Path(tempfile.mkdtemp(prefix="remote-bench-"))
     try:
         url = f"{base}/v2/models/{args.model}"
         table = sample_table(args.rows)
-        work = Path(tempfile.mkdtemp(prefix="remote-bench-"))
         pq.write_table(table, work / "rows.parquet")
         topic = ""
         if not args.no_replay:
@@ -228,6 +229,8 @@ def main() -> None:
             stop_broker(kafka_home)
         if not args.server:
             model_server.stop(server_home)
+            shutil.rmtree(server_home, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
