@@ -295,6 +295,8 @@ class BatchRun:
             META_PREFIX + "provider": self.model.provider,
         }
         scores = planned.scorer.score_schema()
+        if scores is not None:  # lets `compare --scored` tell scores from kept columns
+            metadata[META_PREFIX + "score_columns"] = ",".join(scores.names)
         sink = ParquetFileSink(
             planned.output,
             planned.rejected,

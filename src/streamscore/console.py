@@ -457,3 +457,81 @@ def format_bench_notes(report: Mapping[str, Any]) -> list[str]:
     if comparison.get("only_in_baseline"):
         notes.append(f"in the baseline only: {', '.join(comparison['only_in_baseline'])}")
     return notes
+
+
+# --- compare ----------------------------------------------------------------------------------
+
+
+def _side(name: str, side: Mapping[str, Any]) -> str:
+    if side.get("model"):
+        version = f" v{side['version']}" if side.get("version") else ""
+        return f"{name} = {side['model']}{version}"
+    return f"{name} = {side.get('source')}"
+
+
+def format_compare_columns(report: Mapping[str, Any]) -> Table:
+    """``streamscore compare``: one row per score column (the JSON report, as a table)."""
+    rows = report.get("rows") or {}
+    sample = report.get("sample") or {}
+    counts = (
+        f"matched {rows.get('matched', 0):,} · only A {rows.get('only_a', 0):,} · "
+        f"only B {rows.get('only_b', 0):,}"
+    )
+    if rows.get("neither"):
+        counts += f" · rejected by both {rows['neither']:,}"
+    if rows.get("duplicates_a") or rows.get("duplicates_b"):
+        counts += f" · repeated A {rows['duplicates_a']:,} / B {rows['duplicates_b']:,}"
+    if not sample.get("exact", True):
+        counts += f"\nquantiles, Spearman and PSI from a sample of {sample.get('rows', 0):,} rows"
+    table = Table(
+        title=Text(
+            f"streamscore compare  {_side('A', report['a'])}  vs  {_side('B', report['b'])}"
+        ),
+        title_justify="left",
+        caption=Text(counts),
+        caption_justify="left",
+    )
+    threshold = (report.get("settings") or {}).get("threshold", 0.5)
+    headers = ["column", "rows", "mean A", "mean B", "p50 A", "p50 B", "mean |A−B|",
+               "max |A−B|", "Pearson", "Spearman", "PSI", f"flips @{threshold:g}"]  # fmt: skip
+    for header in headers:
+        table.add_column(header, justify="left" if header == "column" else "right")
+    failed = {f["column"] for f in (report.get("gate") or {}).get("failures") or []}
+    for c in report.get("columns") or []:
+        flips = "-" if c["flips"] is None else f"{c['flips']:,} ({c['flip_rate']:.2%})"
+        table.add_row(
+            Text(c["name"]),
+            f"{c['compared']:,}",
+            _num(c["a"]["mean"], ".4g"),
+            _num(c["b"]["mean"], ".4g"),
+            _num(c["a"]["quantiles"]["p50"], ".4g"),
+            _num(c["b"]["quantiles"]["p50"], ".4g"),
+            _num(c["delta"]["mean_abs"]),
+            _num(c["delta"]["max_abs"]),
+            _num(c["pearson"], ".4f"),
+            _num(c["spearman"], ".4f"),
+            _num(c["psi"], ".4f"),
+            flips,
+            style="red" if c["name"] in failed else None,
+        )
+    return table
+
+
+def format_compare_top(column: Mapping[str, Any]) -> Table | None:
+    """The rows of one column that differ most, with their kept columns."""
+    top = column.get("top") or []
+    if not top:
+        return None
+    keep = list(top[0].get("keep") or {})
+    table = Table(title=Text(f"{column['name']}: rows that differ most"), title_justify="left")
+    for header in ("key", "A", "B", "A − B", *keep):
+        table.add_column(header, justify="right" if header in ("A", "B", "A − B") else "left")
+    for row in top:
+        table.add_row(
+            Text(str(row.get("key"))),
+            _num(row["a"], ".4g"),
+            _num(row["b"], ".4g"),
+            _num(row["delta"], "+.4g"),
+            *(Text(str(row["keep"].get(name))) for name in keep),
+        )
+    return table

@@ -11,6 +11,7 @@
     │   └── TransactionAborted        exit 6   a transaction was rolled back; rerun resumes
     ├── LockedError                   exit 7   another run holds the output's lock
     ├── RegressionDetected            exit 8   bench: slower than the baseline allows
+    ├── ComparisonGateFailed          exit 9   compare: flip rate or PSI beyond the limit
     ├── OutputError                   exit 10  the output cannot be written (full, read-only)
     └── Interrupted                   exit 130 stopped by SIGINT (Ctrl-C); a rerun resumes
         └── Terminated                exit 143 stopped by SIGTERM
@@ -99,6 +100,12 @@ class RegressionDetected(StreamscoreError):
     """A benchmark is slower than its baseline by more than the allowed margin."""
 
     exit_code = 8
+
+
+class ComparisonGateFailed(StreamscoreError):
+    """Two models' scores differ more than ``--max-flip-rate`` or ``--max-psi`` allow."""
+
+    exit_code = 9
 
 
 class OutputError(StreamscoreError):

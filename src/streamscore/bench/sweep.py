@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streamscore import plotting
 from streamscore.bench.baseline import check_overlap, compare_reports
 from streamscore.bench.environment import collect_environment
 from streamscore.bench.harness import (
@@ -311,6 +312,8 @@ def run_bench(options: BenchOptions, reporter: Reporter | None = None) -> BenchR
                     hint="create it first; the check runs before measuring",
                 )
             _check_writable(path)
+    if options.plot_path is not None:
+        plotting.require_matplotlib("--plot")
     try:
         baseline = None
         if options.baseline is not None:

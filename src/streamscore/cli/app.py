@@ -8,12 +8,13 @@ import typer
 from typer.core import TyperCommand
 
 from streamscore import __version__
-from streamscore.cli import batch, bench, models, replay, tail
+from streamscore.cli import batch, bench, compare, models, replay, tail
 from streamscore.cli.common import Command
 
 app = typer.Typer(
     name="streamscore",
-    help="Run ONNX models over Parquet files and Kafka topics: batch, replay, tail, bench.",
+    help="Run ONNX models over Parquet files and Kafka topics: batch, replay, tail, bench, "
+    "compare.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -34,7 +35,7 @@ def root(
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
 ) -> None:
-    """Run ONNX models over Parquet files and Kafka topics: batch, replay, tail, bench."""
+    """Run ONNX models over Parquet files and Kafka topics: batch, replay, tail, bench, compare."""
 
 
 app.add_typer(models.app, name="models")
@@ -42,6 +43,7 @@ batch.register(app)
 replay.register(app)
 tail.register(app)
 bench.register(app)
+compare.register(app)
 
 
 def _plain_help(commands: typer.Typer) -> None:

@@ -105,7 +105,9 @@ def bench(
     ] = "10%",
     plot: Annotated[
         Path | None,
-        typer.Option(help="Write charts: FILE.html (self-contained) or FILE.png."),
+        typer.Option(
+            help="Write charts (needs the plot extra): FILE.html (self-contained), .png or .svg."
+        ),
     ] = None,
     require_provider: Annotated[
         bool,
