@@ -17,13 +17,7 @@ from streamscore.bench.options import (
     parse_shapes,
 )
 from streamscore.cli import options as opt
-from streamscore.cli.common import (
-    Command,
-    parse_int_list,
-    remote_settings,
-    split_list,
-    translate_errors,
-)
+from streamscore.cli.common import parse_int_list, remote_settings, split_list, translate_errors
 from streamscore.errors import UsageError
 from streamscore.reporting import Reporter, SilentReporter
 
@@ -36,7 +30,7 @@ EXAMPLE = (
 
 
 def register(app: typer.Typer) -> None:
-    app.command("bench", epilog=EXAMPLE, cls=Command)(bench)
+    app.command("bench", epilog=EXAMPLE)(bench)
 
 
 def _threads(text: str) -> tuple[int, ...]:

@@ -8,7 +8,7 @@ import typer
 
 from streamscore import console
 from streamscore.cli import options as opt
-from streamscore.cli.common import Command, remote_settings, translate_errors
+from streamscore.cli.common import remote_settings, translate_errors
 from streamscore.model import list_models, resolve_model
 from streamscore.remote import is_model_url
 
@@ -20,7 +20,6 @@ app = typer.Typer(help="Inspect models and model repositories.", no_args_is_help
 
 @app.command(
     "inspect",
-    cls=Command,
     epilog="Example: streamscore models inspect sample_data/models/fraud",
 )
 @translate_errors
@@ -108,7 +107,7 @@ def _inspect_remote(model: str, settings: RemoteSettings, json_out: bool) -> Non
         )
 
 
-@app.command("list", cls=Command, epilog="Example: streamscore models list sample_data/models")
+@app.command("list", epilog="Example: streamscore models list sample_data/models")
 @translate_errors
 def list_(
     repo: Annotated[
