@@ -81,10 +81,14 @@ class Scorer:
         *,
         outputs: Sequence[str] | None = None,
         reject_nan: bool = False,
+        batch_size: int | None = None,
     ) -> None:
+        """``batch_size`` caps the rows of one model call: prepared feeds of more rows (a
+        large I/O chunk) are run in slices of that size. None runs them in one call."""
         self.model = model
         self.plan = plan
         self.reject_nan = reject_nan
+        self.batch_size = batch_size
         self.outputs = OutputSelection.parse(model.signature.output_names(), outputs)
         known = self.score_schema()
         unknown = self.outputs.columns - set(known.names) if known is not None else set()
@@ -103,11 +107,12 @@ class Scorer:
         features: Sequence[str] | None = None,
         outputs: Sequence[str] | None = None,
         reject_nan: bool = False,
+        batch_size: int | None = None,
     ) -> Scorer:
         """Plan the input mapping against ``schema`` and build a scorer (raises MappingError)."""
         columns = {field.name: field.type for field in schema}
         plan = plan_inputs(model.signature, columns, features)
-        return cls(model, plan, outputs=outputs, reject_nan=reject_nan)
+        return cls(model, plan, outputs=outputs, reject_nan=reject_nan, batch_size=batch_size)
 
     def score_schema(self) -> pa.Schema | None:
         """The score columns' names and types, known from the model's signature alone.
@@ -142,7 +147,7 @@ class Scorer:
         """Run the model on prepared feeds and turn its outputs into score columns."""
         if len(feeds.accepted) == 0:
             return ScoredBatch(_EMPTY, feeds.accepted, feeds.rejected, feeds.reasons)
-        values = self.model.run(self.outputs.run, feeds.arrays)
+        values = self._run_model(feeds.arrays, len(feeds.accepted))
         columns = [
             (column, array)
             for name, value in zip(self.outputs.run, values, strict=True)
@@ -154,6 +159,26 @@ class Scorer:
             raise UsageError(f"--outputs names unknown column(s): {', '.join(sorted(missing))}")
         scores = pa.RecordBatch.from_arrays([a for _, a in columns], names=[n for n, _ in columns])
         return _drop_nan_scores(scores, feeds.accepted, feeds.rejected, feeds.reasons)
+
+    def _run_model(self, arrays: dict[str, np.ndarray], rows: int) -> list[Any]:
+        """The model's outputs for all rows, computed ``batch_size`` rows per call."""
+        step = self.batch_size or rows
+        if rows <= step:
+            return self.model.run(self.outputs.run, arrays)
+        # Row slices of C-contiguous feeds are contiguous views: no copy per call.
+        parts = [
+            self.model.run(self.outputs.run, {k: v[i : i + step] for k, v in arrays.items()})
+            for i in range(0, rows, step)
+        ]
+        return [_concatenate([part[o] for part in parts]) for o in range(len(parts[0]))]
+
+
+def _concatenate(parts: list[Any]) -> Any:
+    if isinstance(parts[0], list):  # ZipMap: lists of dicts
+        return [row for part in parts for row in part]
+    if np.ndim(parts[0]) == 0:  # not one value per row: _output_columns says so
+        return parts[0]
+    return np.concatenate(parts)
 
 
 _EMPTY = pa.RecordBatch.from_pydict({})
