@@ -88,6 +88,12 @@ class ScoringOptions:
             )
 
 
+# Output row groups: large enough for readers (polars writes this size too) and for the
+# encoder; small enough that the writer thread encodes while the model runs (the last row
+# group of a file is encoded after its last batch, with nothing left to overlap).
+ROW_GROUP_ROWS = 262_144
+
+
 @dataclass(frozen=True)
 class BatchOptions:
     """``streamscore batch``: score Parquet files under ``input`` into ``output``."""
@@ -98,15 +104,17 @@ class BatchOptions:
     on_error: OnError = OnError.quarantine
     force: bool = False
     prune: bool = False  # delete outputs whose input file is gone
-    row_group_rows: int = 1_048_576  # at most; the sink also cuts row groups by size
+    row_group_rows: int = ROW_GROUP_ROWS  # at most; the sink also cuts row groups by size
     # Rows read, converted and handed to the writer per step (the I/O chunk). Parquet decodes
     # fastest, and the pipeline's per-step Python costs least per row, in large chunks; the
     # scorer runs the model on slices of --batch-size. 64Ki rows x 30 float64 are ~16 MiB.
     read_rows: int = 65536
 
     def __post_init__(self) -> None:
-        if self.row_group_rows <= 0 or self.read_rows <= 0:
-            raise UsageError("row group and read chunk sizes must be positive")
+        if self.row_group_rows <= 0:
+            raise UsageError(f"--row-group-rows must be positive, got {self.row_group_rows}")
+        if self.read_rows <= 0:
+            raise UsageError(f"read_rows must be positive, got {self.read_rows}")
 
     @property
     def chunk_rows(self) -> int:

@@ -21,6 +21,11 @@ from streamscore.mapping import Feeds, InputPlan, build_feeds, plan_inputs, sour
 from streamscore.model.session import LoadedModel
 
 REASON_COLUMN = "_reject_reason"
+# The fewest rows a sliced model call gets (short tails are padded with copies of their last
+# row, whose scores are dropped). On several threads, ONNX Runtime's tree ensembles sum the
+# trees of calls of up to 50 rows in another order than larger calls, so the last bit of a
+# row's score would depend on where its batch happened to end.
+MIN_CALL_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,9 @@ class Scorer:
         batch_size: int | None = None,
     ) -> None:
         """``batch_size`` caps the rows of one model call: prepared feeds of more rows (a
-        large I/O chunk) are run in slices of that size. None runs them in one call."""
+        large I/O chunk) are run in slices of that size, none shorter than
+        :data:`MIN_CALL_ROWS`, so scores do not depend on where slices end. None runs the
+        feeds in one call, as they come."""
         self.model = model
         self.plan = plan
         self.reject_nan = reject_nan
@@ -162,15 +169,35 @@ class Scorer:
 
     def _run_model(self, arrays: dict[str, np.ndarray], rows: int) -> list[Any]:
         """The model's outputs for all rows, computed ``batch_size`` rows per call."""
-        step = self.batch_size or rows
-        if rows <= step:
+        if self.batch_size is None:
             return self.model.run(self.outputs.run, arrays)
-        # Row slices of C-contiguous feeds are contiguous views: no copy per call.
         parts = [
-            self.model.run(self.outputs.run, {k: v[i : i + step] for k, v in arrays.items()})
-            for i in range(0, rows, step)
+            self._run_slice(arrays, start, min(rows, start + self.batch_size))
+            for start in range(0, rows, self.batch_size)
         ]
+        if len(parts) == 1:
+            return parts[0]
         return [_concatenate([part[o] for part in parts]) for o in range(len(parts[0]))]
+
+    def _run_slice(self, arrays: dict[str, np.ndarray], start: int, stop: int) -> list[Any]:
+        # Row slices of C-contiguous feeds are contiguous views: no copy per call.
+        feeds = {name: values[start:stop] for name, values in arrays.items()}
+        short = MIN_CALL_ROWS - (stop - start)
+        if short <= 0 or not self._batch_dimension_is_free:
+            return self.model.run(self.outputs.run, feeds)
+        padded = {
+            name: np.concatenate([values, np.repeat(values[-1:], short, axis=0)])
+            for name, values in feeds.items()
+        }
+        values = self.model.run(self.outputs.run, padded)
+        return [v if np.ndim(v) == 0 else v[: stop - start] for v in values]
+
+    @property
+    def _batch_dimension_is_free(self) -> bool:
+        return all(
+            spec.shape and not isinstance(spec.shape[0], int)
+            for spec in self.model.signature.inputs
+        )
 
 
 def _concatenate(parts: list[Any]) -> Any:
