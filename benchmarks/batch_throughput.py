@@ -2,7 +2,8 @@
 
 For each model (the 100-tree GBDT `fraud/1`, a light 25-tree GBDT made here on first use
 into benchmarks/.data, and the small `fraud_mlp`) and each thread count it prints, measured
-now on this machine, medians of ``--repeat`` runs (default 3):
+now on this machine, medians of ``--repeat`` rounds (default 3); a round runs raw, batch and
+naive back to back, and the ratios are medians of the rounds' ratios:
 
 * raw     - bare ``InferenceSession.run`` rows/s on pre-made float32 arrays (same model,
             batch size and threads): the ceiling;
@@ -26,15 +27,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -134,10 +134,11 @@ def _peak_rss_kib(pid: int) -> int:
     return 0
 
 
-def run_measured(argv: list[str]) -> tuple[float, int]:
+def run_measured(argv: list[str], pythonpath: str | None = None) -> tuple[float, int]:
     """Run a command; return (wall seconds, peak RSS in MiB) of the child."""
+    env = {**os.environ, "PYTHONPATH": pythonpath} if pythonpath else None
     started = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     peak = 0
     while proc.poll() is None:
         peak = max(peak, _peak_rss_kib(proc.pid))
@@ -150,7 +151,12 @@ def run_measured(argv: list[str]) -> tuple[float, int]:
 
 
 def streamscore_batch(
-    source: Path, model: Path, batch_size: int, threads: int, extra: list[str] | None = None
+    source: Path,
+    model: Path,
+    batch_size: int,
+    threads: int,
+    extra: list[str] | None = None,
+    pythonpath: str | None = None,
 ) -> tuple[float, int]:
     """rows/s from the run's own summary (excludes interpreter start-up), and peak RSS."""
     out = Path(tempfile.mkdtemp(prefix="ss-bench-"))
@@ -175,7 +181,8 @@ def streamscore_batch(
                 "--log-format",
                 "json",
                 *(extra or []),
-            ]
+            ],
+            pythonpath,
         )
         summary = json.loads((out / "_streamscore_run.json").read_text())
         return summary["rows_in"] / summary["seconds"], rss
@@ -202,14 +209,6 @@ def naive(source: Path, model: Path, threads: int, rows: int) -> tuple[float, in
         shutil.rmtree(out, ignore_errors=True)
 
 
-def median_of(
-    repeat: int, measure: Callable[..., tuple[float, int]], *args: Any
-) -> tuple[float, int]:
-    """Median rows/s and the largest peak RSS of ``repeat`` calls of ``measure(*args)``."""
-    runs = [measure(*args) for _ in range(repeat)]
-    return statistics.median(r for r, _ in runs), max(m for _, m in runs)
-
-
 def main() -> None:
     argv = sys.argv[1:]
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
@@ -221,30 +220,51 @@ def main() -> None:
     parser.add_argument("--models", default=f"fraud/1,{LIGHT_GBDT},fraud_mlp/1")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-rss-check", action="store_true")
+    parser.add_argument(
+        "--baseline-src",
+        help="a src/ folder of another streamscore checkout: its batch runs in every round too",
+    )
     args = parser.parse_args(argv)
     source = build_file(DATA / f"bench_{args.rows}.parquet", args.rows)
     print(
         f"input: {source.name} ({args.rows:,} rows), batch size {args.batch_size}, "
-        f"medians of {args.repeat}; batch options: {' '.join(extra) or '(defaults)'}"
+        f"medians of {args.repeat} rounds; batch options: {' '.join(extra) or '(defaults)'}"
     )
     print(
         f"{'model':<12} {'thr':>3} {'raw rows/s':>12} {'batch rows/s':>13} {'vs raw':>6} "
         f"{'RSS MiB':>8} {'naive rows/s':>13} {'naive RSS':>9} {'vs naive':>8}"
+        + (f" {'baseline rows/s':>15} {'vs raw':>6}" if args.baseline_src else "")
     )
     for name in args.models.split(","):
         model = model_path(name)
         for threads in [int(t) for t in args.threads.split(",")]:
-            raw = statistics.median(
-                raw_rows_per_second(model, source, args.batch_size, threads)
-                for _ in range(args.repeat)
+            # Interleaved (raw, batch, naive) x repeat, ratios taken per round: on a shared
+            # machine the load drifts, and a round's three runs see about the same load.
+            rounds = []
+            for _ in range(args.repeat):
+                raw = raw_rows_per_second(model, source, args.batch_size, threads)
+                batch, rss = streamscore_batch(source, model, args.batch_size, threads, extra)
+                naive_rate, naive_rss = naive(source, model, threads, args.rows)
+                base = 0.0
+                if args.baseline_src:
+                    base, _ = streamscore_batch(
+                        source, model, args.batch_size, threads, extra, args.baseline_src
+                    )
+                rounds.append((raw, batch, rss, naive_rate, naive_rss, base))
+            raw, batch, rss, naive_rate, naive_rss = (
+                statistics.median(r[i] for r in rounds) for i in range(5)
             )
-            batch, rss = median_of(
-                args.repeat, streamscore_batch, source, model, args.batch_size, threads, extra
-            )
-            naive_rate, naive_rss = median_of(args.repeat, naive, source, model, threads, args.rows)
+            vs_raw = statistics.median(r[1] / r[0] for r in rounds)
+            vs_naive = statistics.median(r[1] / r[3] for r in rounds)
+            baseline = ""
+            if args.baseline_src:
+                base = statistics.median(r[5] for r in rounds)
+                base_vs_raw = statistics.median(r[5] / r[0] for r in rounds)
+                baseline = f" {base:>15,.0f} {base_vs_raw:>6.2f}"
             print(
-                f"{name:<12} {threads:>3} {raw:>12,.0f} {batch:>13,.0f} {batch / raw:>6.2f} "
-                f"{rss:>8} {naive_rate:>13,.0f} {naive_rss:>9} {batch / naive_rate:>8.2f}",
+                f"{name:<12} {threads:>3} {raw:>12,.0f} {batch:>13,.0f} {vs_raw:>6.2f} "
+                f"{max(r[2] for r in rounds):>8} {naive_rate:>13,.0f} "
+                f"{max(r[4] for r in rounds):>9} {vs_naive:>8.2f}{baseline}",
                 flush=True,
             )
     if args.no_rss_check:

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from onnx import TensorProto, helper
 
 from helpers.data import dense_table, read_output, write_parquet
 from helpers.models import TrainedModel
@@ -226,3 +228,32 @@ def test_the_pipeline_reports_each_threads_cpu_time(
     assert set(stats.cpu_seconds) == {"read", "score", "write"}
     assert all(seconds > 0 for seconds in stats.cpu_seconds.values())
     assert REASON_COLUMN not in pq.read_schema(tmp_path / "out.parquet").names
+
+
+def test_values_a_float16_input_cannot_hold_are_rejected_from_any_numeric_column(
+    tmp_path: Path,
+) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "half",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["n", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["n", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    onnx.save(model, tmp_path / "half.onnx")
+    signature = load_model(resolve_model(tmp_path / "half.onnx"), provider="cpu").signature
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "a": pa.array([1, 70_000, 3], pa.int64()),  # int64 beyond float16's 65504
+            "b": pa.array([1.5, 2.5, 1e5], pa.float32()),  # float32 beyond it
+            "c": pa.array([1, 2, 65_535], pa.uint16()),  # uint16 beyond it
+        }
+    )
+    plan = plan_inputs(signature, {f.name: f.type for f in batch.schema}, ["a", "b", "c"])
+    feeds = build_feeds(plan, batch)
+    assert feeds.rejected.tolist() == [1, 2]
+    assert feeds.reasons == [
+        "value 70000 in column 'a' (model input 'x') is out of range for float16",
+        "value 100000.0 in column 'b' (model input 'x') is out of range for float16",
+    ]
+    assert feeds.arrays["x"].tolist() == [[1.0, 1.5, 1.0]]
