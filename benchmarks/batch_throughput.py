@@ -34,6 +34,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -107,8 +109,10 @@ def model_path(name: str) -> Path:
     return light_gbdt() if name == LIGHT_GBDT else MODELS / name / "model.onnx"
 
 
-def raw_rows_per_second(model: Path, source: Path, batch_size: int, threads: int) -> float:
-    """Bare session.run over pre-made float32 batches of the same rows."""
+def raw_rows_per_second(
+    model: Path, source: Path, batch_size: int, threads: int
+) -> tuple[float, float]:
+    """Bare session.run over pre-made float32 batches of the same rows: rows/s, CPU s/row."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -117,10 +121,11 @@ def raw_rows_per_second(model: Path, source: Path, batch_size: int, threads: int
     matrix = np.column_stack([table.column(f).to_numpy() for f in FEATURES]).astype(np.float32)
     batches = [matrix[i : i + batch_size] for i in range(0, len(matrix), batch_size)]
     sess.run(None, {"input": batches[0]})
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for batch in batches:
         sess.run(None, {"input": batch})
-    return len(matrix) / (time.perf_counter() - started)
+    rows = len(matrix)
+    return rows / (time.perf_counter() - started), (time.process_time() - cpu) / rows
 
 
 def _peak_rss_kib(pid: int) -> int:
@@ -134,20 +139,24 @@ def _peak_rss_kib(pid: int) -> int:
     return 0
 
 
-def run_measured(argv: list[str], pythonpath: str | None = None) -> tuple[float, int]:
-    """Run a command; return (wall seconds, peak RSS in MiB) of the child."""
+def run_measured(argv: list[str], pythonpath: str | None = None) -> tuple[float, int, float]:
+    """Run a command; return wall seconds, peak RSS in MiB and CPU seconds of the child."""
     env = {**os.environ, "PYTHONPATH": pythonpath} if pythonpath else None
     started = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     peak = 0
-    while proc.poll() is None:
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
         peak = max(peak, _peak_rss_kib(proc.pid))
         time.sleep(0.02)
     wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         err = proc.stderr.read().decode() if proc.stderr else ""
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(argv)}\n{err}")
-    return wall, peak // 1024
+    return wall, peak // 1024, usage.ru_utime + usage.ru_stime
 
 
 def streamscore_batch(
@@ -157,11 +166,12 @@ def streamscore_batch(
     threads: int,
     extra: list[str] | None = None,
     pythonpath: str | None = None,
-) -> tuple[float, int]:
-    """rows/s from the run's own summary (excludes interpreter start-up), and peak RSS."""
+) -> tuple[float, int, float]:
+    """rows/s from the run's own summary (excludes interpreter start-up), peak RSS, and CPU
+    seconds (start-up included)."""
     out = Path(tempfile.mkdtemp(prefix="ss-bench-"))
     try:
-        _, rss = run_measured(
+        _, rss, cpu = run_measured(
             [
                 sys.executable,
                 "-m",
@@ -185,7 +195,7 @@ def streamscore_batch(
             pythonpath,
         )
         summary = json.loads((out / "_streamscore_run.json").read_text())
-        return summary["rows_in"] / summary["seconds"], rss
+        return summary["rows_in"] / summary["seconds"], rss, cpu
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
@@ -193,7 +203,7 @@ def streamscore_batch(
 def naive(source: Path, model: Path, threads: int, rows: int) -> tuple[float, int]:
     out = Path(tempfile.mkdtemp(prefix="ss-naive-"))
     try:
-        wall, rss = run_measured(
+        wall, rss, _ = run_measured(
             [
                 sys.executable,
                 "-c",
@@ -207,6 +217,47 @@ def naive(source: Path, model: Path, threads: int, rows: int) -> tuple[float, in
         return rows / wall, rss
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+@dataclass
+class Round:
+    """One back-to-back measurement of raw, batch, naive (and a baseline batch)."""
+
+    raw: float  # rows/s
+    raw_cpu: float  # CPU s/row
+    batch: float
+    rss: int
+    batch_cpu: float
+    naive: float
+    base: float
+    base_cpu: float
+
+    def bound(self, threads: int, cpu: float) -> float:
+        """The batch/raw ratio 2 cores allow: one model thread can use a core while the
+        pipeline uses the other; two model threads share both with it."""
+        if threads == 1:
+            return min(1.0, 2 * self.raw_cpu / cpu)
+        return min(1.0, self.raw_cpu / cpu)
+
+    @staticmethod
+    def line(name: str, threads: int, rounds: list[Round], baseline: bool) -> str:
+        def med(value: Callable[[Round], float]) -> float:
+            return statistics.median(value(r) for r in rounds)
+
+        text = (
+            f"{name:<12} {threads:>3} {med(lambda r: r.raw):>11,.0f} "
+            f"{med(lambda r: r.batch):>12,.0f} {med(lambda r: r.batch / r.raw):>6.2f} "
+            f"{max(r.rss for r in rounds):>7} {med(lambda r: r.naive):>12,.0f} "
+            f"{med(lambda r: r.batch / r.naive):>8.2f} {med(lambda r: r.raw_cpu) * 1e9:>8.0f} "
+            f"{med(lambda r: r.batch_cpu) * 1e9:>9.0f} "
+            f"{med(lambda r: r.bound(threads, r.batch_cpu)):>5.2f}"
+        )
+        if baseline:
+            text += (
+                f" {med(lambda r: r.base):>11,.0f} {med(lambda r: r.base / r.raw):>6.2f} "
+                f"{med(lambda r: r.base_cpu) * 1e9:>8.0f}"
+            )
+        return text
 
 
 def main() -> None:
@@ -226,53 +277,55 @@ def main() -> None:
     )
     args = parser.parse_args(argv)
     source = build_file(DATA / f"bench_{args.rows}.parquet", args.rows)
+    base_src = args.baseline_src
     print(
         f"input: {source.name} ({args.rows:,} rows), batch size {args.batch_size}, "
         f"medians of {args.repeat} rounds; batch options: {' '.join(extra) or '(defaults)'}"
     )
     print(
-        f"{'model':<12} {'thr':>3} {'raw rows/s':>12} {'batch rows/s':>13} {'vs raw':>6} "
-        f"{'RSS MiB':>8} {'naive rows/s':>13} {'naive RSS':>9} {'vs naive':>8}"
-        + (f" {'baseline rows/s':>15} {'vs raw':>6}" if args.baseline_src else "")
+        f"{'model':<12} {'thr':>3} {'raw rows/s':>11} {'batch rows/s':>12} {'vs raw':>6} "
+        f"{'RSS MiB':>7} {'naive rows/s':>12} {'vs naive':>8} {'raw CPU':>8} {'batch CPU':>9} "
+        f"{'bound':>5}"
+        + (f" {'base rows/s':>11} {'vs raw':>6} {'base CPU':>8}" if base_src else "")
     )
+    tiny = build_file(DATA / "bench_1000.parquet", 1000)
     for name in args.models.split(","):
         model = model_path(name)
         for threads in [int(t) for t in args.threads.split(",")]:
-            # Interleaved (raw, batch, naive) x repeat, ratios taken per round: on a shared
-            # machine the load drifts, and a round's three runs see about the same load.
-            rounds = []
+            startup = {
+                src: streamscore_batch(tiny, model, args.batch_size, threads, extra, src)[2]
+                for src in (None, base_src)
+            }
+            # Interleaved rounds (raw, batch, naive, baseline), ratios taken per round: on a
+            # shared machine the load drifts, and a round's runs see about the same load.
+            rounds: list[Round] = []
             for _ in range(args.repeat):
                 raw = raw_rows_per_second(model, source, args.batch_size, threads)
-                batch, rss = streamscore_batch(source, model, args.batch_size, threads, extra)
-                naive_rate, naive_rss = naive(source, model, threads, args.rows)
-                base = 0.0
-                if args.baseline_src:
-                    base, _ = streamscore_batch(
-                        source, model, args.batch_size, threads, extra, args.baseline_src
+                batch = streamscore_batch(source, model, args.batch_size, threads, extra)
+                naive_rate, _ = naive(source, model, threads, args.rows)
+                base = (0.0, 0, startup[base_src])
+                if base_src:
+                    base = streamscore_batch(
+                        source, model, args.batch_size, threads, extra, base_src
                     )
-                rounds.append((raw, batch, rss, naive_rate, naive_rss, base))
-            raw, batch, rss, naive_rate, naive_rss = (
-                statistics.median(r[i] for r in rounds) for i in range(5)
-            )
-            vs_raw = statistics.median(r[1] / r[0] for r in rounds)
-            vs_naive = statistics.median(r[1] / r[3] for r in rounds)
-            baseline = ""
-            if args.baseline_src:
-                base = statistics.median(r[5] for r in rounds)
-                base_vs_raw = statistics.median(r[5] / r[0] for r in rounds)
-                baseline = f" {base:>15,.0f} {base_vs_raw:>6.2f}"
-            print(
-                f"{name:<12} {threads:>3} {raw:>12,.0f} {batch:>13,.0f} {vs_raw:>6.2f} "
-                f"{max(r[2] for r in rounds):>8} {naive_rate:>13,.0f} "
-                f"{max(r[4] for r in rounds):>9} {vs_naive:>8.2f}{baseline}",
-                flush=True,
-            )
+                rounds.append(
+                    Round(
+                        raw[0], raw[1], batch[0], batch[1],
+                        (batch[2] - startup[None]) / args.rows, naive_rate,
+                        base[0], (base[2] - startup[base_src]) / args.rows,
+                    )
+                )  # fmt: skip
+            print(Round.line(name, threads, rounds, bool(base_src)), flush=True)
+    print(
+        "CPU: ns/row, all threads (batch: start-up subtracted). bound: the batch/raw ratio "
+        "a quiet 2-core machine allows at that CPU cost (perfect overlap)."
+    )
     if args.no_rss_check:
         return
     small = build_file(DATA / f"bench_{args.rows // 4}.parquet", args.rows // 4)
     model = MODELS / "fraud" / "1" / "model.onnx"
-    _, rss_small = streamscore_batch(small, model, args.batch_size, 1, extra)
-    _, rss_big = streamscore_batch(source, model, args.batch_size, 1, extra)
+    _, rss_small, _ = streamscore_batch(small, model, args.batch_size, 1, extra)
+    _, rss_big, _ = streamscore_batch(source, model, args.batch_size, 1, extra)
     print(
         f"peak RSS, streamscore batch: {args.rows // 4:,} rows -> {rss_small} MiB; "
         f"{args.rows:,} rows -> {rss_big} MiB (ratio {rss_big / rss_small:.2f})"
