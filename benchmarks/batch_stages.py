@@ -23,8 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from batch_throughput import DATA, MODELS, build_file
-from streamscore.config import KeepColumns
+from batch_throughput import DATA, LIGHT_GBDT, build_file, model_path
+from streamscore.config import ROW_GROUP_ROWS, KeepColumns
 from streamscore.model.repository import resolve_model
 from streamscore.model.session import load_model
 from streamscore.scoring import Scorer
@@ -35,7 +35,7 @@ from streamscore.sources.parquet import ParquetSource, open_parquet
 def stage_costs(source: Path, model_name: str, args: argparse.Namespace) -> dict[str, float]:
     """CPU seconds (all threads) spent in each stage over the whole file."""
     model = load_model(
-        resolve_model(str(MODELS / model_name)), provider="cpu", threads=args.threads, spin=False
+        resolve_model(model_path(model_name)), provider="cpu", threads=args.threads, spin=False
     )
     schema = open_parquet(source).schema_arrow
     # Runs against older checkouts too: there the source yields batches of --batch-size rows
@@ -85,14 +85,14 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2_000_000)
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--chunk-rows", type=int, default=65536)
-    parser.add_argument("--row-group-rows", type=int, default=1_048_576)
+    parser.add_argument("--row-group-rows", type=int, default=ROW_GROUP_ROWS)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--model", action="append", default=None)
     args = parser.parse_args()
     source = build_file(DATA / f"bench_{args.rows}.parquet", args.rows)
     print(f"input: {source.name}, batch size {args.batch_size}, {args.threads} ORT thread(s)")
     print(f"{'model':<12} " + " ".join(f"{s:>9}" for s in (*STAGES, "total")) + "  (CPU ns/row)")
-    for name in args.model or ["fraud/1", "fraud_mlp/1"]:
+    for name in args.model or ["fraud/1", LIGHT_GBDT, "fraud_mlp/1"]:
         runs = [stage_costs(source, name, args) for _ in range(3)]
         median = {s: sorted(r[s] for r in runs)[1] for s in STAGES}
         cells = [median[s] / args.rows * 1e9 for s in STAGES]
