@@ -232,12 +232,11 @@ class Round:
     base: float
     base_cpu: float
 
-    def bound(self, threads: int, cpu: float) -> float:
-        """The batch/raw ratio 2 cores allow: one model thread can use a core while the
-        pipeline uses the other; two model threads share both with it."""
-        if threads == 1:
-            return min(1.0, 2 * self.raw_cpu / cpu)
-        return min(1.0, self.raw_cpu / cpu)
+    def bound(self, cpu: float) -> float:
+        """The batch/raw ratio 2 cores allow with one model thread: the model can have a
+        core while the pipeline uses the other. (With two, raw's spinning workers inflate
+        its CPU time, so no bound is computed.)"""
+        return min(1.0, 2 * self.raw_cpu / cpu)
 
     @staticmethod
     def line(name: str, threads: int, rounds: list[Round], baseline: bool) -> str:
@@ -250,7 +249,7 @@ class Round:
             f"{max(r.rss for r in rounds):>7} {med(lambda r: r.naive):>12,.0f} "
             f"{med(lambda r: r.batch / r.naive):>8.2f} {med(lambda r: r.raw_cpu) * 1e9:>8.0f} "
             f"{med(lambda r: r.batch_cpu) * 1e9:>9.0f} "
-            f"{med(lambda r: r.bound(threads, r.batch_cpu)):>5.2f}"
+            + (f"{med(lambda r: r.bound(r.batch_cpu)):>5.2f}" if threads == 1 else f"{'-':>5}")
         )
         if baseline:
             text += (
