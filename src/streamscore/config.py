@@ -92,6 +92,10 @@ class ScoringOptions:
 # encoder; small enough that the writer thread encodes while the model runs (the last row
 # group of a file is encoded after its last batch, with nothing left to overlap).
 ROW_GROUP_ROWS = 262_144
+# Rows read, converted and handed to the writer per step (the I/O chunk). Parquet decodes
+# fastest, and the pipeline's per-step Python costs least per row, in large chunks; the
+# scorer runs the model on slices of --batch-size. 64Ki rows x 30 float64 are ~16 MiB.
+READ_ROWS = 65_536
 
 
 @dataclass(frozen=True)
@@ -105,10 +109,7 @@ class BatchOptions:
     force: bool = False
     prune: bool = False  # delete outputs whose input file is gone
     row_group_rows: int = ROW_GROUP_ROWS  # at most; the sink also cuts row groups by size
-    # Rows read, converted and handed to the writer per step (the I/O chunk). Parquet decodes
-    # fastest, and the pipeline's per-step Python costs least per row, in large chunks; the
-    # scorer runs the model on slices of --batch-size. 64Ki rows x 30 float64 are ~16 MiB.
-    read_rows: int = 65536
+    read_rows: int = READ_ROWS
 
     def __post_init__(self) -> None:
         if self.row_group_rows <= 0:
