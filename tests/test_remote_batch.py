@@ -575,3 +575,27 @@ def test_refused_credentials_exit_12_and_a_token_from_the_environment_is_sent_un
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_each_request_carries_at_most_batch_size_rows_and_scores_stay_on_their_rows() -> None:
+    from streamscore.scoring import Scorer
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _TinyOip)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _TinyOip.seen.clear()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v2/models/m/versions/7"
+        model = open_model(url, remote=RemoteSettings(concurrency=2))
+        try:
+            rows = pa.record_batch({"a": np.arange(5, dtype=np.float32), "b": np.ones(5)})
+            scorer = Scorer.for_schema(model, rows.schema, features=["a", "b"], batch_size=2)
+            before = len(_TinyOip.seen)
+            scored = scorer.score(rows)
+        finally:
+            close_model(model)
+        assert len(_TinyOip.seen) - before == 3  # 2 + 2 + 1 rows
+        assert scored.scores.column("p").to_pylist() == [1.0, 2.0, 3.0, 4.0, 5.0]
+    finally:
+        server.shutdown()
+        server.server_close()

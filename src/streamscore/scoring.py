@@ -25,6 +25,11 @@ from streamscore.mapping import Feeds, InputPlan, build_feeds, plan_inputs, sour
 from streamscore.model.base import Model, Pending, SubmittingModel
 
 REASON_COLUMN = "_reject_reason"
+# The fewest rows a sliced model call gets (short tails are padded with copies of their last
+# row, whose scores are dropped). On several threads, ONNX Runtime's tree ensembles sum the
+# trees of calls of up to 50 rows in another order than larger calls, so the last bit of a
+# row's score would depend on where its batch happened to end.
+MIN_CALL_ROWS = 64
 REJECTED = "rejected"  # a row the mapping or the model could not score
 REMOTE_REJECTED = "remote_rejected"  # a row a model server refused, with its message
 
@@ -36,10 +41,12 @@ def rejection_kind(reason: str) -> str:
 
 @dataclass(frozen=True)
 class Submitted:
-    """Feeds already sent to a remote model; ``pending`` gives its answer in order."""
+    """Feeds already sent to a remote model, ``step`` rows per request; ``pending`` gives
+    each request's answer, in order."""
 
     feeds: Feeds
-    pending: Pending
+    pending: tuple[Pending, ...]
+    step: int
 
 
 @dataclass(frozen=True)
@@ -100,10 +107,16 @@ class Scorer:
         *,
         outputs: Sequence[str] | None = None,
         reject_nan: bool = False,
+        batch_size: int | None = None,
     ) -> None:
+        """``batch_size`` caps the rows of one model call: prepared feeds of more rows (a
+        large I/O chunk) are run in slices of that size, none shorter than
+        :data:`MIN_CALL_ROWS`, so scores do not depend on where slices end. None runs the
+        feeds in one call, as they come."""
         self.model = model
         self.plan = plan
         self.reject_nan = reject_nan
+        self.batch_size = batch_size
         self.outputs = OutputSelection.parse(model.signature.output_names(), outputs)
         known = self.score_schema()
         unknown = self.outputs.columns - set(known.names) if known is not None else set()
@@ -122,11 +135,12 @@ class Scorer:
         features: Sequence[str] | None = None,
         outputs: Sequence[str] | None = None,
         reject_nan: bool = False,
+        batch_size: int | None = None,
     ) -> Scorer:
         """Plan the input mapping against ``schema`` and build a scorer (raises MappingError)."""
         columns = {field.name: field.type for field in schema}
         plan = plan_inputs(model.signature, columns, features)
-        return cls(model, plan, outputs=outputs, reject_nan=reject_nan)
+        return cls(model, plan, outputs=outputs, reject_nan=reject_nan, batch_size=batch_size)
 
     def score_schema(self) -> pa.Schema | None:
         """The score columns' names and types, known from the model's signature alone.
@@ -163,7 +177,16 @@ class Scorer:
         remote model gets them sent now."""
         feeds = build_feeds(self.plan, batch, reject_nan=self.reject_nan)
         if isinstance(self.model, SubmittingModel) and len(feeds.accepted):
-            return Submitted(feeds, self.model.submit(self.outputs.run, feeds.arrays))
+            rows = len(feeds.accepted)
+            step = self.batch_size or rows  # one request per --batch-size rows
+            pending = tuple(
+                self.model.submit(
+                    self.outputs.run,
+                    {name: values[start : start + step] for name, values in feeds.arrays.items()},
+                )
+                for start in range(0, rows, step)
+            )
+            return Submitted(feeds, pending, step)
         return feeds
 
     def run(self, prepared: Feeds | Submitted) -> ScoredBatch:
@@ -173,22 +196,30 @@ class Scorer:
         feeds = prepared
         if len(feeds.accepted) == 0:
             return ScoredBatch(_EMPTY, feeds.accepted, feeds.rejected, feeds.reasons)
-        values = self.model.run(self.outputs.run, feeds.arrays)
+        values = self._run_model(feeds.arrays, len(feeds.accepted))
         return self._scored(values, feeds.accepted, feeds.rejected, feeds.reasons)
 
     def _answered(self, submitted: Submitted) -> ScoredBatch:
-        feeds, answer = submitted.feeds, submitted.pending.result()
+        feeds = submitted.feeds
+        answers = [pending.result() for pending in submitted.pending]
+        offsets = [i * submitted.step for i in range(len(answers))]
+        kept = np.concatenate([a.kept + o for a, o in zip(answers, offsets, strict=True)])
+        refused = np.concatenate([a.rejected + o for a, o in zip(answers, offsets, strict=True)])
         rejected, reasons = feeds.rejected, feeds.reasons
-        if len(answer.rejected):
-            more = feeds.accepted[answer.rejected]
+        if len(refused):
+            more = feeds.accepted[refused.astype(np.int64)]
             everything = np.concatenate([rejected, more])
-            texts = reasons + [f"{REMOTE_REJECTED}: {m}" for m in answer.messages]
+            texts = reasons + [f"{REMOTE_REJECTED}: {m}" for a in answers for m in a.messages]
             order = np.argsort(everything, kind="stable")
             rejected, reasons = everything[order], [texts[i] for i in order]
-        accepted = feeds.accepted[answer.kept]
+        accepted = feeds.accepted[kept.astype(np.int64)]
         if len(accepted) == 0:
             return ScoredBatch(_EMPTY, accepted, rejected, reasons)
-        return self._scored(answer.values, accepted, rejected, reasons)
+        answered = [a for a in answers if len(a.kept)]
+        values = [
+            np.concatenate([a.values[o] for a in answered]) for o in range(len(self.outputs.run))
+        ]
+        return self._scored(values, accepted, rejected, reasons)
 
     def _scored(
         self, values: Sequence[Any], accepted: np.ndarray, rejected: np.ndarray, reasons: list[str]
@@ -204,6 +235,46 @@ class Scorer:
             raise UsageError(f"--outputs names unknown column(s): {', '.join(sorted(missing))}")
         scores = pa.RecordBatch.from_arrays([a for _, a in columns], names=[n for n, _ in columns])
         return _drop_nan_scores(scores, accepted, rejected, reasons)
+
+    def _run_model(self, arrays: dict[str, np.ndarray], rows: int) -> list[Any]:
+        """The model's outputs for all rows, computed ``batch_size`` rows per call."""
+        if self.batch_size is None:
+            return self.model.run(self.outputs.run, arrays)
+        parts = [
+            self._run_slice(arrays, start, min(rows, start + self.batch_size))
+            for start in range(0, rows, self.batch_size)
+        ]
+        if len(parts) == 1:
+            return parts[0]
+        return [_concatenate([part[o] for part in parts]) for o in range(len(parts[0]))]
+
+    def _run_slice(self, arrays: dict[str, np.ndarray], start: int, stop: int) -> list[Any]:
+        # Row slices of C-contiguous feeds are contiguous views: no copy per call.
+        feeds = {name: values[start:stop] for name, values in arrays.items()}
+        short = MIN_CALL_ROWS - (stop - start)
+        if short <= 0 or not self._batch_dimension_is_free:
+            return self.model.run(self.outputs.run, feeds)
+        padded = {
+            name: np.concatenate([values, np.repeat(values[-1:], short, axis=0)])
+            for name, values in feeds.items()
+        }
+        values = self.model.run(self.outputs.run, padded)
+        return [v if np.ndim(v) == 0 else v[: stop - start] for v in values]
+
+    @property
+    def _batch_dimension_is_free(self) -> bool:
+        return all(
+            spec.shape and not isinstance(spec.shape[0], int)
+            for spec in self.model.signature.inputs
+        )
+
+
+def _concatenate(parts: list[Any]) -> Any:
+    if isinstance(parts[0], list):  # ZipMap: lists of dicts
+        return [row for part in parts for row in part]
+    if np.ndim(parts[0]) == 0:  # not one value per row: _output_columns says so
+        return parts[0]
+    return np.concatenate(parts)
 
 
 _EMPTY = pa.RecordBatch.from_pydict({})
