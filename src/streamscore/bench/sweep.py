@@ -337,7 +337,7 @@ def run_bench(options: BenchOptions, reporter: Reporter | None = None) -> BenchR
 
 
 def _run(options: BenchOptions, reporter: Reporter) -> BenchReport:
-    ref = resolve_model(options.model)
+    ref = resolve_model(options.model, options.registry)
     probe = load_model(ref, provider="cpu")
     available = check_providers(ref, options)
     results: list[BenchResult] = []

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 import typer
 
 from streamscore import console
-from streamscore.config import KeepColumns, ScoringOptions
+from streamscore.config import KeepColumns, RegistryOptions, ScoringOptions
 from streamscore.errors import EXIT_INTERRUPTED, StreamscoreError, UsageError
 
 P = ParamSpec("P")
@@ -50,6 +51,8 @@ def scoring_options(
     threads: int | None,
     batch_size: int,
     reject_nan: bool,
+    registry_uri: str | None = None,
+    model_cache: Path | None = None,
 ) -> ScoringOptions:
     """ScoringOptions from the options every scoring command shares (comma lists parsed)."""
     return ScoringOptions(
@@ -61,6 +64,7 @@ def scoring_options(
         threads=threads,
         batch_size=batch_size,
         reject_nan=reject_nan,
+        registry=RegistryOptions(registry_uri, model_cache),
     )
 
 

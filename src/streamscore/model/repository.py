@@ -5,6 +5,10 @@ Layout of a repository::
     REPO/NAME/VERSION/model.onnx      VERSION is a positive integer
 
 ``REPO/NAME`` means the highest version; ``REPO/NAME/VERSION`` one given version.
+
+MODEL may also be a URI of another model source; :func:`resolve_model` hands those to their
+module (``models:/`` and ``runs:/``: :mod:`streamscore.model.mlflow_registry`), which returns
+the same :class:`ModelRef` for a local file.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from streamscore.config import RegistryOptions
 from streamscore.errors import ModelError
 
 MODEL_FILENAME = "model.onnx"
+MLFLOW_SCHEMES = ("models:/", "runs:/")
 
 
 @dataclass(frozen=True)
@@ -27,14 +33,25 @@ class ModelRef:
     path: Path
     sha256: str
     size: int
+    # Lineage of a model from a registry (empty for files and folders): the registry URI
+    # (credentials removed), the alias MODEL named (e.g. "champion") and the training run.
+    registry: str = ""
+    alias: str = ""
+    run_id: str = ""
 
     @property
     def label(self) -> str:
         """``name:version`` (or just the name when unversioned), for logs and headers."""
         return f"{self.name}:{self.version}" if self.version else self.name
 
+    @property
+    def lineage(self) -> dict[str, str]:
+        """``registry``, ``alias`` and ``run_id``, those that are set."""
+        found = {"registry": self.registry, "alias": self.alias, "run_id": self.run_id}
+        return {key: value for key, value in found.items() if value}
 
-def _ref_for_file(path: Path, name: str, version: str) -> ModelRef:
+
+def ref_for_file(path: Path, name: str, version: str) -> ModelRef:
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -53,13 +70,23 @@ def numeric_versions(name_dir: Path) -> list[int]:
     )
 
 
-def resolve_model(spec: str | Path) -> ModelRef:
-    """Resolve MODEL as given on the command line to one model file."""
+def resolve_model(spec: str | Path, registry: RegistryOptions | None = None) -> ModelRef:
+    """Resolve MODEL as given on the command line to one model file.
+
+    ``registry`` says where ``models:/``/``runs:/`` URIs are looked up (default: MLflow's).
+    """
+    # Model sources other than the file system, by URI scheme; each module is imported only
+    # when its scheme is used, so no heavy client loads for plain files.
+    text = str(spec)
+    if text.startswith(MLFLOW_SCHEMES):
+        from streamscore.model.mlflow_registry import resolve_mlflow_model
+
+        return resolve_mlflow_model(text, registry or RegistryOptions())
     path = Path(spec)
     if path.is_file():
         if path.name == MODEL_FILENAME and path.parent.name.isdigit():
-            return _ref_for_file(path, path.parent.parent.name, path.parent.name)
-        return _ref_for_file(path, path.stem, "")
+            return ref_for_file(path, path.parent.parent.name, path.parent.name)
+        return ref_for_file(path, path.stem, "")
     if not path.exists():
         raise ModelError(
             f"model not found: {path}",
@@ -68,7 +95,7 @@ def resolve_model(spec: str | Path) -> ModelRef:
     if (path / MODEL_FILENAME).is_file():
         version = path.name if path.name.isdigit() else ""
         name = path.parent.name if version else path.name
-        return _ref_for_file(path / MODEL_FILENAME, name, version)
+        return ref_for_file(path / MODEL_FILENAME, name, version)
     versions = numeric_versions(path)
     if not versions:
         raise ModelError(
@@ -76,7 +103,7 @@ def resolve_model(spec: str | Path) -> ModelRef:
             hint=f"expected {path}/VERSION/{MODEL_FILENAME} with a numeric VERSION",
         )
     latest = path / str(versions[-1])
-    return _ref_for_file(latest / MODEL_FILENAME, path.name, latest.name)
+    return ref_for_file(latest / MODEL_FILENAME, path.name, latest.name)
 
 
 def list_models(repo: str | Path) -> list[ModelRef]:
@@ -88,7 +115,7 @@ def list_models(repo: str | Path) -> list[ModelRef]:
     for name_dir in sorted(p for p in root.iterdir() if p.is_dir()):
         for version in numeric_versions(name_dir):
             path = name_dir / str(version) / MODEL_FILENAME
-            refs.append(_ref_for_file(path, name_dir.name, str(version)))
+            refs.append(ref_for_file(path, name_dir.name, str(version)))
     if not refs:
         raise ModelError(
             f"no models in {root}",
