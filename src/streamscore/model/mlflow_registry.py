@@ -189,8 +189,7 @@ class Registry:
             source = self.client.get_model_version_download_uri(name, number)
         fingerprint = _digest(f"{version.source}|{version.run_id}|{version.creation_timestamp}")
         entry = self.cache / "models" / quote(name, safe="") / number / fingerprint
-        path = self._fetch(entry, str(source), f"models:/{name}/{number}")
-        ref = _verified(entry, path)
+        ref = self._cached(entry, str(source), f"models:/{name}/{number}")
         return ModelRef(
             name,
             number,
@@ -207,8 +206,7 @@ class Registry:
         with _translated(f"cannot resolve {target.text} in {display_uri(self.tracking_uri)}"):
             self.client.get_run(target.selector)
         entry = self.cache / "runs" / quote(target.selector, safe="") / _digest(target.name, 12)
-        path = self._fetch(entry, f"runs:/{target.selector}/{target.name}", target.text)
-        ref = _verified(entry, path)
+        ref = self._cached(entry, f"runs:/{target.selector}/{target.name}", target.text)
         name = Path(target.name).name.removesuffix(".onnx")
         return ModelRef(
             name,
@@ -246,6 +244,17 @@ class Registry:
         return sorted(rows, key=lambda r: (r.name, int(r.version)))
 
     # --- the cache --------------------------------------------------------------------------
+
+    def _cached(self, entry: Path, source: str, label: str) -> ModelRef:
+        """The entry's ONNX file, checked against its recorded sha256; a missing or damaged
+        entry is downloaded (again)."""
+        for _ in range(2):
+            path = self._fetch(entry, source, label)
+            ref = ref_for_file(path, path.stem, "")
+            if ref.sha256 == _entry_record(entry).get("sha256"):
+                return ref
+            shutil.rmtree(entry, ignore_errors=True)  # changed after download: fetch again
+        raise ModelError(f"{label}: the downloaded file does not match its recorded sha256")
 
     def _fetch(self, entry: Path, source: str, label: str) -> Path:
         """The cache entry's ONNX file, downloading ``source`` into it first if needed."""
@@ -322,26 +331,17 @@ def _onnx_data_file(mlmodel: Path, label: str) -> str:
 
 def _entry_model(entry: Path) -> Path | None:
     """The ONNX file of a complete cache entry, or None."""
+    relative = _entry_record(entry).get("onnx")
+    path = entry / str(relative) if relative else None
+    return path if path is not None and path.is_file() else None
+
+
+def _entry_record(entry: Path) -> dict[str, Any]:
     try:
         record = json.loads((entry / ENTRY_FILE).read_text())
-        path = entry / str(record["onnx"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return path if path.is_file() else None
-
-
-def _verified(entry: Path, path: Path) -> ModelRef:
-    """The entry's file as a ModelRef, after checking it still has the recorded sha256."""
-    ref = ref_for_file(path, path.stem, "")
-    recorded = json.loads((entry / ENTRY_FILE).read_text()).get("sha256")
-    if ref.sha256 != recorded:
-        shutil.rmtree(entry, ignore_errors=True)
-        raise ModelError(
-            f"model cache entry {entry} was changed after download (sha256 {ref.sha256[:16]}…, "
-            f"expected {str(recorded)[:16]}…); it has been removed",
-            hint="rerun to download it again",
-        )
-    return ref
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def resolve_mlflow_model(spec: str, options: RegistryOptions) -> ModelRef:
