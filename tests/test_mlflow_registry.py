@@ -12,7 +12,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +23,13 @@ from typer.testing import Result
 from helpers.data import read_output, streamscore_metadata
 from helpers.mlflow_store import SAMPLE_MODELS, MlflowServer, MlflowStore, RegistryFixture
 from helpers.runs import invoke
-from streamscore.config import RegistryOptions
+from streamscore.config import RegistryOptions, ReplayOptions, ScoringOptions
 from streamscore.errors import UsageError
 from streamscore.kafka.headers import HeaderStamp, header_dict
+from streamscore.kafka.settings import KafkaSettings
 from streamscore.model import resolve_model
 from streamscore.model.mlflow_registry import MlflowURI
+from streamscore.replay import run_replay
 
 REPO = Path(__file__).resolve().parent.parent
 FRAUD_1 = SAMPLE_MODELS / "fraud" / "1" / "model.onnx"
@@ -141,7 +143,7 @@ CONCURRENT = """
 import json, sys, time
 from pathlib import Path
 import mlflow.artifacts  # slow: imported before the start signal
-from streamscore.config import RegistryOptions
+from streamscore.config import RegistryOptions, ReplayOptions, ScoringOptions
 from streamscore.model import resolve_model
 go = Path(sys.argv[3])
 Path(sys.argv[4]).touch()
@@ -367,3 +369,46 @@ def test_a_registry_behind_an_mlflow_server_is_used_over_rest(
     assert [(r["name"], r["version"], r["aliases"]) for r in rows] == [
         ("fraud_rest", version, ["champion"])
     ]
+
+
+@pytest.mark.kafka
+def test_replay_stamps_the_registry_lineage_on_outputs_and_in_its_summary(
+    mlflow_registry: RegistryFixture,
+    kafka_bootstrap: str,
+    unique_topic: Callable[..., str],
+    tmp_path: Path,
+) -> None:
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    source = unique_topic(partitions=1)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for line in pl.read_parquet(SAMPLE_DAY).head(20).write_ndjson().encode().splitlines():
+        producer.produce(source, line)
+    assert producer.flush(30) == 0
+
+    summary = run_replay(
+        ReplayOptions(
+            kafka=KafkaSettings(kafka_bootstrap),
+            input_topic=source,
+            output_topic=f"{source}.out",
+            scoring=ScoringOptions(
+                model="models:/fraud@challenger",
+                provider="cpu",
+                registry=RegistryOptions(mlflow_registry.uri, tmp_path),
+            ),
+        )
+    )
+
+    assert summary.records_scored == 20 and summary.model_version == "2"
+    assert summary.model_lineage["alias"] == "challenger"
+    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": f"{source}-reader"})
+    consumer.assign([TopicPartition(f"{source}.out", 0, 0)])
+    outputs = consumer.consume(20, 30)
+    consumer.close()
+    assert len(outputs) == 20
+    for message in outputs:
+        headers = header_dict(message.headers())
+        assert headers["streamscore.model.version"] == "2"
+        assert headers["streamscore.model.alias"] == "challenger"
+        assert headers["streamscore.model.registry"] == mlflow_registry.uri
+        assert headers["streamscore.model.run_id"] == summary.model_lineage["run_id"]
