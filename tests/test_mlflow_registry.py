@@ -28,8 +28,9 @@ from streamscore.errors import UsageError
 from streamscore.kafka.headers import HeaderStamp, header_dict
 from streamscore.kafka.settings import KafkaSettings
 from streamscore.model import resolve_model
-from streamscore.model.mlflow_registry import MlflowURI
+from streamscore.model.mlflow_registry import MlflowURI, display_uri
 from streamscore.replay import run_replay
+from streamscore.routing import resolve_version
 
 REPO = Path(__file__).resolve().parent.parent
 FRAUD_1 = SAMPLE_MODELS / "fraud" / "1" / "model.onnx"
@@ -184,6 +185,34 @@ def test_processes_downloading_the_same_model_at_once_share_one_complete_entry(
     while entry.parent.name != "2":  # .../models/fraud/2/FINGERPRINT/...
         entry = entry.parent
     assert list(entry.parent.iterdir()) == [entry]  # one entry, no temporary folder left
+
+
+def test_a_canary_or_shadow_version_number_is_a_version_of_the_registered_model(
+    mlflow_registry: RegistryFixture, tmp_path: Path
+) -> None:
+    options = RegistryOptions(mlflow_registry.uri, tmp_path)
+    ref = resolve_version("models:/fraud@champion", "2", options)
+    assert (ref.name, ref.version, ref.sha256) == ("fraud", "2", sha256(FRAUD_2))
+    other = resolve_version("models:/fraud/2", "models:/fraud@champion", options)
+    assert (other.version, other.alias) == ("1", "champion")
+
+
+def test_bench_measures_a_registry_model(mlflow_registry: RegistryFixture, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = invoke(
+        "bench", "models:/fraud@champion", "--registry-uri", mlflow_registry.uri,
+        "--model-cache", tmp_path / "cache", "--batch-sizes", "8", "--warmup", "0.02",
+        "--window", "0.05", "--max-duration", "0.15", "--json", out,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    model = json.loads(out.read_text())["model"]
+    assert (model["name"], model["version"], model["sha256"]) == ("fraud", "1", sha256(FRAUD_1))
+
+
+def test_credentials_in_a_registry_uri_never_reach_lineage() -> None:
+    shown = display_uri("https://alice:s3cret@mlflow.example.com:5000/prefix?x=1")
+    assert shown == "https://mlflow.example.com:5000/prefix?x=1"
+    assert display_uri("sqlite:////data/mlflow.db") == "sqlite:////data/mlflow.db"
 
 
 # --- errors ----------------------------------------------------------------------------------
