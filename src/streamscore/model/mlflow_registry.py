@@ -38,7 +38,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from streamscore.config import RegistryOptions
 from streamscore.errors import ModelError, StreamscoreError, UsageError
-from streamscore.model.repository import ModelRef, ref_for_file
+from streamscore.model.repository import ModelRef
+from streamscore.model.repository import _ref_for_file as ref_for_file  # one hashing rule
 from streamscore.model.watch import Candidate
 
 EXTRA_HINT = "install it with: pip install 'streamscore[mlflow]'"

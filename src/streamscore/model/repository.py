@@ -51,7 +51,7 @@ class ModelRef:
         return {key: value for key, value in found.items() if value}
 
 
-def ref_for_file(path: Path, name: str, version: str) -> ModelRef:
+def _ref_for_file(path: Path, name: str, version: str) -> ModelRef:
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -85,8 +85,8 @@ def resolve_model(spec: str | Path, registry: RegistryOptions | None = None) -> 
     path = Path(spec)
     if path.is_file():
         if path.name == MODEL_FILENAME and path.parent.name.isdigit():
-            return ref_for_file(path, path.parent.parent.name, path.parent.name)
-        return ref_for_file(path, path.stem, "")
+            return _ref_for_file(path, path.parent.parent.name, path.parent.name)
+        return _ref_for_file(path, path.stem, "")
     if not path.exists():
         raise ModelError(
             f"model not found: {path}",
@@ -95,7 +95,7 @@ def resolve_model(spec: str | Path, registry: RegistryOptions | None = None) -> 
     if (path / MODEL_FILENAME).is_file():
         version = path.name if path.name.isdigit() else ""
         name = path.parent.name if version else path.name
-        return ref_for_file(path / MODEL_FILENAME, name, version)
+        return _ref_for_file(path / MODEL_FILENAME, name, version)
     versions = numeric_versions(path)
     if not versions:
         raise ModelError(
@@ -103,7 +103,7 @@ def resolve_model(spec: str | Path, registry: RegistryOptions | None = None) -> 
             hint=f"expected {path}/VERSION/{MODEL_FILENAME} with a numeric VERSION",
         )
     latest = path / str(versions[-1])
-    return ref_for_file(latest / MODEL_FILENAME, path.name, latest.name)
+    return _ref_for_file(latest / MODEL_FILENAME, path.name, latest.name)
 
 
 def list_models(repo: str | Path) -> list[ModelRef]:
@@ -115,7 +115,7 @@ def list_models(repo: str | Path) -> list[ModelRef]:
     for name_dir in sorted(p for p in root.iterdir() if p.is_dir()):
         for version in numeric_versions(name_dir):
             path = name_dir / str(version) / MODEL_FILENAME
-            refs.append(ref_for_file(path, name_dir.name, str(version)))
+            refs.append(_ref_for_file(path, name_dir.name, str(version)))
     if not refs:
         raise ModelError(
             f"no models in {root}",
