@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -21,7 +22,13 @@ import pytest
 from typer.testing import Result
 
 from helpers.data import read_output, streamscore_metadata
-from helpers.mlflow_store import SAMPLE_MODELS, MlflowServer, MlflowStore, RegistryFixture
+from helpers.mlflow_store import (
+    SAMPLE_MODELS,
+    MlflowServer,
+    MlflowStore,
+    RegistryFixture,
+    free_port,
+)
 from helpers.runs import invoke
 from streamscore.config import RegistryOptions, ReplayOptions, ScoringOptions
 from streamscore.errors import UsageError
@@ -252,6 +259,19 @@ def test_a_missing_sqlite_store_is_an_error_not_a_new_empty_store(tmp_path: Path
     result = invoke("models", "inspect", "models:/fraud/1", "--registry-uri", uri)
     assert_one_line_error(result, "mistyped.db")
     assert not (tmp_path / "mistyped.db").exists()
+
+
+def test_a_registry_server_that_cannot_be_reached_is_a_one_line_error(tmp_path: Path) -> None:
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "streamscore", "models", "inspect", "models:/fraud/1",
+         "--registry-uri", uri, "--model-cache", str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 5, result.stderr
+    assert result.stderr.startswith(f"error: cannot resolve models:/fraud/1 in {uri}")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_without_the_mlflow_extra_a_registry_uri_names_the_extra(

@@ -46,6 +46,15 @@ EXTRA_HINT = "install it with: pip install 'streamscore[mlflow]'"
 URI_FORMS = "models:/NAME/VERSION, models:/NAME@ALIAS, models:/NAME/latest or runs:/RUN_ID/PATH"
 ENTRY_FILE = "streamscore-entry.json"
 ONNX_FLAVOR = "onnx"
+# MLflow settings unless the environment sets them: no download progress bars on stderr, and
+# HTTP retries that give up after seconds, not minutes (MLflow's defaults are made for
+# rate-limited services; a command that cannot reach its registry should say so quickly).
+MLFLOW_DEFAULTS = {
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
 
 
 @dataclass(frozen=True)
@@ -148,8 +157,8 @@ class Registry:
                     f"MLflow registry {self.uri} not found ({db} does not exist)",
                     hint="set --registry-uri or MLFLOW_TRACKING_URI to an existing store",
                 )
-        # MLflow draws progress bars on stderr for every download; ours are enough.
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        for key, value in MLFLOW_DEFAULTS.items():  # read by MLflow at each call
+            os.environ.setdefault(key, value)
         self.client = mlflow.MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.uri)
         self.cache = options.cache_root() / "mlflow" / _digest(self.uri, 12)
 
