@@ -13,7 +13,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,9 @@ from streamscore.config import RegistryOptions, ReplayOptions, ScoringOptions
 from streamscore.errors import UsageError
 from streamscore.kafka.headers import HeaderStamp, header_dict
 from streamscore.kafka.settings import KafkaSettings
-from streamscore.model import resolve_model
+from streamscore.model import ModelRef, resolve_model
 from streamscore.model.mlflow_registry import MlflowURI, display_uri
+from streamscore.model.watch import ModelWatcher, reload_source
 from streamscore.replay import run_replay
 from streamscore.routing import resolve_version
 
@@ -152,7 +154,7 @@ import json, sys, time
 from pathlib import Path
 import mlflow.artifacts  # slow: imported before the start signal
 from streamscore.config import RegistryOptions, ReplayOptions, ScoringOptions
-from streamscore.model import resolve_model
+from streamscore.model import ModelRef, resolve_model
 go = Path(sys.argv[3])
 Path(sys.argv[4]).touch()
 while not go.exists():
@@ -220,6 +222,41 @@ def test_credentials_in_a_registry_uri_never_reach_lineage() -> None:
     shown = display_uri("https://alice:s3cret@mlflow.example.com:5000/prefix?x=1")
     assert shown == "https://mlflow.example.com:5000/prefix?x=1"
     assert display_uri("sqlite:////data/mlflow.db") == "sqlite:////data/mlflow.db"
+
+
+def test_only_an_alias_or_latest_is_followed_and_a_vanished_alias_is_a_warning(
+    mlflow_registry: RegistryFixture, tmp_path: Path
+) -> None:
+    options = RegistryOptions(mlflow_registry.uri, tmp_path)
+    assert reload_source("models:/fraud/1", options) is None  # a pinned version
+    assert reload_source(f"runs:/{mlflow_registry.fraud_1_run}/model", options) is None
+    assert reload_source("models:/fraud/latest", options) is not None
+
+    store, name = mlflow_registry.store, f"watch-{uuid.uuid4().hex[:8]}"  # its own alias
+    version, _ = store.register_onnx(name, FRAUD_1)
+    store.set_alias(name, "champion", version)
+    spec = f"models:/{name}@champion"
+    feed = reload_source(spec, options)
+    assert feed is not None
+    events: list[Mapping[str, Any]] = []
+
+    def prepare(ref: ModelRef) -> str:
+        raise AssertionError(f"nothing new should load, got {ref}")
+
+    watcher = ModelWatcher(
+        feed, "v1 serving", resolve_model(spec, options), prepare, interval_s=0.05,
+        on_event=events.append,
+    )  # fmt: skip
+    assert watcher.check_now() is False  # the alias still points to the serving version
+    with watcher:
+        store.delete_alias(name, "champion")
+        deadline = time.monotonic() + 30
+        while not any(e["event"] == "warning" for e in events):
+            assert time.monotonic() < deadline, events
+            time.sleep(0.05)
+    assert watcher.current == "v1 serving"
+    assert "champion" in next(e for e in events if e["event"] == "warning")["message"]
+    assert not any(e["event"] == "model_rejected" for e in events)
 
 
 # --- errors ----------------------------------------------------------------------------------

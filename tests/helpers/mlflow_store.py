@@ -99,6 +99,12 @@ class MlflowStore:
         client = mlflow.MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
         client.set_registered_model_alias(name, alias, version)
 
+    def delete_alias(self, name: str, alias: str) -> None:
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        client.delete_registered_model_alias(name, alias)
+
 
 def free_port() -> int:
     with socket.socket() as s:
