@@ -193,7 +193,7 @@ class TailRun:
         return self._summarize(time.perf_counter() - started)
 
     def _first_serving(self) -> Serving:
-        """Load the models; watch MODEL's repository when it names one."""
+        """Load the models; watch MODEL's repository or registry alias when it names one."""
         o, s = self.options, self.options.scoring
         primary = prepare_arm("primary", resolve_model(s.model, s.registry), s)
         canary = shadow = None
