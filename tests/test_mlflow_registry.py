@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -147,6 +149,37 @@ def test_a_model_is_downloaded_once_and_a_damaged_cache_entry_is_fetched_again(
     first.path.write_bytes(b"damaged on disk")
     repaired = resolve_model("models:/fraud/1", options)
     assert repaired.sha256 == sha256(FRAUD_1) and downloads
+
+
+def test_a_download_killed_midway_leaves_nothing_behind_on_the_next_fetch(
+    mlflow_registry: RegistryFixture, tmp_path: Path
+) -> None:
+    options = RegistryOptions(mlflow_registry.uri, tmp_path)
+    entry = resolve_model("models:/fraud/2", options).path
+    while entry.parent.name != "2":  # .../models/fraud/2/FINGERPRINT/...
+        entry = entry.parent
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    abandoned = entry.parent / f".tmp-{socket.gethostname()}-{dead}-0badc0de"
+    (abandoned / "model").mkdir(parents=True)
+    other_host = entry.parent / ".tmp-elsewhere-1-0badc0de"
+    other_host.mkdir()
+    shutil.rmtree(entry)
+
+    assert resolve_model("models:/fraud/2", options).sha256 == sha256(FRAUD_2)
+    assert not abandoned.exists() and other_host.exists()
+
+
+def test_a_cache_that_cannot_be_written_is_a_one_line_error(
+    mlflow_registry: RegistryFixture, tmp_path: Path
+) -> None:
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("a file where the cache should be")
+    result = invoke(
+        "models", "inspect", "models:/fraud/1", "--registry-uri", mlflow_registry.uri,
+        "--model-cache", not_a_folder,
+    )  # fmt: skip
+    assert_one_line_error(result, "model cache", "--model-cache")
 
 
 CONCURRENT = """

@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Hashable, Iterator
 from contextlib import contextmanager
@@ -45,6 +46,7 @@ from streamscore.model.watch import Candidate
 EXTRA_HINT = "install it with: pip install 'streamscore[mlflow]'"
 URI_FORMS = "models:/NAME/VERSION, models:/NAME@ALIAS, models:/NAME/latest or runs:/RUN_ID/PATH"
 ENTRY_FILE = "streamscore-entry.json"
+TEMP_PREFIX = ".tmp-"  # + host-pid-random: a download in progress beside its entry
 ONNX_FLAVOR = "onnx"
 # MLflow settings unless the environment sets them: no download progress bars on stderr, and
 # HTTP retries that give up after seconds, not minutes (MLflow's defaults are made for
@@ -271,9 +273,13 @@ class Registry:
         path = _entry_model(entry)
         if path is not None:
             return path
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        temp = entry.parent / f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        temp = (
+            entry.parent
+            / f"{TEMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        )
         try:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            _remove_abandoned_downloads(entry.parent)
             temp.mkdir()
             relative = self._download(source, temp, label)
             data = (temp / relative).read_bytes()
@@ -284,6 +290,11 @@ class Registry:
             except OSError:  # another process put the entry in place first: use theirs
                 if _entry_model(entry) is None:
                     raise
+        except OSError as exc:
+            raise ModelError(
+                f"cannot store {label} in the model cache {entry.parent}: {exc.strerror or exc}",
+                hint="give --model-cache a writable folder",
+            ) from exc
         finally:
             shutil.rmtree(temp, ignore_errors=True)
         path = _entry_model(entry)
@@ -344,6 +355,22 @@ def _entry_model(entry: Path) -> Path | None:
     relative = _entry_record(entry).get("onnx")
     path = entry / str(relative) if relative else None
     return path if path is not None and path.is_file() else None
+
+
+def _remove_abandoned_downloads(folder: Path) -> None:
+    """Remove temporary download folders of processes on this host that no longer run (a
+    download killed midway); other hosts' folders are left alone."""
+    mine = f"{TEMP_PREFIX}{socket.gethostname()}-"
+    for child in folder.iterdir():
+        pid = child.name.removeprefix(mine).split("-")[0]
+        if not child.name.startswith(mine) or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(child, ignore_errors=True)
+        except OSError:  # alive, another user's
+            continue
 
 
 def _entry_record(entry: Path) -> dict[str, Any]:
