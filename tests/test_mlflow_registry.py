@@ -292,6 +292,24 @@ def test_only_an_alias_or_latest_is_followed_and_a_vanished_alias_is_a_warning(
     assert not any(e["event"] == "model_rejected" for e in events)
 
 
+def test_following_latest_loads_each_newly_registered_version(
+    mlflow_registry: RegistryFixture, tmp_path: Path
+) -> None:
+    store, name = mlflow_registry.store, f"latest-{uuid.uuid4().hex[:8]}"
+    store.register_onnx(name, FRAUD_1)
+    options = RegistryOptions(mlflow_registry.uri, tmp_path)
+    spec = f"models:/{name}/latest"
+    feed = reload_source(spec, options)
+    assert feed is not None
+    first = resolve_model(spec, options)
+    watcher = ModelWatcher(feed, first.sha256, first, lambda ref: ref.sha256)
+    assert watcher.check_now() is False
+
+    newer, _ = store.register_onnx(name, FRAUD_2)
+    assert watcher.check_now() is True
+    assert watcher.current_ref.version == newer and watcher.current == sha256(FRAUD_2)
+
+
 # --- errors ----------------------------------------------------------------------------------
 
 
