@@ -125,6 +125,12 @@ def display_uri(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def _path_part(text: str) -> str:
+    """``text`` as one safe folder name: no separators, never ``.`` or ``..``."""
+    quoted = quote(text, safe="")
+    return "%2E" + quoted[1:] if quoted.startswith(".") else quoted
+
+
 def _digest(text: str, length: int = 16) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
@@ -200,7 +206,7 @@ class Registry:
         with _translated(f"cannot find the files of {name} version {number} in {self.shown}"):
             source = self.client.get_model_version_download_uri(name, number)
         fingerprint = _digest(f"{version.source}|{version.run_id}|{version.creation_timestamp}")
-        entry = self.cache / "models" / quote(name, safe="") / number / fingerprint
+        entry = self.cache / "models" / _path_part(name) / number / fingerprint
         ref = self._cached(entry, str(source), f"models:/{name}/{number}")
         return ModelRef(
             name,
@@ -217,7 +223,7 @@ class Registry:
         """The local ONNX file of a run's artifact (an ONNX-flavor model or an .onnx file)."""
         with _translated(f"cannot resolve {target.text} in {display_uri(self.tracking_uri)}"):
             self.client.get_run(target.selector)
-        entry = self.cache / "runs" / quote(target.selector, safe="") / _digest(target.name, 12)
+        entry = self.cache / "runs" / _path_part(target.selector) / _digest(target.name, 12)
         ref = self._cached(entry, f"runs:/{target.selector}/{target.name}", target.text)
         name = Path(target.name).name.removesuffix(".onnx")
         return ModelRef(
