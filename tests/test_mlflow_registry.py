@@ -444,6 +444,7 @@ def test_models_list_shows_names_versions_and_aliases_of_a_registry(
     listed = invoke("models", "list", mlflow_registry.uri, "--json")
     assert listed.exit_code == 0, listed.output
     rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    rows = [r for r in rows if r["name"].startswith("fraud")]  # other tests add their own
     assert [(r["name"], r["version"], r["aliases"]) for r in rows] == [
         ("fraud", "1", ["champion"]),
         ("fraud", "2", ["challenger"]),

@@ -12,7 +12,7 @@ from streamscore.config import PROVIDER_NAMES as PROVIDERS
 from streamscore.config import RegistryOptions
 from streamscore.errors import UsageError
 
-PLOT_SUFFIXES = (".html", ".png")
+PLOT_SUFFIXES = (".html", ".png", ".svg")
 PIPELINES = ("batch",)
 
 
@@ -77,7 +77,7 @@ class BenchOptions:
         if self.plot_path is not None and self.plot_path.suffix.lower() not in PLOT_SUFFIXES:
             raise UsageError(
                 f"--plot {self.plot_path}: unknown picture format",
-                hint="name a .html (interactive, self-contained) or .png file",
+                hint="name a .html (self-contained page), .png or .svg file",
             )
         if self.pipeline is not None:
             if self.pipeline not in PIPELINES:

@@ -32,6 +32,7 @@ from streamscore.model.repository import (
     MLFLOW_SCHEMES,
     MODEL_FILENAME,
     ModelRef,
+    is_version,
     numeric_versions,
     resolve_model,
 )
@@ -87,14 +88,14 @@ def repository_model_dir(spec: str | Path) -> Path | None:
 class _FileStamp:
     """What identifies one version's file between polls without hashing it."""
 
-    version: int
+    version: str  # the folder name, as written
     size: int
     mtime_ns: int
 
 
-def _stamp(name_dir: Path, version: int) -> _FileStamp | None:
+def _stamp(name_dir: Path, version: str) -> _FileStamp | None:
     try:
-        stat = (name_dir / str(version) / MODEL_FILENAME).stat()
+        stat = (name_dir / version / MODEL_FILENAME).stat()
     except OSError:  # removed between listing and stat
         return None
     return _FileStamp(version, stat.st_size, stat.st_mtime_ns)
@@ -116,11 +117,11 @@ class _FolderFeed:
         stamp = _stamp(self.name_dir, versions[-1]) if versions else None
         if stamp is None or time.time_ns() - stamp.mtime_ns < self.settle_s * 1e9:
             return None  # nothing there, or probably still being written: look again later
-        path = self.name_dir / str(stamp.version)
-        return Candidate(stamp, str(stamp.version), lambda: resolve_model(path))
+        path = self.name_dir / stamp.version
+        return Candidate(stamp, stamp.version, lambda: resolve_model(path))
 
     def stamp_of(self, ref: ModelRef) -> Hashable | None:
-        return _stamp(self.name_dir, int(ref.version)) if ref.version.isdigit() else None
+        return _stamp(self.name_dir, ref.version) if is_version(ref.version) else None
 
 
 class ModelWatcher(Generic[T]):
