@@ -423,6 +423,24 @@ def test_batch_records_registry_lineage_in_parquet_metadata_and_the_summary(
     assert "model_registry" not in streamscore_metadata(tmp_path / "folder" / "part-0.parquet")
 
 
+def test_compare_scores_two_registry_versions(
+    mlflow_registry: RegistryFixture, tmp_path: Path
+) -> None:
+    data = tmp_path / "in" / "part-0.parquet"
+    data.parent.mkdir()
+    pl.read_parquet(SAMPLE_DAY).head(50).write_parquet(data)
+    report = tmp_path / "compare.json"
+    result = invoke(
+        "compare", data.parent, "-m", "models:/fraud@champion", "-m", "models:/fraud@challenger",
+        "--registry-uri", mlflow_registry.uri, "--model-cache", tmp_path / "cache",
+        "--json", report, "--provider", "cpu",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    found = json.loads(report.read_text())
+    assert (found["a"]["version"], found["b"]["version"]) == ("1", "2")
+    assert (found["a"]["sha256"], found["b"]["sha256"]) == (sha256(FRAUD_1), sha256(FRAUD_2))
+
+
 def test_kafka_headers_carry_the_registry_lineage(
     mlflow_registry: RegistryFixture, tmp_path: Path
 ) -> None:
