@@ -8,7 +8,7 @@ import typer
 
 from streamscore import console
 from streamscore.cli import options as opt
-from streamscore.cli.common import Command, translate_errors
+from streamscore.cli.common import translate_errors
 from streamscore.config import RegistryOptions
 from streamscore.model import list_models, resolve_model
 
@@ -17,7 +17,6 @@ app = typer.Typer(help="Inspect models and model repositories.", no_args_is_help
 
 @app.command(
     "inspect",
-    cls=Command,
     epilog="Example: streamscore models inspect sample_data/models/fraud",
 )
 @translate_errors
@@ -68,7 +67,6 @@ def inspect(
 
 @app.command(
     "list",
-    cls=Command,
     epilog="Examples: streamscore models list sample_data/models; "
     "streamscore models list sqlite:///mlflow.db",
 )
