@@ -92,6 +92,7 @@ class BatchSummary:
     model_sha256: str
     provider: str
     model_server: str | None = None  # a remote model's server (its base URL)
+    model_lineage: dict[str, str] = field(default_factory=dict)  # registry, alias, run_id
     files_ok: int = 0
     files_skipped: int = 0
     files_failed: int = 0
@@ -232,6 +233,7 @@ class BatchRun:
             model_sha256=ref.sha256,
             provider=model.provider,
             model_server=ref.server or None,
+            model_lineage=ref.lineage,
         )
 
     def _identity(self, fp: str) -> dict[str, str]:
@@ -299,6 +301,9 @@ class BatchRun:
             **self._identity(planned.fingerprint),
             META_PREFIX + "model_name": self.model.ref.name,
             META_PREFIX + "model_version": self.model.ref.version,
+            **{
+                META_PREFIX + "model_" + key: value for key, value in self.model.ref.lineage.items()
+            },
             META_PREFIX + "version": __version__,
             META_PREFIX + "source_file": str(planned.item.path),
             META_PREFIX + "run_id": self.run_id,
@@ -508,7 +513,14 @@ def run_batch(
     reporter = reporter or SilentReporter()
     s = options.scoring
     # No spinning: ONNX Runtime's idle workers would take the cores the reader and writer need.
-    model = open_model(s.model, provider=s.provider, threads=s.threads, spin=False, remote=s.remote)
+    model = open_model(
+        s.model,
+        provider=s.provider,
+        threads=s.threads,
+        spin=False,
+        remote=s.remote,
+        registry=s.registry,
+    )
     try:
         return BatchRun(options, model, reporter, stop).execute()
     finally:

@@ -68,6 +68,7 @@ class ReplaySummary:
     model_sha256: str
     delivery: str  # exactly-once | at-least-once
     model_server: str | None = None  # a remote model's server (its base URL)
+    model_lineage: dict[str, str] = field(default_factory=dict)  # registry, alias, run_id
     resumed: bool = False
     records_read: int = 0
     records_scored: int = 0
@@ -116,7 +117,12 @@ class ReplayRun:
         # The model and its input mapping first: a mistake there touches no topic.
         # No spinning: the reader and writer threads need the cores between model calls.
         model = open_model(
-            s.model, provider=s.provider, threads=s.threads, spin=False, remote=s.remote
+            s.model,
+            provider=s.provider,
+            threads=s.threads,
+            spin=False,
+            remote=s.remote,
+            registry=s.registry,
         )
         try:
             return self._execute(model)
@@ -162,6 +168,7 @@ class ReplayRun:
             model_sha256=ref.sha256,
             delivery="exactly-once" if o.exactly_once else "at-least-once",
             model_server=ref.server or None,
+            model_lineage=ref.lineage,
         )
 
     def _prepare_topics(self, admin: Admin) -> tuple[list[int], bool]:

@@ -111,7 +111,7 @@ def run_with_remote(options: BenchOptions, reporter: Reporter) -> BenchReport:
         combos: list[tuple[str, int]] = []
         embedded = None
         if not options.remote_only:
-            ref = resolve_model(options.model)
+            ref = resolve_model(options.model, options.registry)
             embedded = load_model(ref, provider="cpu")
             if [s.name for s in embedded.signature.inputs] != [
                 s.name for s in served.signature.inputs

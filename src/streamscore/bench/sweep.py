@@ -377,7 +377,7 @@ def _run(options: BenchOptions, reporter: Reporter) -> BenchReport:
         from streamscore.bench.remote import run_with_remote  # httpx: only for a server
 
         return run_with_remote(options, reporter)
-    ref = resolve_model(options.model)
+    ref = resolve_model(options.model, options.registry)
     probe = load_model(ref, provider="cpu")
     available = check_providers(ref, options)
     results: list[BenchResult] = []

@@ -12,7 +12,7 @@ import typer
 from typer.core import TyperArgument, TyperCommand
 
 from streamscore import console
-from streamscore.config import KeepColumns, ScoringOptions
+from streamscore.config import KeepColumns, RegistryOptions, ScoringOptions
 from streamscore.errors import StreamscoreError, UsageError
 from streamscore.remote.settings import RemoteSettings
 from streamscore.shutdown import signal_of
@@ -78,6 +78,8 @@ def scoring_options(
     batch_size: int,
     reject_nan: bool,
     remote: RemoteSettings | None = None,
+    registry_uri: str | None = None,
+    model_cache: Path | None = None,
 ) -> ScoringOptions:
     """ScoringOptions from the options every scoring command shares (comma lists parsed)."""
     return ScoringOptions(
@@ -90,6 +92,7 @@ def scoring_options(
         batch_size=batch_size,
         reject_nan=reject_nan,
         remote=remote,
+        registry=RegistryOptions(registry_uri, model_cache),
     )
 
 

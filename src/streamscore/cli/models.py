@@ -1,4 +1,4 @@
-"""``streamscore models``: look inside model files and repositories."""
+"""``streamscore models``: look inside model files, repositories and MLflow registries."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import typer
 from streamscore import console
 from streamscore.cli import options as opt
 from streamscore.cli.common import remote_settings, translate_errors
+from streamscore.config import RegistryOptions
 from streamscore.model import list_models, resolve_model
 from streamscore.remote import is_model_url
 
@@ -24,14 +25,10 @@ app = typer.Typer(help="Inspect models and model repositories.", no_args_is_help
 )
 @translate_errors
 def inspect(
-    model: Annotated[
-        str,
-        typer.Argument(
-            help="An .onnx file, REPO/NAME, REPO/NAME/VERSION, or a model server URL "
-            "http(s)://HOST:PORT/v2/models/NAME (or .../NAME/versions/V)."
-        ),
-    ],
+    model: Annotated[str, typer.Argument(help=opt.MODEL_HELP)],
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
+    registry_uri: opt.RegistryUri = None,
+    model_cache: opt.ModelCache = None,
     header: opt.Header = None,
     ca_file: opt.CaFile = None,
     timeout: opt.Timeout = 10.0,
@@ -49,11 +46,13 @@ def inspect(
         return
     from streamscore.model.session import load_model  # onnxruntime: loaded only when run
 
-    loaded = load_model(resolve_model(model), provider="cpu")
+    registry = RegistryOptions(registry_uri, model_cache)
+    loaded = load_model(resolve_model(model, registry), provider="cpu")
     ref, sig = loaded.ref, loaded.signature
     info = {
         "name": ref.name,
         "version": ref.version,
+        **ref.lineage,
         "path": str(ref.path),
         "sha256": ref.sha256,
         "size_bytes": ref.size,
@@ -75,6 +74,8 @@ def inspect(
         )
     )
     opsets = ", ".join(f"{domain}={v}" for domain, v in sig.opsets.items())
+    for key, value in ref.lineage.items():
+        console.print_text(f"{key:<8} {value}")
     console.print_text(f"sha256   {ref.sha256}\nsize     {ref.size:,} bytes")
     console.print_text(f"producer {sig.producer}\nopsets   {opsets}")
     for key, value in sig.metadata.items():
@@ -107,17 +108,33 @@ def _inspect_remote(model: str, settings: RemoteSettings, json_out: bool) -> Non
         )
 
 
-@app.command("list", epilog="Example: streamscore models list sample_data/models")
+@app.command(
+    "list",
+    epilog="Examples: streamscore models list sample_data/models; "
+    "streamscore models list sqlite:///mlflow.db",
+)
 @translate_errors
 def list_(
     repo: Annotated[
-        str, typer.Argument(help="A repository laid out REPO/NAME/VERSION/model.onnx.")
+        str,
+        typer.Argument(
+            help="A repository laid out REPO/NAME/VERSION/model.onnx, or an MLflow registry: "
+            "its URI (sqlite:///mlflow.db, http://host:5000), models:/ (the --registry-uri "
+            "one) or models:/NAME (one model)."
+        ),
     ],
     json_out: Annotated[
         bool, typer.Option("--json", help="Print JSON lines, not a table.")
     ] = False,
+    registry_uri: opt.RegistryUri = None,
 ) -> None:
-    """List every model and version in a repository with its sha256."""
+    """List every model and version in a repository with its sha256 (in a registry: with
+    its aliases and run)."""
+    from streamscore.model.mlflow_registry import is_registry_listing
+
+    if is_registry_listing(repo):
+        _list_registry(repo, RegistryOptions(registry_uri), json_out=json_out)
+        return
     refs = list_models(repo)
     if json_out:
         for ref in refs:
@@ -130,5 +147,33 @@ def list_(
             f"models in {repo}",
             ["name", "version", "sha256", "size"],
             [(r.name, r.version, r.sha256[:16], f"{r.size:,}") for r in refs],
+        )
+    )
+
+
+def _list_registry(spec: str, registry: RegistryOptions, *, json_out: bool) -> None:
+    from streamscore.model.mlflow_registry import display_uri, list_registered_versions
+
+    versions = list_registered_versions(spec, registry)
+    if json_out:
+        for v in versions:
+            console.json_line(
+                {
+                    "name": v.name,
+                    "version": v.version,
+                    "aliases": list(v.aliases),
+                    "status": v.status,
+                    "run_id": v.run_id,
+                }
+            )
+        return
+    console.print_renderable(
+        console.format_table(
+            f"models in {display_uri(spec)}",
+            ["name", "version", "aliases", "status", "run"],
+            [
+                (v.name, v.version, ", ".join("@" + a for a in v.aliases), v.status, v.run_id)
+                for v in versions
+            ],
         )
     )

@@ -58,6 +58,8 @@ def replay(
         ),
     ],
     model: opt.Model,
+    registry_uri: opt.RegistryUri = None,
+    model_cache: opt.ModelCache = None,
     bootstrap_servers: opt.BootstrapServers = None,
     dlq_topic: Annotated[
         str | None,
@@ -160,6 +162,8 @@ def replay(
                 concurrency=concurrency,
                 signature=signature,
             ),
+            registry_uri=registry_uri,
+            model_cache=model_cache,
         ),
         dlq_topic=dlq_topic,
         group=group,

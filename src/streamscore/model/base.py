@@ -18,6 +18,7 @@ from streamscore.model.repository import ModelRef
 from streamscore.model.signature import ModelSignature
 
 if TYPE_CHECKING:
+    from streamscore.config import RegistryOptions
     from streamscore.remote.settings import RemoteSettings
 
 
@@ -70,6 +71,7 @@ def open_model(
     threads: int | None = None,
     spin: bool = True,
     remote: RemoteSettings | None = None,
+    registry: RegistryOptions | None = None,
 ) -> Model:
     """Open MODEL as given on the command line: a model URL, or a file or repository model."""
     from streamscore.remote.url import is_model_url
@@ -82,7 +84,7 @@ def open_model(
     from streamscore.model.repository import resolve_model
     from streamscore.model.session import load_model  # onnxruntime: only when needed
 
-    return load_model(resolve_model(spec), provider=provider, threads=threads, spin=spin)
+    return load_model(resolve_model(spec, registry), provider=provider, threads=threads, spin=spin)
 
 
 def close_model(model: Model) -> None:
