@@ -10,6 +10,9 @@ Built for unattended nightly runs:
 * a corrupt input is reported and the others still run; the summary says the run was
   partial and is also written to ``OUTPUT/_streamscore_run.json``;
 * a lock file refuses a second run on the same OUTPUT while one is running.
+
+Files are scored here one after another, or with ``BatchOptions.ray`` by the workers of a
+Ray cluster (:mod:`streamscore.ray_batch`); both call :meth:`BatchRun.score_file`.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +37,7 @@ from streamscore.config import BatchOptions, OnError
 from streamscore.errors import InputError, LockedError, ModelError, UsageError
 from streamscore.model import resolve_model
 from streamscore.model.session import LoadedModel, load_model
-from streamscore.pipeline import SourceBatch, run_pipeline
+from streamscore.pipeline import PipelineStats, SourceBatch, run_pipeline
 from streamscore.reporting import Reporter, SilentReporter
 from streamscore.scoring import ScoredBatch, Scorer
 from streamscore.sinks.parquet import ParquetFileSink, remove_stale_temp_files
@@ -64,9 +67,11 @@ class FileResult:
     rows_rejected: int = 0
     seconds: float = 0.0
     error: str | None = None
+    rejected_reasons: dict[str, int] = field(default_factory=dict)
 
     def event(self) -> dict[str, Any]:
         payload = {"event": "file", **asdict(self)}
+        del payload["rejected_reasons"]  # summed up in the run summary
         return {k: v for k, v in payload.items() if v is not None}
 
 
@@ -108,6 +113,8 @@ class BatchSummary:
         self.rows_in += result.rows_in
         self.rows_scored += result.rows_scored
         self.rows_rejected += result.rows_rejected
+        for reason, count in result.rejected_reasons.items():
+            self.rejected_reasons[reason] = self.rejected_reasons.get(reason, 0) + count
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,6 +131,10 @@ class _PlannedFile:
     rows: int
     fingerprint: str
     schema: pa.Schema
+    # A part of a file split by row group (Ray): only these row groups, whose first row is
+    # row ``first_row`` of the file; ``output`` and ``rejected`` are then the part's files.
+    row_groups: tuple[int, ...] | None = None
+    first_row: int = 0
 
 
 @contextlib.contextmanager
@@ -182,11 +193,21 @@ def _is_current(output: Path, wanted: dict[str, str]) -> bool:
 class BatchRun:
     """One execution of ``streamscore batch``; use :func:`run_batch`."""
 
-    def __init__(self, options: BatchOptions, model: LoadedModel, reporter: Reporter) -> None:
+    def __init__(
+        self,
+        options: BatchOptions,
+        model: LoadedModel,
+        reporter: Reporter,
+        *,
+        run_id: str | None = None,
+    ) -> None:
+        """``run_id`` is given by Ray workers, which score files of the driver's run."""
         self.options = options
         self.model = model
         self.reporter = reporter
-        self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+        self.run_id = run_id or (
+            time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+        )
         self.digest = options_digest(options)
         ref = model.ref
         self.summary = BatchSummary(
@@ -218,13 +239,20 @@ class BatchRun:
             if not self.options.force and _is_current(output, self._identity(fp)):
                 base.status = "skipped"
                 return base
-            s = self.options.scoring
-            scorer = Scorer.for_schema(
-                self.model, schema, features=s.features, outputs=s.outputs, reject_nan=s.reject_nan
-            )
+            return self.plan_scoring(item, fp, schema, rows)
         except InputError as exc:
             base.error = exc.one_line()
             return base
+
+    def plan_scoring(
+        self, item: ParquetInput, fp: str, schema: pa.Schema, rows: int
+    ) -> _PlannedFile:
+        """Plan how one input (footer already read) is scored; InputError if it cannot be."""
+        output = self.options.output / item.relative
+        s = self.options.scoring
+        scorer = Scorer.for_schema(
+            self.model, schema, features=s.features, outputs=s.outputs, reject_nan=s.reject_nan
+        )
         names = list(schema.names)
         keep = s.keep.resolve(names, scorer.plan.columns)
         scores = scorer.score_schema()
@@ -252,8 +280,24 @@ class BatchRun:
     def score_file(self, planned: _PlannedFile) -> FileResult:
         """Read, score and write one planned file; input errors fail only this file."""
         started = time.perf_counter()
-        result = FileResult(str(planned.item.relative), str(planned.output), "ok")
-        metadata = {
+        try:
+            stats = self.write_scores(planned)
+        except (InputError, ModelError) as exc:
+            if self.options.on_error is OnError.fail:
+                raise
+            _discard_outputs(planned.output, planned.rejected)
+            return self.failed(planned, exc)
+        return self.finish_file(planned, stats, started)
+
+    def failed(self, planned: _PlannedFile, exc: InputError | ModelError) -> FileResult:
+        """The result of a file that could not be scored (its outputs are gone)."""
+        result = FileResult(str(planned.item.relative), str(planned.output), "failed")
+        result.error = exc.one_line()
+        return result
+
+    def output_metadata(self, planned: _PlannedFile) -> dict[str, str]:
+        """The key-value metadata of an output file (the row counts are added on commit)."""
+        return {
             **self._identity(planned.fingerprint),
             META_PREFIX + "model_name": self.model.ref.name,
             META_PREFIX + "model_version": self.model.ref.version,
@@ -262,13 +306,19 @@ class BatchRun:
             META_PREFIX + "run_id": self.run_id,
             META_PREFIX + "provider": self.model.provider,
         }
+
+    def write_scores(self, planned: _PlannedFile) -> PipelineStats:
+        """Score one planned file (or part) into its output and rejected files, atomically.
+
+        Raises InputError or ModelError when it cannot; nothing partial is left then.
+        """
         scores = planned.scorer.score_schema()
         sink = ParquetFileSink(
             planned.output,
             planned.rejected,
             planned.keep,
             row_group_rows=self.options.row_group_rows,
-            metadata=metadata,
+            metadata=self.output_metadata(planned),
             quarantine=self.options.on_error is OnError.quarantine,
             # An output without rows (empty input, every row rejected) keeps its columns,
             # so the output folder still reads as one table.
@@ -276,8 +326,13 @@ class BatchRun:
             if scores is None
             else pa.schema([planned.schema.field(c) for c in planned.keep] + list(scores)),
         )
-        source = ParquetSource(planned.item.path, planned.columns, self.options.scoring.batch_size)
-        position = 0
+        source = ParquetSource(
+            planned.item.path,
+            planned.columns,
+            self.options.scoring.batch_size,
+            row_groups=planned.row_groups,
+        )
+        position = planned.first_row
 
         def on_batch(batch: SourceBatch, scored: ScoredBatch) -> None:
             nonlocal position
@@ -290,14 +345,13 @@ class BatchRun:
             position += batch.rows.num_rows
             self.reporter.advance("rows", batch.rows.num_rows)
 
-        try:
-            stats = run_pipeline(source, planned.scorer, sink, on_batch=on_batch)
-        except (InputError, ModelError) as exc:
-            if self.options.on_error is OnError.fail:
-                raise
-            _discard_outputs(planned.output, planned.rejected)
-            result.status, result.error = "failed", exc.one_line()
-            return result
+        return run_pipeline(source, planned.scorer, sink, on_batch=on_batch)
+
+    def finish_file(
+        self, planned: _PlannedFile, stats: PipelineStats, started: float
+    ) -> FileResult:
+        """The result of a file whose outputs are written; fails it if no row could be scored."""
+        result = FileResult(str(planned.item.relative), str(planned.output), "ok")
         self.reporter.advance("files", 1)
         if stats.rows_in and not stats.rows_scored:
             # Most likely a schema problem (e.g. text where numbers belong), not bad rows:
@@ -306,9 +360,7 @@ class BatchRun:
             first = next(iter(stats.reasons), "")
             result.status = "failed"
             result.error = f"all {stats.rows_in} rows were rejected (e.g. {first})"
-        for reason, count in stats.reasons.items():
-            reasons = self.summary.rejected_reasons
-            reasons[reason] = reasons.get(reason, 0) + count
+        result.rejected_reasons = dict(stats.reasons)
         result.rows_in, result.rows_scored = stats.rows_in, stats.rows_scored
         result.rows_rejected = stats.rows_rejected
         result.seconds = round(time.perf_counter() - started, 3)
@@ -336,8 +388,9 @@ class BatchRun:
                         relative = output.relative_to(self.options.output)
                         _discard_outputs(output, self.options.output / REJECTED_DIR / relative)
                     self._record(plan)
-            for planned in todo:
-                self._record(self.score_file(planned))
+            for result in self._score(todo):
+                self._record(result)
+            self.summary.failures.sort()  # workers finish in any order
             if self.options.input.is_dir():
                 self._handle_orphans({item.relative for item in inputs})
             self.summary.seconds = round(time.perf_counter() - started, 3)
@@ -345,6 +398,14 @@ class BatchRun:
                 self.summary.rows_per_second = round(self.summary.rows_in / self.summary.seconds, 1)
             _write_json_atomically(self.options.output / SUMMARY_NAME, self.summary.as_dict())
         return self.summary
+
+    def _score(self, todo: list[_PlannedFile]) -> Iterable[FileResult]:
+        """Score the planned files here, one after another, or on a Ray cluster."""
+        if self.options.ray is None:
+            return (self.score_file(planned) for planned in todo)
+        from streamscore.ray_batch import score_on_ray  # needs the ray extra
+
+        return score_on_ray(self, todo)
 
     def _handle_orphans(self, current: set[Path]) -> None:
         """Outputs whose input is gone: listed in the summary, deleted with ``prune``."""
@@ -420,8 +481,17 @@ def run_batch(options: BatchOptions, reporter: Reporter | None = None) -> BatchS
     """
     reporter = reporter or SilentReporter()
     s = options.scoring
-    # No spinning: ONNX Runtime's idle workers would take the cores the reader and writer need.
-    model = load_model(resolve_model(s.model), provider=s.provider, threads=s.threads, spin=False)
+    if options.ray is not None:  # check before the slow part: the extra is installed
+        from streamscore.ray_batch import check_ray_installed
+
+        check_ray_installed()
+        # The driver only plans (model signature and identity); Ray workers score.
+        model = load_model(resolve_model(s.model), provider="cpu", threads=1, spin=False)
+    else:
+        # No spinning: ONNX Runtime's idle workers would take the cores reader and writer need.
+        model = load_model(
+            resolve_model(s.model), provider=s.provider, threads=s.threads, spin=False
+        )
     try:
         return BatchRun(options, model, reporter).execute()
     finally:

@@ -10,7 +10,8 @@
     │   ├── KafkaAuthError            exit 6   authentication or authorization refused
     │   └── TransactionAborted        exit 6   a transaction was rolled back; rerun resumes
     ├── LockedError                   exit 7   another run holds the output's lock
-    └── RegressionDetected            exit 8   bench: slower than the baseline allows
+    ├── RegressionDetected            exit 8   bench: slower than the baseline allows
+    └── ClusterError                  exit 9   Ray cluster unreachable or lost its workers
 
 Exit 130 means interrupted (SIGINT). Only ``streamscore.cli`` turns these into exit codes;
 library users catch ``StreamscoreError``.
@@ -95,3 +96,9 @@ class RegressionDetected(StreamscoreError):
     """A benchmark is slower than its baseline by more than the allowed margin."""
 
     exit_code = 8
+
+
+class ClusterError(StreamscoreError):
+    """The Ray cluster cannot be reached, cannot fit the workers, or lost them for good."""
+
+    exit_code = 9

@@ -10,13 +10,16 @@ import typer
 from streamscore import console
 from streamscore.cli import options as opt
 from streamscore.cli.common import scoring_options, translate_errors
-from streamscore.config import BatchOptions, OnError
+from streamscore.config import BatchOptions, OnError, RayOptions
 from streamscore.errors import PartialFailure, UsageError
 
 EXAMPLE = (
     "Example: streamscore batch sample_data/transactions --model sample_data/models/fraud "
     "--out scored/"
 )
+
+
+LOCAL_RAY = "local"  # --ray without ADDRESS: a local cluster started for the run
 
 
 def register(app: typer.Typer) -> None:
@@ -48,6 +51,23 @@ def batch(
         bool, typer.Option(help="Delete outputs whose input file no longer exists.")
     ] = False,
     log_format: opt.LogFormat = "auto",
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            flag_value=LOCAL_RAY,
+            metavar="[ADDRESS]",
+            help="Score on a Ray cluster: auto, ray://HOST:PORT or the GCS HOST:PORT; without "
+            "ADDRESS a local cluster is started for the run. Needs streamscore[ray].",
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="With --ray: how many Ray workers, each loading the model once (default: as "
+            "many as the cluster's CPUs, or GPUs with --provider cuda, allow)."
+        ),
+    ] = None,
 ) -> None:
     """Score every Parquet file under INPUT with MODEL into OUT, one output file per input.
 
@@ -55,6 +75,8 @@ def batch(
     """
     if log_format not in ("auto", "json", "text"):
         raise UsageError(f"--log-format must be auto, json or text, not {log_format!r}")
+    if workers is not None and ray is None:
+        raise UsageError("--workers needs --ray", hint="without --ray, batch runs in this process")
     options = BatchOptions(
         input=input,
         output=out,
@@ -71,6 +93,9 @@ def batch(
         on_error=on_error,
         force=force,
         prune=prune,
+        ray=None
+        if ray is None
+        else RayOptions(address=None if ray == LOCAL_RAY else ray, workers=workers),
     )
     from streamscore.batch import SUMMARY_NAME, run_batch  # heavy: loaded only when run
 

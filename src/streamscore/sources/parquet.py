@@ -78,18 +78,32 @@ def open_parquet(path: Path) -> pq.ParquetFile:
 
 
 class ParquetSource(Source):
-    """Batches of ``batch_size`` rows from one file, reading only ``columns``."""
+    """Batches of ``batch_size`` rows from one file, reading only ``columns``.
 
-    def __init__(self, path: Path, columns: Sequence[str], batch_size: int) -> None:
+    ``row_groups`` reads only those row groups (a part of a file split among workers).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        columns: Sequence[str],
+        batch_size: int,
+        *,
+        row_groups: Sequence[int] | None = None,
+    ) -> None:
         self.path = path
         self.columns = list(columns)
         self.batch_size = batch_size
+        self.row_groups = None if row_groups is None else list(row_groups)
 
     def batches(self) -> Iterator[SourceBatch]:
         parquet = open_parquet(self.path)
         try:
             for chunk in parquet.iter_batches(
-                batch_size=max(self.batch_size, _READ_ROWS), columns=self.columns, use_threads=True
+                batch_size=max(self.batch_size, _READ_ROWS),
+                row_groups=self.row_groups,
+                columns=self.columns,
+                use_threads=True,
             ):
                 for start in range(0, chunk.num_rows, self.batch_size):
                     yield SourceBatch(chunk.slice(start, self.batch_size))
