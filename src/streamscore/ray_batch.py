@@ -33,6 +33,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import socket
 import tempfile
 import time
 from collections import Counter
@@ -65,6 +66,7 @@ GPU_PROVIDERS = ("cuda", "tensorrt")
 # this many times before the run gives up; a rerun then resumes.
 MAX_RESTARTS = 3
 MAX_TASK_RETRIES = 3
+CONNECT_TIMEOUT_S = 10.0
 _COUNT_KEYS = ("rows_in", "rows_scored", "rows_rejected")
 
 
@@ -452,9 +454,13 @@ def _next(pool: Any) -> Outcome:
 @contextlib.contextmanager
 def _connected(address: str | None) -> Iterator[None]:
     """Connect to the cluster at ``address``, or start a local one, for the block."""
-    if address is None:
-        # A cluster of this machine alone: Ray then binds every server to 127.0.0.1.
+    gcs = _gcs_host_port(address)
+    if address is None or (gcs is not None and gcs[0] in ("127.0.0.1", "localhost")):
+        # A cluster of this machine alone: Ray then binds every server to 127.0.0.1, and
+        # the driver finds its node at 127.0.0.1 rather than at the machine's own address.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if gcs is not None:
+        _check_reachable(address or "", *gcs)
     import ray
 
     # Worker output must not reach our stdout, which carries JSON lines when piped.
@@ -482,6 +488,27 @@ def _connected(address: str | None) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def _gcs_host_port(address: str | None) -> tuple[str, int] | None:
+    """HOST and PORT of a GCS address (not ``auto``, not ``ray://``), else None."""
+    if address is None or "://" in address or ":" not in address:
+        return None
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        raise UsageError(f"--ray {address!r} is not HOST:PORT, ray://HOST:PORT or auto")
+    return host.strip("[]"), int(port)
+
+
+def _check_reachable(address: str, host: str, port: int) -> None:
+    """Fail fast: ``ray.init`` retries an unreachable GCS for many minutes."""
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ClusterError(
+            f"cannot connect to the Ray cluster at {address}: {exc.strerror or exc}",
+            hint="start one with `ray start --head`, or check the address given to --ray",
+        ) from None
 
 
 def _start_pool(run: BatchRun, options: RayOptions) -> tuple[Any, Any]:
