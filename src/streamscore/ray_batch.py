@@ -159,32 +159,28 @@ def for_part(planned: _PlannedFile, part: Part) -> _PlannedFile:
 
 
 def join_parts(
-    parts: list[Path], final: Path, metadata: Mapping[str, str], *, row_group_rows: int
+    parts: list[Path],
+    final: Path,
+    metadata: Mapping[str, str],
+    *,
+    row_group_rows: int,
 ) -> bool:
     """Concatenate the part files ``parts`` (in order, missing ones skipped) into ``final``.
 
-    ``final`` appears only by rename; row counts in the footers are summed; row groups are
-    cut every ``row_group_rows`` rows, as a local run cuts them. A join of parts without
-    rows keeps their columns. Returns False, writing nothing, when no part file exists.
+    ``final`` appears only by rename, with ``metadata`` in its footer; row groups are cut
+    every ``row_group_rows`` rows, as a local run cuts them. A join of parts without rows
+    keeps their columns. Returns False, writing nothing, when no part file exists.
     """
     found = [pq.ParquetFile(path, pre_buffer=False) for path in parts if path.exists()]
     if not found:
         return False
-    counts = dict.fromkeys(_COUNT_KEYS, 0)
-    for part in found:
-        footer = part.metadata.metadata or {}
-        for key in _COUNT_KEYS:
-            counts[key] += int(footer.get(f"{META_PREFIX}{key}".encode(), b"0"))
     writer = AtomicParquetWriter(final, row_group_rows=row_group_rows)
     try:
         for part in found:
             for batch in part.iter_batches(batch_size=row_group_rows):
                 _write_aligned(writer, _without_our_metadata(batch), row_group_rows)
         empty = found[0].schema_arrow
-        writer.commit(
-            {**metadata, **{f"{META_PREFIX}{k}": str(v) for k, v in counts.items()}},
-            empty.with_metadata(_their_metadata(empty)),
-        )
+        writer.commit(metadata, empty.with_metadata(_their_metadata(empty)))
     except BaseException:
         writer.abort()
         raise
@@ -192,6 +188,16 @@ def join_parts(
         for part in found:
             part.close()
     return True
+
+
+def summed_counts(parts: list[Path]) -> dict[str, str]:
+    """The row counts in the footers of ``parts`` (streamscore.rows_in…), added up."""
+    counts = dict.fromkeys(_COUNT_KEYS, 0)
+    for path in parts:
+        footer = pq.read_metadata(path).metadata or {}
+        for key in _COUNT_KEYS:
+            counts[key] += int(footer.get(f"{META_PREFIX}{key}".encode(), b"0"))
+    return {f"{META_PREFIX}{key}": str(value) for key, value in counts.items()}
 
 
 def _their_metadata(schema: pa.Schema) -> dict[bytes, bytes]:
@@ -311,15 +317,17 @@ class BatchWorker:
     @staticmethod
     def _join(run: BatchRun, planned: _PlannedFile, parts: tuple[Part, ...]) -> None:
         """Join the parts' rejects, then their scores (rejects first, as a local run does)."""
-        metadata = run.output_metadata(planned)
+        outputs = [part_path(planned.output, part) for part in parts]
+        if not all(path.exists() for path in outputs):
+            raise InputError(f"parts of {planned.output} are gone", hint="rerun")
+        # Every part has an output file (maybe without rows); only some have rejects.
+        metadata = {**run.output_metadata(planned), **summed_counts(outputs)}
         rows = run.options.row_group_rows
         rejected = [part_path(planned.rejected, part) for part in parts]
         if not join_parts(rejected, planned.rejected, metadata, row_group_rows=rows):
             with contextlib.suppress(FileNotFoundError):  # rejects of an earlier run
                 planned.rejected.unlink()
-        outputs = [part_path(planned.output, part) for part in parts]
-        if not join_parts(outputs, planned.output, metadata, row_group_rows=rows):
-            raise InputError(f"the parts of {planned.output} are gone", hint="rerun")
+        join_parts(outputs, planned.output, metadata, row_group_rows=rows)
 
 
 # ------------------------------------------------------------------------ the driver
@@ -463,6 +471,7 @@ def _connected(address: str | None) -> Iterator[None]:
         _check_reachable(address or "", *gcs)
     import ray
 
+    _ray_messages_to_stderr()
     # Worker output must not reach our stdout, which carries JSON lines when piped.
     settings: dict[str, Any] = {"logging_level": logging.WARNING}
     if address is None:
@@ -488,6 +497,25 @@ def _connected(address: str | None) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def _ray_messages_to_stderr() -> None:
+    """Send the messages Ray relays from its raylet (a worker died…) to stderr.
+
+    Ray prints them on stdout, which carries our JSON lines when piped; stderr is where
+    human text belongs. Ray has no setting for it, so its printer is wrapped, once.
+    """
+    from ray._private import worker
+
+    printer = getattr(worker, "print_to_stdstream", None)
+    if printer is None or getattr(printer, "to_stderr", False):
+        return
+
+    def to_stderr(data: dict[str, Any], ignore_prefix: bool) -> None:
+        printer({**data, "is_err": True}, ignore_prefix)
+
+    to_stderr.to_stderr = True  # type: ignore[attr-defined]
+    worker.print_to_stdstream = to_stderr
 
 
 def _gcs_host_port(address: str | None) -> tuple[str, int] | None:

@@ -19,7 +19,7 @@ EXAMPLE = (
 )
 
 
-LOCAL_RAY = "local"  # --ray without ADDRESS: a local cluster started for the run
+LOCAL_RAY = "local"  # --ray local: a cluster of this machine, started for the run
 
 
 def register(app: typer.Typer) -> None:
@@ -55,10 +55,9 @@ def batch(
         str | None,
         typer.Option(
             "--ray",
-            flag_value=LOCAL_RAY,
-            metavar="[ADDRESS]",
-            help="Score on a Ray cluster: auto, ray://HOST:PORT or the GCS HOST:PORT; without "
-            "ADDRESS a local cluster is started for the run. Needs streamscore[ray].",
+            metavar="ADDRESS",
+            help="Score on a Ray cluster: auto, ray://HOST:PORT, the GCS HOST:PORT, or local "
+            "(a cluster of this machine, started for the run). Needs streamscore[ray].",
         ),
     ] = None,
     workers: Annotated[
