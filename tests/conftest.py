@@ -184,6 +184,10 @@ def column_model(model_dir: Path) -> Any:
 
 # Ray binds a cluster of one machine to 127.0.0.1 only with this; set before ray is imported.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# No token auth on these loopback clusters: otherwise `ray start` turns it on as soon as a
+# ~/.ray/auth_token exists (left by any earlier `ray.init()`), and drivers given an explicit
+# address do not send the token unless told to.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 RAY_START_TIMEOUT_S = 120
 
 

@@ -253,7 +253,7 @@ def test_a_rerun_after_the_driver_is_killed_completes_what_was_left(
 # ---------------------------------------------------------------- the command line
 
 
-def test_cuda_on_a_cluster_without_gpus_exits_9_with_one_line(
+def test_cuda_on_a_cluster_without_gpus_exits_11_with_one_line(
     tmp_path: Path, dense_model: TrainedModel, ray_cluster: RayCluster
 ) -> None:
     write_parquet(tmp_path / "in" / "a.parquet", dense_table(10))
@@ -261,19 +261,19 @@ def test_cuda_on_a_cluster_without_gpus_exits_9_with_one_line(
         "batch", tmp_path / "in", "--out", tmp_path / "out", "--model", dense_model.path,
         "--provider", "cuda", "--ray", ray_cluster.address,
     )  # fmt: skip
-    assert result.exit_code == 9, result.output
+    assert result.exit_code == 11, result.output
     assert result.stderr.strip().count("\n") == 0
     assert "0 GPU" in result.stderr and "--provider cpu" in result.stderr
 
 
-def test_an_unreachable_cluster_exits_9_at_once(tmp_path: Path, dense_model: TrainedModel) -> None:
+def test_an_unreachable_cluster_exits_11_at_once(tmp_path: Path, dense_model: TrainedModel) -> None:
     write_parquet(tmp_path / "in" / "a.parquet", dense_table(10))
     started = time.monotonic()
     result = invoke(
         "batch", tmp_path / "in", "--out", tmp_path / "out", "--model", dense_model.path,
         "--ray", "127.0.0.1:1",
     )  # fmt: skip
-    assert result.exit_code == 9, result.output
+    assert result.exit_code == 11, result.output
     assert "cannot connect to the Ray cluster at 127.0.0.1:1" in result.stderr
     assert time.monotonic() - started < 60
 

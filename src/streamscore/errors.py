@@ -11,7 +11,7 @@
     │   └── TransactionAborted        exit 6   a transaction was rolled back; rerun resumes
     ├── LockedError                   exit 7   another run holds the output's lock
     ├── RegressionDetected            exit 8   bench: slower than the baseline allows
-    └── ClusterError                  exit 9   Ray cluster unreachable or lost its workers
+    └── ClusterError                  exit 11  Ray cluster unreachable or lost its workers
 
 Exit 130 means interrupted (SIGINT). Only ``streamscore.cli`` turns these into exit codes;
 library users catch ``StreamscoreError``.
@@ -101,4 +101,4 @@ class RegressionDetected(StreamscoreError):
 class ClusterError(StreamscoreError):
     """The Ray cluster cannot be reached, cannot fit the workers, or lost them for good."""
 
-    exit_code = 9
+    exit_code = 11

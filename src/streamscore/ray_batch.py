@@ -491,7 +491,8 @@ def _connected(address: str | None) -> Iterator[None]:
         where = address or "a local cluster"
         raise ClusterError(
             f"cannot connect to the Ray cluster at {where}: {_first_line(exc)}",
-            hint="start one with `ray start --head`, or check the address given to --ray",
+            hint="check the address given to --ray; for a cluster with token authentication "
+            "set RAY_AUTH_MODE=token (and RAY_AUTH_TOKEN unless ~/.ray/auth_token holds it)",
         ) from exc
     try:
         yield
