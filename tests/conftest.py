@@ -237,7 +237,7 @@ def ray_cluster() -> Iterator[Any]:
     try:
         if started.returncode != 0:
             pytest.fail(f"ray start failed:\n{started.stderr[-4000:]}", pytrace=False)
-        yield RayCluster(f"127.0.0.1:{port}", temp_dir)
+        yield RayCluster(f"127.0.0.1:{port}", temp_dir, ports["--ray-client-server-port"])
     finally:
         stop_processes(processes_of(str(temp_dir)))
         shutil.rmtree(temp_dir, ignore_errors=True)

@@ -168,6 +168,23 @@ def test_on_error_fail_stops_at_the_same_row_as_a_local_run(
     assert not (tmp_path / "ray" / "big.parquet").exists()
 
 
+def test_ray_client_addresses_work_too(
+    tmp_path: Path, dense_model: TrainedModel, ray_cluster: RayCluster
+) -> None:
+    # In its own process: Ray cannot open a client connection in a process that was a
+    # driver of a direct connection before (the tests above), which a CLI run never is.
+    write_parquet(tmp_path / "in" / "a.parquet", dense_table(100))
+    write_parquet(tmp_path / "in" / "b.parquet", dense_table(100, seed=3))
+    address = f"ray://127.0.0.1:{ray_cluster.client_port}"
+    process = batch_process(tmp_path / "in", tmp_path / "ray", dense_model.path, address)
+    stdout, stderr = process.communicate(timeout=240)
+
+    assert process.returncode == 0, stderr[-2000:]
+    assert json.loads(stdout.splitlines()[-1])["files_ok"] == 2
+    run_batch(batch_options(tmp_path / "in", tmp_path / "local", dense_model.path, threads=1))
+    assert_same_outputs(tmp_path / "local", tmp_path / "ray")
+
+
 # ---------------------------------------------------------------- crashes and reruns
 
 
@@ -182,10 +199,21 @@ def many_files(tmp_path_factory: pytest.TempPathFactory, dense_model: TrainedMod
     return root
 
 
-def batch_process(inputs: Path, out: Path, model: Path, address: str) -> subprocess.Popen[str]:
+def batch_process(
+    inputs: Path, out: Path, model: Path, address: str, workers: int = 2
+) -> subprocess.Popen[str]:
     """``streamscore batch --ray`` as a separate process, JSON lines on its stdout."""
     command = [sys.executable, "-m", "streamscore", "batch", str(inputs), "--out", str(out)]
-    command += ["--model", str(model), "--threads", "1", "--ray", address, "--workers", "2"]
+    command += [
+        "--model",
+        str(model),
+        "--threads",
+        "1",
+        "--ray",
+        address,
+        "--workers",
+        str(workers),
+    ]
     return subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ
     )

@@ -53,6 +53,7 @@ class RayCluster:
 
     address: str
     temp_dir: Path
+    client_port: int  # of the Ray Client server: ray://127.0.0.1:PORT
 
     def workers(self) -> list[Any]:
         """The BatchWorker actor processes of this cluster."""
