@@ -285,12 +285,12 @@ class BatchRun:
         except (InputError, ModelError) as exc:
             if self.options.on_error is OnError.fail:
                 raise
-            _discard_outputs(planned.output, planned.rejected)
             return self.failed(planned, exc)
         return self.finish_file(planned, stats, started)
 
     def failed(self, planned: _PlannedFile, exc: InputError | ModelError) -> FileResult:
-        """The result of a file that could not be scored (its outputs are gone)."""
+        """Fail a file that could not be scored: remove its outputs (of earlier runs too)."""
+        _discard_outputs(planned.output, planned.rejected)
         result = FileResult(str(planned.item.relative), str(planned.output), "failed")
         result.error = exc.one_line()
         return result

@@ -45,7 +45,7 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from streamscore.batch import META_PREFIX, BatchRun, FileResult, _discard_outputs, _PlannedFile
+from streamscore.batch import META_PREFIX, BatchRun, FileResult, _PlannedFile
 from streamscore.config import BatchOptions, OnError, RayOptions
 from streamscore.errors import (
     ClusterError,
@@ -413,7 +413,6 @@ def _take(
 
 def _failed(run: BatchRun, state: _FileState) -> FileResult:
     _remove_parts(state)
-    _discard_outputs(state.planned.output, state.planned.rejected)
     assert state.error is not None
     return run.failed(state.planned, state.error)
 
