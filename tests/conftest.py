@@ -177,7 +177,8 @@ def column_model(model_dir: Path) -> Any:
 
 # --- Ray: a real local cluster for `batch --ray` -------------------------------------------------
 #
-# ray_cluster  a helpers.ray_cluster.RayCluster: a Ray head node (2 CPUs) on 127.0.0.1 started
+# ray_cluster  a helpers.ray_cluster.RayCluster: a Ray head node (2 CPUs, 1 GPU in name only) on
+#              127.0.0.1 started
 #              once per session with `ray start` in its own temp dir; .address for --ray,
 #              .workers() lists its BatchWorker processes. Only this cluster's processes are
 #              stopped after (never `ray stop`, which stops every Ray cluster on the machine).
@@ -226,6 +227,7 @@ def ray_cluster() -> Iterator[Any]:
         "--node-ip-address=127.0.0.1",
         f"--port={port}",
         "--num-cpus=2",
+        "--num-gpus=1",  # declared only: Ray places GPU workers, ONNX Runtime finds no CUDA
         "--include-dashboard=false",
         "--disable-usage-stats",
         f"--temp-dir={temp_dir}",

@@ -281,17 +281,33 @@ def test_a_rerun_after_the_driver_is_killed_completes_what_was_left(
 # ---------------------------------------------------------------- the command line
 
 
-def test_cuda_on_a_cluster_without_gpus_exits_11_with_one_line(
+def test_cuda_workers_beyond_the_clusters_gpus_exit_11_with_one_line(
     tmp_path: Path, dense_model: TrainedModel, ray_cluster: RayCluster
 ) -> None:
     write_parquet(tmp_path / "in" / "a.parquet", dense_table(10))
     result = invoke(
         "batch", tmp_path / "in", "--out", tmp_path / "out", "--model", dense_model.path,
-        "--provider", "cuda", "--ray", ray_cluster.address,
+        "--provider", "cuda", "--ray", ray_cluster.address, "--workers", "2",
     )  # fmt: skip
     assert result.exit_code == 11, result.output
     assert result.stderr.strip().count("\n") == 0
-    assert "0 GPU" in result.stderr and "--provider cpu" in result.stderr
+    assert "1 GPU(s); 2 worker(s)" in result.stderr and "--provider cpu" in result.stderr
+
+
+def test_cuda_workers_get_a_gpu_and_a_provider_that_fails_to_load_exits_5(
+    tmp_path: Path, dense_model: TrainedModel, ray_cluster: RayCluster
+) -> None:
+    # The cluster's one GPU exists only as a Ray resource: the worker is placed on it, then
+    # ONNX Runtime finds no CUDA, as a local --provider cuda run would (exit 5, one line).
+    write_parquet(tmp_path / "in" / "a.parquet", dense_table(10))
+    result = invoke(
+        "batch", tmp_path / "in", "--out", tmp_path / "out", "--model", dense_model.path,
+        "--provider", "cuda", "--ray", ray_cluster.address, "--workers", "1",
+    )  # fmt: skip
+    assert result.exit_code == 5, result.output
+    assert result.stderr.strip().count("\n") == 0
+    assert "provider cuda requested" in result.stderr
+    assert not (tmp_path / "out" / "a.parquet").exists()
 
 
 def test_an_unreachable_cluster_exits_11_at_once(tmp_path: Path, dense_model: TrainedModel) -> None:
