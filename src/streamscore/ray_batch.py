@@ -124,10 +124,13 @@ class Outcome:
 
 
 def split_file(path: Path, rows: int, part_rows: int) -> list[Part]:
-    """Consecutive row groups of about ``part_rows`` rows; one part for a small file."""
+    """Consecutive row groups of about ``part_rows`` rows each, or none: score it whole."""
     if rows <= part_rows:
         return []
-    metadata = pq.read_metadata(path)
+    try:
+        metadata = pq.read_metadata(path)
+    except (OSError, pa.ArrowException):  # changed since planned: the worker reports it
+        return []
     parts: list[Part] = []
     groups: list[int] = []
     first = taken = 0
@@ -606,5 +609,10 @@ def _check_fits(workers: int, cpus: int, gpus: int) -> None:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    """The first line of an error; with the last one when the first only announces it."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if lines[0].endswith(":") and len(lines) > 1:  # e.g. a server's traceback follows
+        return f"{lines[0]} {lines[-1]}"[:300]
+    return lines[0]
