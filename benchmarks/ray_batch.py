@@ -88,7 +88,11 @@ def ray_cluster(cpus: int) -> Iterator[str]:
         procs = [
             p
             for p in psutil.process_iter(["cmdline"])
-            if any(str(temp_dir) in arg for arg in p.info["cmdline"] or [])
+            if any(
+                tag in arg
+                for arg in p.info["cmdline"] or []
+                for tag in (str(temp_dir), f"--address=127.0.0.1:{port}")
+            )
         ]
         procs += [child for p in procs for child in p.children(recursive=True)]
         for proc in procs:

@@ -239,12 +239,13 @@ def ray_cluster() -> Iterator[Any]:
     started = subprocess.run(
         command, capture_output=True, text=True, timeout=RAY_START_TIMEOUT_S, check=False, env=env
     )
+    cluster = RayCluster(f"127.0.0.1:{port}", temp_dir, ports["--ray-client-server-port"])
     try:
         if started.returncode != 0:
             pytest.fail(f"ray start failed:\n{started.stderr[-4000:]}", pytrace=False)
-        yield RayCluster(f"127.0.0.1:{port}", temp_dir, ports["--ray-client-server-port"])
+        yield cluster
     finally:
-        stop_processes(processes_of(str(temp_dir)))
+        stop_processes(cluster.processes())
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 

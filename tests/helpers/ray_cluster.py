@@ -12,13 +12,14 @@ from typing import Any
 import psutil
 
 
-def processes_of(tag: str) -> list[Any]:
-    """Processes whose command line names ``tag``, with their descendants (not this one)."""
+def processes_of(*tags: str) -> list[Any]:
+    """Processes whose command line names one of ``tags``, with their descendants (not us)."""
     mine = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
     found: dict[int, Any] = {}
     for proc in psutil.process_iter(["cmdline"]):
         try:
-            if proc.pid not in mine and any(tag in arg for arg in proc.info["cmdline"] or []):
+            args = proc.info["cmdline"] or []
+            if proc.pid not in mine and any(tag in arg for arg in args for tag in tags):
                 for one in [proc, *proc.children(recursive=True)]:
                     found[one.pid] = one
         except psutil.Error:
@@ -55,10 +56,14 @@ class RayCluster:
     temp_dir: Path
     client_port: int  # of the Ray Client server: ray://127.0.0.1:PORT
 
+    def processes(self) -> list[Any]:
+        """Every process of this cluster (the Ray Client server names only the address)."""
+        return processes_of(str(self.temp_dir), f"--address={self.address}")
+
     def workers(self) -> list[Any]:
         """The BatchWorker actor processes of this cluster."""
         found = []
-        for proc in processes_of(str(self.temp_dir)):
+        for proc in self.processes():
             with contextlib.suppress(psutil.Error):
                 if proc.cmdline() and proc.cmdline()[0].startswith("ray::BatchWorker"):
                     found.append(proc)
