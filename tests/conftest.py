@@ -233,13 +233,10 @@ def ray_cluster() -> Iterator[Any]:
         f"--temp-dir={temp_dir}",
         *(f"{option}={value}" for option, value in ports.items()),
     ]
-    # The Ray Client server gives a client's own server process 30 s to start: too little
-    # on a loaded 2-core machine.
-    env = {**os.environ, "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "180"}
     started = subprocess.run(
-        command, capture_output=True, text=True, timeout=RAY_START_TIMEOUT_S, check=False, env=env
+        command, capture_output=True, text=True, timeout=RAY_START_TIMEOUT_S, check=False
     )
-    cluster = RayCluster(f"127.0.0.1:{port}", temp_dir, ports["--ray-client-server-port"])
+    cluster = RayCluster(f"127.0.0.1:{port}", temp_dir)
     try:
         if started.returncode != 0:
             pytest.fail(f"ray start failed:\n{started.stderr[-4000:]}", pytrace=False)

@@ -168,23 +168,6 @@ def test_on_error_fail_stops_at_the_same_row_as_a_local_run(
     assert not (tmp_path / "ray" / "big.parquet").exists()
 
 
-def test_ray_client_addresses_work_too(
-    tmp_path: Path, dense_model: TrainedModel, ray_cluster: RayCluster
-) -> None:
-    # In its own process: Ray cannot open a client connection in a process that was a
-    # driver of a direct connection before (the tests above), which a CLI run never is.
-    write_parquet(tmp_path / "in" / "a.parquet", dense_table(100))
-    write_parquet(tmp_path / "in" / "b.parquet", dense_table(100, seed=3))
-    address = f"ray://127.0.0.1:{ray_cluster.client_port}"
-    process = batch_process(tmp_path / "in", tmp_path / "ray", dense_model.path, address)
-    stdout, stderr = process.communicate(timeout=240)
-
-    assert process.returncode == 0, stderr[-2000:]
-    assert json.loads(stdout.splitlines()[-1])["files_ok"] == 2
-    run_batch(batch_options(tmp_path / "in", tmp_path / "local", dense_model.path, threads=1))
-    assert_same_outputs(tmp_path / "local", tmp_path / "ray")
-
-
 # ---------------------------------------------------------------- crashes and reruns
 
 
@@ -251,7 +234,8 @@ def test_a_killed_worker_is_replaced_and_the_run_completes(
     summary = json.loads(stdout.splitlines()[-1])
     assert (summary["files_ok"], summary["files_failed"]) == (6, 0)
     assert all(line.startswith("{") for line in stdout.splitlines()), stdout
-    assert all(json.loads(line)["event"] in ("file", "summary") for line in stdout.splitlines())
+    events = {json.loads(line)["event"] for line in stdout.splitlines()}
+    assert events <= {"file", "progress", "summary"}
     assert_same_outputs(many_files / "clean", out)
     assert not [p for p in out.rglob("*") if ".streamscore-tmp-" in p.name]
 
@@ -275,6 +259,25 @@ def test_a_rerun_after_the_driver_is_killed_completes_what_was_left(
     summary = json.loads(stdout.splitlines()[-1])
     assert summary["files_skipped"] >= finished >= 1
     assert summary["files_ok"] + summary["files_skipped"] == 6
+    assert_same_outputs(many_files / "clean", out)
+
+
+def test_sigterm_stops_a_ray_run_like_a_local_one_and_a_rerun_finishes_it(
+    many_files: Path, dense_model: TrainedModel, ray_cluster: RayCluster
+) -> None:
+    out = many_files / "terminated"
+    process = batch_process(many_files / "in", out, dense_model.path, ray_cluster.address)
+    wait_for_first_file(process)
+    assert process.poll() is None, "the run ended before it could be stopped"
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+
+    assert process.returncode == 143, stderr[-2000:]
+    assert json.loads(stdout.splitlines()[-1])["interrupted"] is True
+    assert json.loads((out / SUMMARY_NAME).read_text())["interrupted"] is True
+    visible_outputs_are_complete(out, many_files / "clean")
+    rerun = batch_process(many_files / "in", out, dense_model.path, ray_cluster.address)
+    assert rerun.wait(timeout=240) == 0
     assert_same_outputs(many_files / "clean", out)
 
 

@@ -49,6 +49,10 @@ class Source(ABC):
     def batches(self) -> Iterator[SourceBatch]:
         """Yield batches in order until the source is exhausted."""
 
+    def stop(self) -> None:  # noqa: B027 - optional hook, empty by default
+        """Called from another thread when the run stops early (the writer failed): make
+        :meth:`batches` return soon. Only a source that can wait long needs it."""
+
 
 class Sink(ABC):
     """Receives each scored batch with its source batch. Implement :meth:`write`.
@@ -163,7 +167,11 @@ def run_pipeline(
         thread.start()
     try:
         while not errors:
-            item = reader.queue.get()
+            try:
+                # Not forever: a writer that failed must not wait for a slow reader.
+                item = reader.queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
             if item is _DONE:
                 break
             if isinstance(item, _Failure):
@@ -184,6 +192,7 @@ def run_pipeline(
         raise
     finally:
         reader.stop.set()
+        source.stop()
         _drain(reader.queue)
         # A source may use a client its owner closes once we return (a Kafka consumer must
         # not be closed while a thread is inside it): wait until the reader has left it.
@@ -193,7 +202,11 @@ def run_pipeline(
     if errors:
         sink.abort()
         raise errors[0]
-    sink.close()
+    try:
+        sink.close()
+    except BaseException:  # e.g. a full disk while finishing the file: drop the partial output
+        sink.abort()
+        raise
     return stats
 
 

@@ -33,8 +33,10 @@ import hashlib
 import importlib.util
 import logging
 import os
+import signal
 import socket
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -51,6 +53,7 @@ from streamscore.errors import (
     ClusterError,
     InputError,
     ModelError,
+    OutputError,
     StreamscoreError,
     UsageError,
 )
@@ -67,6 +70,9 @@ GPU_PROVIDERS = ("cuda", "tensorrt")
 MAX_RESTARTS = 3
 MAX_TASK_RETRIES = 3
 CONNECT_TIMEOUT_S = 10.0
+STOP_POLL_S = 0.5  # how often the driver checks for a stop signal while workers score
+# Errors that fail one file (unless --on-error fail), as in a local run.
+FILE_ERRORS = (InputError, ModelError, OutputError)
 _COUNT_KEYS = ("rows_in", "rows_scored", "rows_rejected")
 
 
@@ -344,7 +350,7 @@ class _FileState:
     parts: list[Part]
     pending: int = 0
     stats: list[PipelineStats] = field(default_factory=list)
-    error: InputError | ModelError | None = None
+    error: StreamscoreError | None = None
     seconds: float = 0.0
 
 
@@ -355,30 +361,39 @@ def score_on_ray(run: BatchRun, todo: list[_PlannedFile]) -> Iterator[FileResult
     ray_options = run.options.ray
     assert ray_options is not None
     with _connected(ray_options.address):
-        pool, model_bytes = _start_pool(run, ray_options)
-        submit = functools.partial(_submit, pool, [model_bytes])
-        files = [
-            _FileState(planned, split_file(planned.item.path, planned.rows, ray_options.part_rows))
-            for planned in todo
-        ]
-        for index, state in enumerate(files):
-            if not state.parts:
-                submit(_task("file", index, state.planned))
-            for part in state.parts:
-                submit(_task("part", index, state.planned, (part,)))
-            state.pending = len(state.parts)
-        providers: set[str] = set()
-        while pool.has_next():
-            outcome = _next(pool)
+        yield from _score(run, ray_options, todo)
+    # After the workers are gone: temporary files of attempts that Ray retried elsewhere,
+    # or of files abandoned when the run was stopped.
+    remove_stale_temp_files(run.options.output)
+
+
+def _score(run: BatchRun, options: RayOptions, todo: list[_PlannedFile]) -> Iterator[FileResult]:
+    """Submit every file (or its parts) to the pool; yield results as files complete."""
+    pool, model_bytes = _start_pool(run, options)
+    submit = functools.partial(_submit, pool, [model_bytes])
+    files = [
+        _FileState(planned, split_file(planned.item.path, planned.rows, options.part_rows))
+        for planned in todo
+    ]
+    for index, state in enumerate(files):
+        if not state.parts:
+            submit(_task("file", index, state.planned))
+        for part in state.parts:
+            submit(_task("part", index, state.planned, (part,)))
+        state.pending = len(state.parts)
+    providers: set[str] = set()
+    while pool.has_next():
+        outcome = _next(pool, run.stop)
+        if outcome is None:  # stopped (SIGINT/SIGTERM): the workers stop with the driver
+            return
+        if outcome.provider:  # the summary names what the workers ran on
             providers.add(outcome.provider)
-            for key, amount in outcome.progress.items():
-                run.reporter.advance(key, amount)
-            result = _take(run, submit, files[outcome.index], outcome)
-            if result is not None:
-                yield result
-        run.summary.provider = ",".join(sorted(p for p in providers if p)) or run.model.provider
-        # Attempts of killed workers that Ray retried elsewhere leave their temporary files.
-        remove_stale_temp_files(run.options.output)
+            run.summary.provider = ",".join(sorted(providers))
+        for key, amount in outcome.progress.items():
+            run.reporter.advance(key, amount)
+        result = _take(run, submit, files[outcome.index], outcome)
+        if result is not None:
+            yield result
 
 
 def _take(
@@ -387,13 +402,11 @@ def _take(
     """Take in one outcome; returns a file's result once the file is done."""
     error = outcome.error
     if error is not None and (
-        outcome.fatal
-        or run.options.on_error is OnError.fail
-        or not isinstance(error, (InputError, ModelError))
+        outcome.fatal or run.options.on_error is OnError.fail or not isinstance(error, FILE_ERRORS)
     ):
         raise error
     state.seconds += outcome.seconds
-    if isinstance(error, (InputError, ModelError)):
+    if isinstance(error, FILE_ERRORS):
         state.error = state.error or error
     if outcome.kind == "file":
         return outcome.result or _failed(run, state)
@@ -447,12 +460,21 @@ def _submit(pool: Any, model_bytes: list[Any], task: Task) -> None:
     pool.submit(lambda actor, value: actor.score.remote(value, model_bytes), task)
 
 
-def _next(pool: Any) -> Outcome:
-    """The next finished outcome; a worker lost for good stops the run with ClusterError."""
+def _next(pool: Any, stop: threading.Event) -> Outcome | None:
+    """The next finished outcome, or None once ``stop`` is set.
+
+    A worker lost for good stops the run with ClusterError.
+    """
     import ray.exceptions
 
     try:
-        outcome: Outcome = pool.get_next_unordered()
+        while True:
+            try:
+                outcome: Outcome = pool.get_next_unordered(timeout=STOP_POLL_S)
+                return outcome
+            except TimeoutError:
+                if stop.is_set():
+                    return None
     except ray.exceptions.RayActorError as exc:
         raise ClusterError(
             f"a Ray worker died and was restarted {MAX_RESTARTS} times: " + _first_line(exc),
@@ -487,6 +509,7 @@ def _connected(address: str | None) -> Iterator[None]:
         settings["address"] = address
     else:
         settings.update(address=address, log_to_driver=False)
+    previous = signal.getsignal(signal.SIGTERM)
     try:
         ray.init(**settings)
     except Exception as exc:  # ray raises ConnectionError, RuntimeError, ValueError…
@@ -496,6 +519,10 @@ def _connected(address: str | None) -> Iterator[None]:
             hint="check the address given to --ray; for a cluster with token authentication "
             "set RAY_AUTH_MODE=token (and RAY_AUTH_TOKEN unless ~/.ray/auth_token holds it)",
         ) from exc
+    # ray.init makes SIGTERM exit the process at once; keep ours (stop at the next batch,
+    # write the summary), which the CLI set before.
+    if previous is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, previous)
     try:
         yield
     finally:

@@ -54,7 +54,6 @@ class RayCluster:
 
     address: str
     temp_dir: Path
-    client_port: int  # of the Ray Client server: ray://127.0.0.1:PORT
 
     def processes(self) -> list[Any]:
         """Every process of this cluster (the Ray Client server names only the address)."""

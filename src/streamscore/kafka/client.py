@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -188,10 +189,14 @@ class _Client:
         # Errors librdkafka reports out of band (failed connections, refused logins).
         self.errors: deque[ck.KafkaError] = deque(maxlen=32)
         self.last_error = ""  # the latest of them, redacted, for messages about stalls
+        # When librdkafka last said it cannot reach the cluster (monotonic seconds).
+        self.unreachable_at: float | None = None
 
     def _on_error(self, error: ck.KafkaError) -> None:
         self.errors.append(error)
         self.last_error = f"{self.settings.redact(error.str())} [{error.name()}]"
+        if error.code() in _UNREACHABLE_CODES:
+            self.unreachable_at = time.monotonic()
 
     def _create(self, config: dict[str, Any]) -> Any:
         raise NotImplementedError
@@ -337,10 +342,11 @@ class Admin(_Client):
         raise KafkaError(f"{action}: its partitions have no leader yet", hint="try again")
 
     def list_offsets(
-        self, topic: str, partitions: Sequence[int], spec: str | int
+        self, topic: str, partitions: Sequence[int], spec: str | int, *, committed: bool = True
     ) -> dict[int, int]:
         """Offsets per partition: ``"earliest"``, ``"latest"`` (the last stable offset, as
-        read_committed consumers see it) or the first offset at or after a timestamp in ms
+        read_committed consumers see it; with ``committed=False`` the high watermark, records
+        of open transactions included) or the first offset at or after a timestamp in ms
         (the latest offset where no record is that recent)."""
         if spec == "earliest":
             offset_spec = OffsetSpec.earliest()  # type: ignore[no-untyped-call]
@@ -353,7 +359,9 @@ class Admin(_Client):
         with _translated(self.settings, action):
             futures = self.handle.list_offsets(
                 requests,
-                isolation_level=ck.IsolationLevel.READ_COMMITTED,
+                isolation_level=ck.IsolationLevel.READ_COMMITTED
+                if committed
+                else ck.IsolationLevel.READ_UNCOMMITTED,
                 request_timeout=self.settings.connect_timeout_s,
             )
             found = {
@@ -535,6 +543,35 @@ class Consumer(_Client):
                 handle.close()
 
 
+def _within(timeout_s: float, call: Callable[[float], Any]) -> None:
+    """``call(timeout_s)``, returning by ``timeout_s`` (plus a second) even if librdkafka does not.
+
+    librdkafka bounds some transactional requests by ``socket.timeout.ms`` (60 s) rather than
+    the timeout it is given (measured: send_offsets_to_transaction given 30 s took 61 s
+    against a dead broker). A call still running then is left to finish on its own thread,
+    and reported as timed out; the producer is not used again after that.
+    """
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call(timeout_s)
+        except BaseException as exc:  # handed to the waiting thread
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    worker = threading.Thread(target=run, name="streamscore-kafka-call", daemon=True)
+    worker.start()
+    worker.join(timeout_s + 1.0)
+    if not outcome:
+        raise ck.KafkaException(
+            ck.KafkaError(_E._TIMED_OUT, f"no answer within {timeout_s:.1f}s", retriable=True)
+        )
+    if outcome[0] is not None:
+        raise outcome[0]
+
+
 def _positions(topic: str, offsets: Mapping[int, tuple[int, str]]) -> list[ck.TopicPartition]:
     return [
         ck.TopicPartition(topic, partition, offset, metadata=metadata)
@@ -578,9 +615,12 @@ class Producer(_Client):
         self.failed: deque[ck.KafkaError] = deque(maxlen=32)
         self.failed_count = 0
         self.in_transaction = False
+        self.transaction_started_at = 0.0  # monotonic seconds, for telling timeouts apart
         # Set once librdkafka reports a fatal error (fenced, say): the client is unusable and
         # flushing or aborting it only raises again, from inside its callbacks.
         self.fatal = False
+        # Set once a step gave up on an unreachable cluster: closing must not wait on it again.
+        self.gave_up = False
 
     def _create(self, config: dict[str, Any]) -> Any:
         return ck.Producer(config)
@@ -629,8 +669,7 @@ class Producer(_Client):
                 except ck.KafkaException as exc:
                     kerr = _kafka_error_of(exc)
                     if kerr is None or kerr.code() != _E.MSG_SIZE_TOO_LARGE:
-                        action = f"producing to topic '{topic}'"
-                        raise translate(exc, self.settings, action) from None
+                        raise self._txn_error(exc, f"producing to topic '{topic}'") from None
                     too_large.append(position)
                     break
         return too_large
@@ -664,10 +703,10 @@ class Producer(_Client):
 
     def init_transactions(self) -> None:
         """Register the transactional id; this fences (and aborts) an older instance's work."""
-        timeout = max(self.settings.connect_timeout_s, 30.0)
+        timeout = self._txn_timeout()
         started = time.monotonic()
         try:
-            self.handle.init_transactions(timeout)
+            _within(timeout, self.handle.init_transactions)
         except ck.KafkaException as exc:
             kerr = _kafka_error_of(exc)
             if kerr is not None and kerr.code() in _UNREACHABLE_CODES:
@@ -676,9 +715,12 @@ class Producer(_Client):
             raise translate(exc, self.settings, "starting a transactional producer") from None
 
     def begin_transaction(self) -> None:
-        with _translated(self.settings, "beginning a transaction"):
+        try:
             self.handle.begin_transaction()
+        except ck.KafkaException as exc:
+            raise self._txn_error(exc, "beginning a transaction") from None
         self.in_transaction = True
+        self.transaction_started_at = time.monotonic()
 
     def send_offsets_to_transaction(
         self, topic: str, offsets: Mapping[int, tuple[int, str]], group_metadata: Any
@@ -700,19 +742,54 @@ class Producer(_Client):
         self.failed.clear()
         self.failed_count = 0
 
-    def abort_transaction(self) -> None:
-        """Roll back the open transaction, if any (best effort: a fenced one is gone anyway)."""
+    def abort_transaction(self, *, checked: bool = False) -> None:
+        """Roll back the open transaction, if any. Best effort (a fenced one is gone anyway)
+        unless ``checked``: then a failure raises, as for a commit."""
+        if checked:
+            self._transactional(
+                "aborting a transaction", lambda timeout: self.handle.abort_transaction(timeout)
+            )
+            self.in_transaction = False
+            return
         if not self.in_transaction or self._handle is None or self.fatal:
             self.in_transaction = False
             return
         self.in_transaction = False
-        # Best effort: the broker aborts it anyway on timeout or when the next instance starts.
+        # Best effort, and briefly: the broker aborts it anyway on timeout or when the next
+        # instance starts, and a run giving up must not wait a full deadline more for it.
         with contextlib.suppress(ck.KafkaException):
-            self._handle.abort_transaction(self._txn_timeout())
+            _within(self.settings.connect_timeout_s, self._handle.abort_transaction)
 
     def _txn_timeout(self) -> float:
-        """How long one transactional step may take in all, retries included."""
-        return max(self.settings.connect_timeout_s * 3, 30.0)
+        """How long one transactional step may take in all, retries included: 3 connect
+        timeouts, so that a replay gives up in a time the user chose (README)."""
+        return self.settings.connect_timeout_s * 3
+
+    def _transaction_timeout_s(self) -> float:
+        """The broker rolls back a transaction left open longer than this (librdkafka's
+        ``transaction.timeout.ms``, 60 s unless set with -X)."""
+        return float(self._config.get("transaction.timeout.ms", 60_000)) / 1000
+
+    def _txn_error(self, exc: ck.KafkaException, action: str) -> StreamscoreError:
+        """Our error for ``exc``; a "fenced" transaction older than the transaction timeout
+        was rolled back by the broker, which reports that as fencing: say so."""
+        kerr = _kafka_error_of(exc)
+        open_s = time.monotonic() - self.transaction_started_at
+        timed_out = (
+            kerr is not None
+            and kerr.code() in _FENCED_CODES
+            and self.transaction_started_at > 0
+            and open_s >= self._transaction_timeout_s()
+        )
+        if not timed_out or kerr is None:
+            return translate(exc, self.settings, action)
+        return TransactionAborted(
+            f"{action}: the broker rolled back the transaction: it was open {open_s:.0f}s, longer "
+            f"than transaction.timeout.ms ({self._transaction_timeout_s():g}s) "
+            f"[{kerr.name()}]",
+            hint="rerun to resume; a broker that was away that long timed it out",
+            code=kerr.name(),
+        )
 
     def _transactional(self, action: str, call: Callable[[float], Any]) -> None:
         """``call(timeout)``, retried on retriable errors until the transaction timeout.
@@ -725,15 +802,16 @@ class Producer(_Client):
         attempts = 0
         while True:
             attempts += 1
+            left = max(deadline - time.monotonic(), 0.1)
             try:
-                call(max(deadline - time.monotonic(), 0.1))
+                _within(left, call)
                 return
             except ck.KafkaException as exc:
                 kerr = _kafka_error_of(exc)
                 if kerr is None or kerr.fatal() or kerr.code() in _AUTH_CODES:
                     self.in_transaction = False
                     self.fatal = self.fatal or (kerr is not None and kerr.fatal())
-                    raise translate(exc, self.settings, action) from None
+                    raise self._txn_error(exc, action) from None
                 if kerr.txn_requires_abort():
                     self.abort_transaction()
                     raise TransactionAborted(
@@ -746,6 +824,10 @@ class Producer(_Client):
                 if not kerr.retriable() or time.monotonic() + pause >= deadline:
                     error = translate(exc, self.settings, action)
                     if kerr.retriable():
+                        # The broker rolls the transaction back itself (timeout, or the next
+                        # instance's start); waiting to abort it would only add a deadline.
+                        self.in_transaction = False
+                        self.gave_up = True
                         waited = time.monotonic() - started
                         error.message += (
                             f" (still failing after {attempts} attempt(s) in {waited:.1f}s)"
@@ -758,7 +840,7 @@ class Producer(_Client):
         if self._handle is None:
             return
         try:
-            if self.fatal:
+            if self.fatal or self.gave_up:
                 pass  # nothing can be delivered or aborted any more; the broker aborts it
             elif self.in_transaction:
                 self.abort_transaction()
