@@ -279,7 +279,12 @@ class BatchRun:
         output = self.options.output / item.relative
         s = self.options.scoring
         scorer = Scorer.for_schema(
-            self.model, schema, features=s.features, outputs=s.outputs, reject_nan=s.reject_nan
+            self.model,
+            schema,
+            features=s.features,
+            outputs=s.outputs,
+            reject_nan=s.reject_nan,
+            batch_size=s.batch_size,
         )
         names = list(schema.names)
         keep = s.keep.resolve(names, scorer.plan.columns)
@@ -362,7 +367,7 @@ class BatchRun:
         source = ParquetSource(
             planned.item.path,
             planned.columns,
-            self.options.scoring.batch_size,
+            self.options.chunk_rows,
             row_groups=planned.row_groups,
         )
         position = planned.first_row
