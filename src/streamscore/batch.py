@@ -97,6 +97,7 @@ class BatchSummary:
     model_version: str
     model_sha256: str
     provider: str
+    model_lineage: dict[str, str] = field(default_factory=dict)  # registry, alias, run_id
     files_ok: int = 0
     files_skipped: int = 0
     files_failed: int = 0
@@ -244,6 +245,7 @@ class BatchRun:
             model_version=ref.version,
             model_sha256=ref.sha256,
             provider=model.provider,
+            model_lineage=ref.lineage,
         )
 
     def _identity(self, fp: str) -> dict[str, str]:
@@ -334,6 +336,9 @@ class BatchRun:
             **self._identity(planned.fingerprint),
             META_PREFIX + "model_name": self.model.ref.name,
             META_PREFIX + "model_version": self.model.ref.version,
+            **{
+                META_PREFIX + "model_" + key: value for key, value in self.model.ref.lineage.items()
+            },
             META_PREFIX + "version": __version__,
             META_PREFIX + "source_file": str(planned.item.path),
             META_PREFIX + "run_id": self.run_id,
@@ -563,11 +568,13 @@ def run_batch(
 
         check_ray_installed()
         # The driver only plans (model signature and identity); Ray workers score.
-        model = load_model(resolve_model(s.model), provider="cpu", threads=1, spin=False)
+        model = load_model(
+            resolve_model(s.model, s.registry), provider="cpu", threads=1, spin=False
+        )
     else:
         # No spinning: ONNX Runtime's idle workers would take the cores reader and writer need.
         model = load_model(
-            resolve_model(s.model), provider=s.provider, threads=s.threads, spin=False
+            resolve_model(s.model, s.registry), provider=s.provider, threads=s.threads, spin=False
         )
     try:
         return BatchRun(options, model, reporter, stop).execute()
