@@ -18,6 +18,7 @@ LEAF_COMMANDS = [
     ["replay"],
     ["tail"],
     ["bench"],
+    ["compare"],
     ["models", "inspect"],
     ["models", "list"],
 ]
@@ -34,12 +35,25 @@ def test_help_names_arguments_in_capitals_and_shows_no_bool_type(command: list[s
     assert usage.split()[-1].isupper(), usage
 
 
-@pytest.mark.parametrize("command", [["batch"], ["replay"], ["tail"], ["bench"]], ids=" ".join)
+@pytest.mark.parametrize("command", [[], ["models"]], ids=["streamscore", "models"])
+def test_group_help_shows_no_bool_type(command: list[str]) -> None:
+    result = invoke(*command, "--help")
+
+    assert result.exit_code == 0
+    assert "--help" in result.stdout
+    assert "<bool>" not in result.stdout
+
+
+RUNNING = [["batch"], ["replay"], ["tail"], ["bench"], ["compare"]]
+
+
+@pytest.mark.parametrize("command", RUNNING, ids=" ".join)
 def test_every_running_command_lists_its_exit_codes(command: list[str]) -> None:
     result = invoke(*command, "--help")
 
     assert "Exit" in result.stdout
-    assert "130" in result.stdout or command == ["bench"]  # bench has nothing to resume
+    # bench and compare have nothing to resume after Ctrl-C
+    assert "130" in result.stdout or command in (["bench"], ["compare"])
 
 
 def _signature(model: TrainedModel) -> object:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 import typer
-from typer.core import TyperArgument, TyperCommand
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from streamscore import console
 from streamscore.config import KeepColumns, ScoringOptions
@@ -17,6 +17,14 @@ from streamscore.shutdown import signal_of
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+def _without_bool_type(params: list[Any]) -> list[Any]:
+    """On/off flags take no value: no ``<bool>`` type beside them in help."""
+    for param in params:  # typer's vendored click: only the attributes are public
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
 
 
 class Command(TyperCommand):
@@ -32,11 +40,15 @@ class Command(TyperCommand):
         return pieces
 
     def get_params(self, ctx: Any) -> list[Any]:
-        params: list[Any] = super().get_params(ctx)
-        for param in params:  # typer's vendored click: only the attributes are public
-            if getattr(param, "is_flag", False) and param.metavar is None:
-                param.metavar = ""
-        return params
+        return _without_bool_type(super().get_params(ctx))
+
+
+class Group(TyperGroup):
+    """A command group (``streamscore``, ``streamscore models``) whose help, like
+    :class:`Command`'s, shows no ``<bool>`` beside ``--help`` or ``--version``."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _without_bool_type(super().get_params(ctx))
 
 
 def translate_errors(command: Callable[P, R]) -> Callable[P, R]:

@@ -11,7 +11,7 @@ import typer
 from streamscore import console
 from streamscore.bench.options import parse_percent
 from streamscore.cli import options as opt
-from streamscore.cli.common import scoring_options, split_list, translate_errors
+from streamscore.cli.common import Command, scoring_options, split_list, translate_errors
 from streamscore.errors import UsageError
 from streamscore.reporting import Reporter, SilentReporter
 
@@ -23,7 +23,7 @@ EXAMPLE = (
 
 
 def register(app: typer.Typer) -> None:
-    app.command("compare", epilog=EXAMPLE)(compare)
+    app.command("compare", epilog=EXAMPLE, cls=Command)(compare)
 
 
 @translate_errors

@@ -7,10 +7,10 @@ from typing import Annotated
 import typer
 
 from streamscore import console
-from streamscore.cli.common import Command, translate_errors
+from streamscore.cli.common import Command, Group, translate_errors
 from streamscore.model import list_models, resolve_model
 
-app = typer.Typer(help="Inspect models and model repositories.", no_args_is_help=True)
+app = typer.Typer(cls=Group, help="Inspect models and model repositories.", no_args_is_help=True)
 
 
 @app.command(
