@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pytest
+from typer.testing import CliRunner
 
 from helpers.models import TrainedModel
 from helpers.runs import invoke
 from streamscore import console
+from streamscore.cli import app
 from streamscore.errors import MappingError
 from streamscore.mapping import plan_inputs
 from streamscore.model import resolve_model
 from streamscore.model.session import load_model
 
+RUNNING_COMMANDS = [["batch"], ["replay"], ["tail"], ["bench"], ["compare"]]
 LEAF_COMMANDS = [
     ["batch"],
     ["replay"],
@@ -35,6 +38,20 @@ def test_help_names_arguments_in_capitals_and_shows_no_bool_type(command: list[s
     assert usage.split()[-1].isupper(), usage
 
 
+@pytest.mark.parametrize(
+    ("command", "last"),
+    [("batch", "143"), ("replay", "143"), ("tail", "130/143"), ("bench", "10"), ("compare", "9")],
+)
+def test_help_paragraphs_flow_instead_of_keeping_docstring_line_breaks(
+    command: str, last: str
+) -> None:
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "250"})
+
+    # On a wide terminal the exit codes take one line, not the docstring's two or three.
+    exits = next(line for line in result.stdout.splitlines() if line.strip().startswith("Exit"))
+    assert " 2 " in exits and f" {last} " in exits, exits
+
+
 @pytest.mark.parametrize("command", [[], ["models"]], ids=["streamscore", "models"])
 def test_group_help_shows_no_bool_type(command: list[str]) -> None:
     result = invoke(*command, "--help")
@@ -44,10 +61,7 @@ def test_group_help_shows_no_bool_type(command: list[str]) -> None:
     assert "<bool>" not in result.stdout
 
 
-RUNNING = [["batch"], ["replay"], ["tail"], ["bench"], ["compare"]]
-
-
-@pytest.mark.parametrize("command", RUNNING, ids=" ".join)
+@pytest.mark.parametrize("command", RUNNING_COMMANDS, ids=" ".join)
 def test_every_running_command_lists_its_exit_codes(command: list[str]) -> None:
     result = invoke(*command, "--help")
 

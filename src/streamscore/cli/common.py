@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import signal
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
@@ -27,9 +28,22 @@ def _without_bool_type(params: list[Any]) -> list[Any]:
     return params
 
 
+def _unwrapped(text: str | None) -> str | None:
+    """Help paragraphs as flowing text: typer keeps a docstring's line breaks after the first
+    paragraph, which leaves ragged lines in a terminal of another width."""
+    if not text:
+        return text
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(p if p.startswith("\b") else p.replace("\n", " ") for p in paragraphs)
+
+
 class Command(TyperCommand):
-    """Help as Unix tools write it: ``INPUT`` (not ``{input}``) in the usage line, and no
-    ``<bool>`` type beside on/off flags, which take no value."""
+    """Help as Unix tools write it: ``INPUT`` (not ``{input}``) in the usage line, no
+    ``<bool>`` type beside on/off flags, which take no value, and paragraphs that flow."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help = _unwrapped(self.help)
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
