@@ -7,6 +7,7 @@ forest, never scores 0.5 or more on the holdout day) and fraud_mlp (an MLP).
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from collections.abc import Callable
@@ -19,9 +20,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from rich.console import Console
 from scipy import stats as scipy_stats
 
 from helpers.runs import invoke
+from streamscore import console
 from streamscore.batch import run_batch
 from streamscore.compare import SCHEMA_VERSION, CompareMode, CompareOptions, run_compare
 from streamscore.compare.stats import Reservoir, TopRows, average_ranks, psi
@@ -521,3 +524,15 @@ def test_a_gate_fails_when_no_row_matched(tmp_path: Path) -> None:
     assert data["columns"][0]["a"]["mean"] is None  # nothing compared: no statistic
     gated = invoke(*args, "--max-psi", "0.2")
     assert gated.exit_code == 9 and "no row was scored by both sides" in gated.output
+
+
+def test_the_top_rows_table_never_cuts_the_key_on_a_narrow_terminal() -> None:
+    key = "date=2026-11-04/part-0.parquet#22621"
+    keep = {"event_time": "2026-11-04 10:49:20.207000+00:00", "note": "x" * 60}
+    column = {"name": "p", "top": [{"key": key, "a": 0.9, "b": 0.1, "delta": 0.8, "keep": keep}]}
+    out = io.StringIO()
+
+    Console(file=out, width=90).print(console.format_compare_top(column))
+
+    assert key in out.getvalue()
+    assert "+0.8" in out.getvalue()

@@ -144,3 +144,9 @@ def test_the_tail_start_line_shows_the_metrics_address() -> None:
 
     assert "http://127.0.0.1:33011/metrics" in line
     assert "33,011" not in line
+
+
+def test_a_missing_value_in_a_summary_shows_as_a_dash_not_none() -> None:
+    table = console.format_summary({"files_ok": 1, "summary_error": None}, "t")
+
+    assert [str(cell) for cell in table.columns[1].cells] == ["1", "-"]
