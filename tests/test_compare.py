@@ -536,3 +536,12 @@ def test_the_top_rows_table_never_cuts_the_key_on_a_narrow_terminal() -> None:
 
     assert key in out.getvalue()
     assert "+0.8" in out.getvalue()
+
+
+def test_the_top_rows_title_stays_on_one_line_above_a_narrow_table() -> None:
+    column = {"name": "label", "top": [{"key": 7, "a": 1, "b": 0, "delta": 1, "keep": {}}]}
+    out = io.StringIO()
+
+    Console(file=out, width=120).print(console.format_compare_top(column))
+
+    assert out.getvalue().splitlines()[0].strip() == "label: rows that differ most"

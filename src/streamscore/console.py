@@ -525,7 +525,8 @@ def format_compare_top(column: Mapping[str, Any]) -> Table | None:
     if not top:
         return None
     keep = list(top[0].get("keep") or {})
-    table = Table(title=Text(f"{column['name']}: rows that differ most"), title_justify="left")
+    title = f"{column['name']}: rows that differ most"
+    table = Table(title=Text(title), title_justify="left", min_width=len(title))
     # The key says which row it is, so it is never cut; kept columns give way first.
     key_width = max(len(str(row.get("key"))) for row in top)
     table.add_column("key", no_wrap=True, min_width=min(key_width, 80))
