@@ -40,6 +40,7 @@ from streamscore.errors import (
     LockedError,
     ModelError,
     OutputError,
+    StreamscoreError,
     UsageError,
     output_error,
 )
@@ -333,7 +334,7 @@ class BatchRun:
                 raise output_error(planned.output, exc) from exc
         except (InputError, ModelError, OutputError) as exc:
             if self.options.on_error is OnError.fail:
-                raise
+                raise _naming(exc, planned.item.path) from exc
             _discard_outputs(planned.output, planned.rejected)
             result.status, result.error = "failed", exc.one_line()
             return result
@@ -365,7 +366,10 @@ class BatchRun:
             todo = [p for p in plans if isinstance(p, _PlannedFile)]
             if not todo and all(p.status == "failed" for p in plans if isinstance(p, FileResult)):
                 failures = [p for p in plans if isinstance(p, FileResult)]
-                raise InputError(failures[0].error or "no input could be read")
+                more = f" (and {len(failures) - 1} more file(s))" if len(failures) > 1 else ""
+                raise InputError(
+                    f"{failures[0].input}: {failures[0].error or 'cannot be read'}{more}"
+                )
             self.reporter.add_task("files", "files", len(todo))
             self.reporter.add_task("rows", "rows", sum(p.rows for p in todo))
             for plan in plans:
@@ -430,6 +434,13 @@ def _check_paths(source: Path, output: Path) -> None:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create --out {output}: {exc.strerror}") from exc
+
+
+def _naming(exc: StreamscoreError, path: Path) -> StreamscoreError:
+    """``exc`` with a message that names the input file, as a one-line error must."""
+    if str(path) in exc.message or exc.message.startswith(f"{path.name}:"):
+        return exc
+    return type(exc)(f"{path}: {exc.message}", hint=exc.hint)
 
 
 def _check_names(schema: pa.Schema, *, quarantine: bool) -> None:
