@@ -256,6 +256,8 @@ def test_html_report_is_one_self_contained_page(day: Path, tmp_path: Path) -> No
     assert 'src="' not in page and "<?xml" not in page
     for text in ("probabilities_1", "rows that differ most", "A fraud v1", "B fraud v2"):
         assert text in page
+    # each top-rows table has a heading naming its column, not a muted caption line
+    assert "<h3>probabilities_1: rows that differ most</h3>" in page
 
 
 def test_report_without_matplotlib_is_a_one_line_error_naming_the_extra(
@@ -486,6 +488,28 @@ def test_scored_compares_the_score_columns_batch_recorded_not_kept_inputs(
     )
     assert [c.name for c in chosen.columns] == ["is_fraud"]
     assert chosen.columns[0].flips == 0 and chosen.columns[0].delta.max_abs == 0
+    # each side names the model batch recorded, as when compare scores DATA itself
+    assert (default.a.model, default.a.version) == ("fraud", "1")
+    assert (default.b.model, default.b.version) == ("fraud_mlp", "1")
+    assert default.b.sha256 is not None and len(default.b.sha256) == 64
+
+
+def test_scored_outputs_of_mixed_models_name_no_model(tmp_path: Path) -> None:
+    def score(first_row: int, model: Path, out: str) -> None:
+        source = tmp_path / f"in{first_row}"
+        source.mkdir(exist_ok=True)
+        pq.write_table(pq.read_table(DAY).slice(first_row, 50), source / f"{first_row}.parquet")
+        run_batch(BatchOptions(source, tmp_path / out, ScoringOptions(str(model), provider="cpu")))
+
+    score(0, V1, "mixed")
+    score(50, V2, "mixed")
+    score(0, V2, "b")
+    scored = (tmp_path / "mixed", tmp_path / "b")
+
+    report = run_compare(CompareOptions(CompareMode.scored, scored=scored, key="transaction_id"))
+
+    assert report.a.model is None  # 0.parquet scored by fraud 1, 50.parquet by fraud 2
+    assert (report.b.model, report.b.version) == ("fraud", "2")
 
 
 def test_an_unwritable_json_path_is_a_one_line_error(tmp_path: Path) -> None:

@@ -136,6 +136,7 @@ def html_page(title: str, body: str) -> str:
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 24px; color: {INK}; max-width: 1400px; }}
 h1 {{ font-size: 22px; }} h2 {{ font-size: 18px; margin-top: 32px; }}
+h3 {{ font-size: 14px; margin: 20px 0 0; }}
 p {{ margin: 2px 0; color: {MUTED}; font-size: 13px; }}
 figure {{ margin: 16px 0; overflow-x: auto; }}
 figure svg {{ max-width: 100%; height: auto; }}
