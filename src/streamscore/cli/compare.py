@@ -105,7 +105,7 @@ def compare(
     DIR_A DIR_B --key ID, or --topics OUT_A OUT_B. Rows only one side has are counted.
 
     Exit codes: 0 ok, 2 bad options, 4 unreadable input, 5 model error, 6 Kafka error,
-    9 beyond --max-flip-rate or --max-psi.
+    9 beyond --max-flip-rate or --max-psi, 10 --json/--report cannot be written.
     """
     from streamscore.compare.options import CompareMode, CompareOptions
 
