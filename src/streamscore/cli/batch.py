@@ -9,7 +9,7 @@ import typer
 
 from streamscore import console
 from streamscore.cli import options as opt
-from streamscore.cli.common import Command, scoring_options, translate_errors
+from streamscore.cli.common import scoring_options, translate_errors
 from streamscore.config import BatchOptions, OnError
 from streamscore.errors import OutputError, PartialFailure, UsageError, stopped_by
 from streamscore.shutdown import StopSignal, stop_on_signals
@@ -26,7 +26,7 @@ STOP_GRACE_S = 30.0
 
 
 def register(app: typer.Typer) -> None:
-    app.command("batch", epilog=EXAMPLE, cls=Command)(batch)
+    app.command("batch", epilog=EXAMPLE)(batch)
 
 
 @translate_errors
