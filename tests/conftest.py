@@ -172,3 +172,29 @@ def column_model(model_dir: Path) -> Any:
 
 
 # --- end of models and data section -------------------------------------------------------------
+
+
+# --- MLflow registry (tests/helpers/mlflow_store.py) ------------------------------------------
+#
+# mlflow_registry  one real SQLite MLflow store for the session (mlflow is slow to import and
+#                  to log to, so tests share it and never move its aliases):
+#                  fraud 1 (@champion) and 2 (@challenger), from sample_data/models/fraud;
+#                  fraud_sklearn 1, a scikit-learn-flavor model; a run with a plain .onnx file.
+
+
+@pytest.fixture(scope="session")
+def mlflow_registry(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from helpers.mlflow_store import SAMPLE_MODELS, MlflowStore, RegistryFixture
+
+    root = tmp_path_factory.mktemp("mlflow")
+    store = MlflowStore.create(f"sqlite:///{root / 'mlflow.db'}", (root / "artifacts").as_uri())
+    v1, run_1 = store.register_onnx("fraud", SAMPLE_MODELS / "fraud" / "1" / "model.onnx")
+    v2, _ = store.register_onnx("fraud", SAMPLE_MODELS / "fraud" / "2" / "model.onnx")
+    store.set_alias("fraud", "champion", v1)
+    store.set_alias("fraud", "challenger", v2)
+    store.register_sklearn("fraud_sklearn")
+    file_run = store.log_onnx_file(SAMPLE_MODELS / "fraud" / "2" / "model.onnx")
+    return RegistryFixture(store, root / "mlflow.db", run_1, file_run)
+
+
+# --- end of MLflow registry section -------------------------------------------------------------

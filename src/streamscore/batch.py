@@ -92,6 +92,7 @@ class BatchSummary:
     model_version: str
     model_sha256: str
     provider: str
+    model_lineage: dict[str, str] = field(default_factory=dict)  # registry, alias, run_id
     files_ok: int = 0
     files_skipped: int = 0
     files_failed: int = 0
@@ -228,6 +229,7 @@ class BatchRun:
             model_version=ref.version,
             model_sha256=ref.sha256,
             provider=model.provider,
+            model_lineage=ref.lineage,
         )
 
     def _identity(self, fp: str) -> dict[str, str]:
@@ -295,6 +297,9 @@ class BatchRun:
             **self._identity(planned.fingerprint),
             META_PREFIX + "model_name": self.model.ref.name,
             META_PREFIX + "model_version": self.model.ref.version,
+            **{
+                META_PREFIX + "model_" + key: value for key, value in self.model.ref.lineage.items()
+            },
             META_PREFIX + "version": __version__,
             META_PREFIX + "source_file": str(planned.item.path),
             META_PREFIX + "run_id": self.run_id,
@@ -510,7 +515,9 @@ def run_batch(
     reporter = reporter or SilentReporter()
     s = options.scoring
     # No spinning: ONNX Runtime's idle workers would take the cores the reader and writer need.
-    model = load_model(resolve_model(s.model), provider=s.provider, threads=s.threads, spin=False)
+    model = load_model(
+        resolve_model(s.model, s.registry), provider=s.provider, threads=s.threads, spin=False
+    )
     try:
         return BatchRun(options, model, reporter, stop).execute()
     finally:

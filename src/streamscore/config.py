@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from enum import Enum
@@ -67,6 +68,25 @@ class KeepColumns:
 
 
 @dataclass(frozen=True)
+class RegistryOptions:
+    """Where ``models:/`` and ``runs:/`` MODEL URIs are looked up and their files cached.
+
+    ``uri`` None means MLflow's own default: ``$MLFLOW_TRACKING_URI``, else
+    ``sqlite:///mlflow.db``. ``cache_dir`` None means ``$XDG_CACHE_HOME/streamscore``
+    (``~/.cache/streamscore``). Both environment variables are read when used.
+    """
+
+    uri: str | None = None
+    cache_dir: Path | None = None
+
+    def cache_root(self) -> Path:
+        if self.cache_dir is not None:
+            return self.cache_dir
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        return (Path(xdg) if xdg else Path.home() / ".cache") / "streamscore"
+
+
+@dataclass(frozen=True)
 class ScoringOptions:
     """How rows become model inputs and scores; shared by every command."""
 
@@ -78,6 +98,7 @@ class ScoringOptions:
     threads: int | None = None
     batch_size: int = 4096
     reject_nan: bool = False
+    registry: RegistryOptions = RegistryOptions()
 
     def __post_init__(self) -> None:
         if self.batch_size <= 0:

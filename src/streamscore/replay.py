@@ -68,6 +68,7 @@ class ReplaySummary:
     model_version: str
     model_sha256: str
     delivery: str  # exactly-once | at-least-once
+    model_lineage: dict[str, str] = field(default_factory=dict)  # registry, alias, run_id
     resumed: bool = False
     records_read: int = 0
     records_scored: int = 0
@@ -109,7 +110,7 @@ class ReplayRun:
     def execute(self) -> ReplaySummary:
         o, s = self.options, self.options.scoring
         # The model and its input mapping first: a mistake there touches no topic.
-        ref = resolve_model(s.model)
+        ref = resolve_model(s.model, s.registry)
         # No spinning: the reader and writer threads need the cores between model calls.
         model = load_model(ref, provider=s.provider, threads=s.threads, spin=False)
         scorer, fields = scorer_for_records(
@@ -148,6 +149,7 @@ class ReplayRun:
             model_version=ref.version,
             model_sha256=ref.sha256,
             delivery="exactly-once" if o.exactly_once else "at-least-once",
+            model_lineage=ref.lineage,
         )
 
     def _prepare_topics(self, admin: Admin) -> tuple[list[int], bool]:

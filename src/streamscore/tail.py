@@ -54,7 +54,7 @@ from streamscore.errors import KafkaError, StreamscoreError
 from streamscore.kafka.client import Admin, Consumer, KafkaRecord, Producer
 from streamscore.metrics import TailMetrics
 from streamscore.model import ModelRef, resolve_model
-from streamscore.model.watch import ModelWatcher, repository_model_dir
+from streamscore.model.watch import ModelWatcher, reload_source
 from streamscore.reporting import Reporter, SilentReporter
 from streamscore.rollout import Arm, Serving, check_fits, prepare_arm
 from streamscore.routing import resolve_version
@@ -92,6 +92,7 @@ class TailSummary:
     reloads: int = 0
     versions_rejected: int = 0
     serving: dict[str, str] = field(default_factory=dict)
+    model_lineage: dict[str, dict[str, str]] = field(default_factory=dict)  # role: registry...
     seconds: float = 0.0
     records_per_second: float = 0.0
     metrics_port: int | None = None
@@ -192,18 +193,20 @@ class TailRun:
         return self._summarize(time.perf_counter() - started)
 
     def _first_serving(self) -> Serving:
-        """Load the models; watch MODEL's repository when it names one."""
+        """Load the models; watch MODEL's repository or registry alias when it names one."""
         o, s = self.options, self.options.scoring
-        primary = prepare_arm("primary", resolve_model(s.model), s)
+        primary = prepare_arm("primary", resolve_model(s.model, s.registry), s)
         canary = shadow = None
         if o.canary is not None:
-            canary = prepare_arm("canary", resolve_version(s.model, o.canary.version), s)
+            canary = prepare_arm(
+                "canary", resolve_version(s.model, o.canary.version, s.registry), s
+            )
         if o.shadow is not None:
-            shadow = prepare_arm("shadow", resolve_version(s.model, o.shadow), s)
-        name_dir = repository_model_dir(s.model)
-        if name_dir is not None:
+            shadow = prepare_arm("shadow", resolve_version(s.model, o.shadow, s.registry), s)
+        watched = reload_source(s.model, s.registry)
+        if watched is not None:
             self.watcher = ModelWatcher(
-                name_dir,
+                watched,
                 primary,
                 primary.ref,
                 self._prepare_new_primary,
@@ -263,6 +266,7 @@ class TailRun:
         if seconds > 0:
             summary.records_per_second = round(counts.records_read / seconds, 1)
         summary.serving = {arm.role: arm.ref.label for arm in self.serving.arms}
+        summary.model_lineage = {a.role: a.ref.lineage for a in self.serving.arms if a.ref.lineage}
         return summary
 
     # --- models ------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from enum import Enum
 from pathlib import Path
 
 from streamscore.config import PROVIDER_NAMES as PROVIDERS
+from streamscore.config import RegistryOptions
 from streamscore.errors import UsageError
 
 PLOT_SUFFIXES = (".html", ".png", ".svg")
@@ -32,6 +33,7 @@ class BenchOptions:
     """
 
     model: str
+    registry: RegistryOptions = RegistryOptions()  # for models:/ and runs:/ MODELs
     batch_sizes: tuple[int, ...] = (1, 64, 4096)
     threads: tuple[int, ...] = (0,)
     providers: tuple[str, ...] = ("cpu",)

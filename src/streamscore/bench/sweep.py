@@ -358,7 +358,7 @@ def _check_writable(path: Path) -> None:
 
 
 def _run(options: BenchOptions, reporter: Reporter) -> BenchReport:
-    ref = resolve_model(options.model)
+    ref = resolve_model(options.model, options.registry)
     probe = load_model(ref, provider="cpu")
     available = check_providers(ref, options)
     results: list[BenchResult] = []

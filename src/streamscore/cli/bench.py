@@ -18,6 +18,7 @@ from streamscore.bench.options import (
 )
 from streamscore.cli import options as opt
 from streamscore.cli.common import parse_int_list, split_list, translate_errors
+from streamscore.config import RegistryOptions
 from streamscore.errors import UsageError
 from streamscore.reporting import Reporter, SilentReporter
 
@@ -44,7 +45,9 @@ def _threads(text: str) -> tuple[int, ...]:
 
 @translate_errors
 def bench(
-    model: Annotated[str, typer.Argument(help="An .onnx file, REPO/NAME or REPO/NAME/VERSION.")],
+    model: Annotated[str, typer.Argument(help=opt.MODEL_HELP)],
+    registry_uri: opt.RegistryUri = None,
+    model_cache: opt.ModelCache = None,
     batch_sizes: Annotated[str, typer.Option(help="Rows per call to sweep, e.g. 1,8,64,512.")] = (
         "1,64,4096"
     ),
@@ -135,6 +138,7 @@ def bench(
     to_stdout = json_out == "-"
     options = BenchOptions(
         model=model,
+        registry=RegistryOptions(registry_uri, model_cache),
         batch_sizes=tuple(parse_int_list(batch_sizes, "--batch-sizes")),
         threads=_threads(threads),
         providers=tuple(split_list(providers) or ()),

@@ -6,13 +6,14 @@ import functools
 import inspect
 import signal
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from streamscore import console
-from streamscore.config import KeepColumns, ScoringOptions
+from streamscore.config import KeepColumns, RegistryOptions, ScoringOptions
 from streamscore.errors import StreamscoreError, UsageError
 from streamscore.shutdown import signal_of
 
@@ -101,6 +102,8 @@ def scoring_options(
     threads: int | None,
     batch_size: int,
     reject_nan: bool,
+    registry_uri: str | None = None,
+    model_cache: Path | None = None,
 ) -> ScoringOptions:
     """ScoringOptions from the options every scoring command shares (comma lists parsed)."""
     return ScoringOptions(
@@ -112,6 +115,7 @@ def scoring_options(
         threads=threads,
         batch_size=batch_size,
         reject_nan=reject_nan,
+        registry=RegistryOptions(registry_uri, model_cache),
     )
 
 

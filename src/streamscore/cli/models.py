@@ -1,4 +1,4 @@
-"""``streamscore models``: look inside model files and repositories."""
+"""``streamscore models``: look inside model files, repositories and MLflow registries."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from typing import Annotated
 import typer
 
 from streamscore import console
+from streamscore.cli import options as opt
 from streamscore.cli.common import Group, translate_errors
+from streamscore.config import RegistryOptions
 from streamscore.model import list_models, resolve_model
 
 app = typer.Typer(cls=Group, help="Inspect models and model repositories.", no_args_is_help=True)
@@ -19,17 +21,21 @@ app = typer.Typer(cls=Group, help="Inspect models and model repositories.", no_a
 )
 @translate_errors
 def inspect(
-    model: Annotated[str, typer.Argument(help="An .onnx file, REPO/NAME or REPO/NAME/VERSION.")],
+    model: Annotated[str, typer.Argument(help=opt.MODEL_HELP)],
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
+    registry_uri: opt.RegistryUri = None,
+    model_cache: opt.ModelCache = None,
 ) -> None:
     """Show a model's inputs, outputs, opsets, producer, metadata, sha256 and size."""
     from streamscore.model.session import load_model  # onnxruntime: loaded only when run
 
-    loaded = load_model(resolve_model(model), provider="cpu")
+    registry = RegistryOptions(registry_uri, model_cache)
+    loaded = load_model(resolve_model(model, registry), provider="cpu")
     ref, sig = loaded.ref, loaded.signature
     info = {
         "name": ref.name,
         "version": ref.version,
+        **ref.lineage,
         "path": str(ref.path),
         "sha256": ref.sha256,
         "size_bytes": ref.size,
@@ -51,23 +57,41 @@ def inspect(
         )
     )
     opsets = ", ".join(f"{domain}={v}" for domain, v in sig.opsets.items())
+    for key, value in ref.lineage.items():
+        console.print_text(f"{key:<8} {value}")
     console.print_text(f"sha256   {ref.sha256}\nsize     {ref.size:,} bytes")
     console.print_text(f"producer {sig.producer}\nopsets   {opsets}")
     for key, value in sig.metadata.items():
         console.print_text(f"metadata {key} = {value}")
 
 
-@app.command("list", epilog="Example: streamscore models list sample_data/models")
+@app.command(
+    "list",
+    epilog="Examples: streamscore models list sample_data/models; "
+    "streamscore models list sqlite:///mlflow.db",
+)
 @translate_errors
 def list_(
     repo: Annotated[
-        str, typer.Argument(help="A repository laid out REPO/NAME/VERSION/model.onnx.")
+        str,
+        typer.Argument(
+            help="A repository laid out REPO/NAME/VERSION/model.onnx, or an MLflow registry: "
+            "its URI (sqlite:///mlflow.db, http://host:5000), models:/ (the --registry-uri "
+            "one) or models:/NAME (one model)."
+        ),
     ],
     json_out: Annotated[
         bool, typer.Option("--json", help="Print JSON lines, not a table.")
     ] = False,
+    registry_uri: opt.RegistryUri = None,
 ) -> None:
-    """List every model and version in a repository with its sha256."""
+    """List every model and version in a repository with its sha256 (in a registry: with
+    its aliases and run)."""
+    from streamscore.model.mlflow_registry import is_registry_listing
+
+    if is_registry_listing(repo):
+        _list_registry(repo, RegistryOptions(registry_uri), json_out=json_out)
+        return
     refs = list_models(repo)
     if json_out:
         for ref in refs:
@@ -80,5 +104,33 @@ def list_(
             f"models in {repo}",
             ["name", "version", "sha256", "size"],
             [(r.name, r.version, r.sha256[:16], f"{r.size:,}") for r in refs],
+        )
+    )
+
+
+def _list_registry(spec: str, registry: RegistryOptions, *, json_out: bool) -> None:
+    from streamscore.model.mlflow_registry import display_uri, list_registered_versions
+
+    versions = list_registered_versions(spec, registry)
+    if json_out:
+        for v in versions:
+            console.json_line(
+                {
+                    "name": v.name,
+                    "version": v.version,
+                    "aliases": list(v.aliases),
+                    "status": v.status,
+                    "run_id": v.run_id,
+                }
+            )
+        return
+    console.print_renderable(
+        console.format_table(
+            f"models in {display_uri(spec)}",
+            ["name", "version", "aliases", "status", "run"],
+            [
+                (v.name, v.version, ", ".join("@" + a for a in v.aliases), v.status, v.run_id)
+                for v in versions
+            ],
         )
     )

@@ -9,10 +9,27 @@ import typer
 
 from streamscore.config import PROVIDER_CHOICES
 
-Model = Annotated[
-    str,
+MODEL_HELP = (
+    "An .onnx file, REPO/NAME (highest version), REPO/NAME/VERSION, or an MLflow URI: "
+    "models:/NAME/VERSION, models:/NAME@ALIAS, models:/NAME/latest, runs:/RUN_ID/PATH."
+)
+Model = Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)]
+# Where models:/ and runs:/ MODELs come from (turned into config.RegistryOptions).
+RegistryUri = Annotated[
+    str | None,
     typer.Option(
-        "--model", "-m", help="An .onnx file, REPO/NAME (highest version) or REPO/NAME/VERSION."
+        "--registry-uri",
+        help="MLflow tracking/registry URI for models:/ and runs:/ MODELs, e.g. "
+        "sqlite:///mlflow.db or http://host:5000 (default: $MLFLOW_TRACKING_URI, else "
+        "sqlite:///mlflow.db).",
+    ),
+]
+ModelCache = Annotated[
+    Path | None,
+    typer.Option(
+        "--model-cache",
+        help="Folder for models downloaded from a registry (default: "
+        "$XDG_CACHE_HOME/streamscore, else ~/.cache/streamscore).",
     ),
 ]
 Features = Annotated[

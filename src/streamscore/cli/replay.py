@@ -58,6 +58,8 @@ def replay(
         ),
     ],
     model: opt.Model,
+    registry_uri: opt.RegistryUri = None,
+    model_cache: opt.ModelCache = None,
     bootstrap_servers: opt.BootstrapServers = None,
     dlq_topic: Annotated[
         str | None,
@@ -146,6 +148,8 @@ def replay(
             threads=threads,
             batch_size=batch_size,
             reject_nan=reject_nan,
+            registry_uri=registry_uri,
+            model_cache=model_cache,
         ),
         dlq_topic=dlq_topic,
         group=group,

@@ -48,6 +48,8 @@ def tail(
         ),
     ],
     model: opt.Model,
+    registry_uri: opt.RegistryUri = None,
+    model_cache: opt.ModelCache = None,
     bootstrap_servers: opt.BootstrapServers = None,
     dlq_topic: Annotated[
         str | None,
@@ -150,6 +152,8 @@ def tail(
             threads=threads,
             batch_size=max_batch,
             reject_nan=reject_nan,
+            registry_uri=registry_uri,
+            model_cache=model_cache,
         ),
         dlq_topic=dlq_topic,
         exactly_once=exactly_once,

@@ -204,7 +204,12 @@ class ModelPairs(PairSource):
         if not self.inputs:
             raise InputError(f"no .parquet files under {data}")
         self.models = [
-            load_model(resolve_model(s.model), provider=s.provider, threads=s.threads, spin=False)
+            load_model(
+                resolve_model(s.model, s.registry),
+                provider=s.provider,
+                threads=s.threads,
+                spin=False,
+            )
             for s in (scoring_a, scoring_b)
         ]
         self.a, self.b = (
