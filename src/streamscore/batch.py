@@ -319,7 +319,7 @@ class BatchRun:
             stats = self.write_scores(planned)
         except (InputError, ModelError, OutputError) as exc:
             if self.options.on_error is OnError.fail:
-                raise
+                raise _naming(exc, planned.item.path) from exc
             return self.failed(planned, exc)
         return self.finish_file(planned, stats, started)
 
@@ -426,7 +426,10 @@ class BatchRun:
             todo = [p for p in plans if isinstance(p, _PlannedFile)]
             if not todo and all(p.status == "failed" for p in plans if isinstance(p, FileResult)):
                 failures = [p for p in plans if isinstance(p, FileResult)]
-                raise InputError(failures[0].error or "no input could be read")
+                more = f" (and {len(failures) - 1} more file(s))" if len(failures) > 1 else ""
+                raise InputError(
+                    f"{failures[0].input}: {failures[0].error or 'cannot be read'}{more}"
+                )
             self.reporter.add_task("files", "files", len(todo))
             self.reporter.add_task("rows", "rows", sum(p.rows for p in todo))
             for plan in plans:
@@ -500,6 +503,13 @@ def _check_paths(source: Path, output: Path) -> None:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create --out {output}: {exc.strerror}") from exc
+
+
+def _naming(exc: StreamscoreError, path: Path) -> StreamscoreError:
+    """``exc`` with a message that names the input file, as a one-line error must."""
+    if str(path) in exc.message or exc.message.startswith(f"{path.name}:"):
+        return exc
+    return type(exc)(f"{path}: {exc.message}", hint=exc.hint)
 
 
 def _check_names(schema: pa.Schema, *, quarantine: bool) -> None:

@@ -8,11 +8,11 @@ import typer
 
 from streamscore import console
 from streamscore.cli import options as opt
-from streamscore.cli.common import translate_errors
+from streamscore.cli.common import Group, translate_errors
 from streamscore.config import RegistryOptions
 from streamscore.model import list_models, resolve_model
 
-app = typer.Typer(help="Inspect models and model repositories.", no_args_is_help=True)
+app = typer.Typer(cls=Group, help="Inspect models and model repositories.", no_args_is_help=True)
 
 
 @app.command(
