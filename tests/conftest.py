@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -198,6 +199,80 @@ def mlflow_registry(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 # --- end of MLflow registry section -------------------------------------------------------------
+
+
+# --- Ray: a real local cluster for `batch --ray` -------------------------------------------------
+#
+# ray_cluster  a helpers.ray_cluster.RayCluster: a Ray head node (2 CPUs, 1 GPU in name only) on
+#              127.0.0.1 started
+#              once per session with `ray start` in its own temp dir; .address for --ray,
+#              .workers() lists its BatchWorker processes. Only this cluster's processes are
+#              stopped after (never `ray stop`, which stops every Ray cluster on the machine).
+
+# Ray binds a cluster of one machine to 127.0.0.1 only with this; set before ray is imported.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# No token auth on these loopback clusters: otherwise `ray start` turns it on as soon as a
+# ~/.ray/auth_token exists (left by any earlier `ray.init()`), and drivers given an explicit
+# address do not send the token unless told to.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+RAY_START_TIMEOUT_S = 120
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[Any]:
+    """A real single-node Ray cluster on 127.0.0.1 for the whole session."""
+    from helpers.ray_cluster import RayCluster, processes_of, stop_processes
+
+    for stale in Path("/tmp").glob("ssray-*-*"):  # clusters of test runs killed hard
+        pid = stale.name.split("-")[1]
+        if pid.isdigit() and not _is_alive(int(pid)):
+            stop_processes(processes_of(str(stale)))
+            shutil.rmtree(stale, ignore_errors=True)
+    # Ray's socket paths must stay short: a temp dir under /tmp, not pytest's deep one.
+    temp_dir = Path(tempfile.mkdtemp(prefix=f"ssray-{os.getpid()}-", dir="/tmp"))
+    port = _free_port()
+    ports = {
+        "--ray-client-server-port": _free_port(),
+        "--dashboard-agent-listen-port": _free_port(),
+        "--dashboard-agent-grpc-port": _free_port(),
+        "--metrics-export-port": _free_port(),
+        "--runtime-env-agent-port": _free_port(),
+    }
+    command = [
+        str(Path(sys.executable).parent / "ray"),
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        f"--port={port}",
+        "--num-cpus=2",
+        "--num-gpus=1",  # declared only: Ray places GPU workers, ONNX Runtime finds no CUDA
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+        f"--temp-dir={temp_dir}",
+        *(f"{option}={value}" for option, value in ports.items()),
+    ]
+    started = subprocess.run(
+        command, capture_output=True, text=True, timeout=RAY_START_TIMEOUT_S, check=False
+    )
+    cluster = RayCluster(f"127.0.0.1:{port}", temp_dir)
+    try:
+        if started.returncode != 0:
+            pytest.fail(f"ray start failed:\n{started.stderr[-4000:]}", pytrace=False)
+        yield cluster
+    finally:
+        stop_processes(cluster.processes())
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+# --- end of Ray section -------------------------------------------------------------------------
 
 
 # --- Model server: a real MLServer serving the sample models (tests/support/model_server.py) ---

@@ -122,6 +122,28 @@ READ_ROWS = 65_536
 
 
 @dataclass(frozen=True)
+class RayOptions:
+    """``batch --ray``: score on a Ray cluster instead of in this process.
+
+    ``address`` is what ``ray.init`` takes (``auto``, ``ray://HOST:PORT``, ``HOST:PORT`` of
+    the GCS), or None to start a local cluster for the run. ``workers`` (default: as many as
+    the cluster's CPUs, or GPUs with ``--provider cuda``, allow) each load the model once.
+    Files with more than ``part_rows`` rows are split at row-group boundaries into parts of
+    about that many rows, scored in parallel and joined into one output file.
+    """
+
+    address: str | None = None
+    workers: int | None = None
+    part_rows: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        if self.workers is not None and self.workers <= 0:
+            raise UsageError(f"--workers must be positive, got {self.workers}")
+        if self.part_rows <= 0:
+            raise UsageError(f"part_rows must be positive, got {self.part_rows}")
+
+
+@dataclass(frozen=True)
 class BatchOptions:
     """``streamscore batch``: score Parquet files under ``input`` into ``output``."""
 
@@ -133,6 +155,7 @@ class BatchOptions:
     prune: bool = False  # delete outputs whose input file is gone
     row_group_rows: int = ROW_GROUP_ROWS  # at most; the sink also cuts row groups by size
     read_rows: int = READ_ROWS
+    ray: RayOptions | None = None  # score on a Ray cluster
 
     def __post_init__(self) -> None:
         if self.row_group_rows <= 0:

@@ -281,7 +281,9 @@ def format_summary(summary: Mapping[str, Any], title: str) -> Table:
     for key, value in summary.items():
         if key == "event":
             continue
-        if isinstance(value, bool):  # before int: True is an int to Python
+        if value is None:  # e.g. no summary error
+            shown = "-"
+        elif isinstance(value, bool):  # before int: True is an int to Python
             shown = "yes" if value else "no"
         elif isinstance(value, float):
             shown = f"{value:,.2f}"
@@ -554,9 +556,15 @@ def format_compare_top(column: Mapping[str, Any]) -> Table | None:
     if not top:
         return None
     keep = list(top[0].get("keep") or {})
-    table = Table(title=Text(f"{column['name']}: rows that differ most"), title_justify="left")
-    for header in ("key", "A", "B", "A − B", *keep):
-        table.add_column(header, justify="right" if header in ("A", "B", "A − B") else "left")
+    title = f"{column['name']}: rows that differ most"
+    table = Table(title=Text(title), title_justify="left", min_width=len(title))
+    # The key says which row it is, so it is never cut; kept columns give way first.
+    key_width = max(len(str(row.get("key"))) for row in top)
+    table.add_column("key", no_wrap=True, min_width=min(key_width, 80))
+    for header in ("A", "B", "A − B"):
+        table.add_column(header, justify="right", no_wrap=True)
+    for header in keep:
+        table.add_column(header)
     for row in top:
         table.add_row(
             Text(str(row.get("key"))),

@@ -13,6 +13,7 @@
     ├── RegressionDetected            exit 8   bench: slower than the baseline allows
     ├── ComparisonGateFailed          exit 9   compare: flip rate or PSI beyond the limit
     ├── OutputError                   exit 10  the output cannot be written (full, read-only)
+    ├── ClusterError                  exit 11  Ray cluster unreachable or lost its workers
     ├── RemoteError                   exit 12  model server refused us or broke the protocol
     │   └── RemoteUnavailable         exit 12  model server away (down, timeout, 429, 5xx)
     │                                          after every retry; a rerun resumes
@@ -124,6 +125,12 @@ def output_error(path: object, exc: OSError) -> OutputError:
         f"cannot write {path}: {reason}",
         hint="free space or choose a writable location",
     )
+
+
+class ClusterError(StreamscoreError):
+    """The Ray cluster cannot be reached, cannot fit the workers, or lost them for good."""
+
+    exit_code = 11
 
 
 class Interrupted(StreamscoreError):

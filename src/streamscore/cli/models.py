@@ -8,7 +8,7 @@ import typer
 
 from streamscore import console
 from streamscore.cli import options as opt
-from streamscore.cli.common import remote_settings, translate_errors
+from streamscore.cli.common import Group, remote_settings, translate_errors
 from streamscore.config import RegistryOptions
 from streamscore.model import list_models, resolve_model
 from streamscore.remote import is_model_url
@@ -16,7 +16,7 @@ from streamscore.remote import is_model_url
 if TYPE_CHECKING:
     from streamscore.remote.settings import RemoteSettings
 
-app = typer.Typer(help="Inspect models and model repositories.", no_args_is_help=True)
+app = typer.Typer(cls=Group, help="Inspect models and model repositories.", no_args_is_help=True)
 
 
 @app.command(
