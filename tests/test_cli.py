@@ -302,8 +302,16 @@ def test_start_up_does_not_load_the_heavy_libraries() -> None:
     # `streamscore --help` and `--version` should answer at once: onnxruntime, the Kafka
     # client, the columnar libraries and matplotlib are imported only when a command runs;
     # mlflow only when a models:/ or runs:/ MODEL is used.
-    heavy = ("onnxruntime", "confluent_kafka", "pyarrow", "polars", "matplotlib", "mlflow", "ray")
-    heavy += ("httpx",)
+    heavy = (
+        "onnxruntime",
+        "confluent_kafka",
+        "pyarrow",
+        "polars",
+        "matplotlib",
+        "mlflow",
+        "ray",
+        "httpx",
+    )
     code = (
         "import sys, streamscore.cli.app; "
         f"print(','.join(m for m in {heavy!r} if m in sys.modules))"
