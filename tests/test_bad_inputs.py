@@ -106,6 +106,19 @@ def test_invalid_utf8_in_a_string_column_fails_only_that_file(
     )
 
 
+def test_invalid_utf8_in_a_passthrough_column_fails_only_that_file(
+    tmp_path: Path, dense_model: TrainedModel
+) -> None:
+    # Copied through unchecked, it made an output that Parquet readers refuse.
+    source = one_good_file(tmp_path)
+    table = dense_table(10)
+    notes = pa.array([b"ok"] * 9 + [b"\xff\xfe bad"], pa.binary()).view(pa.string())
+    table = table.set_column(table.schema.get_field_index("note"), "note", notes)
+    write_parquet(source / "latin1.parquet", table)
+
+    _fails_alone(tmp_path, dense_model.path, "latin1.parquet", "latin1.parquet", "'note'", "UTF-8")
+
+
 def test_with_on_error_fail_the_one_line_error_names_the_file(
     tmp_path: Path, column_model: TrainedModel
 ) -> None:

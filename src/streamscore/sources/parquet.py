@@ -124,8 +124,23 @@ class ParquetSource(Source):
                 columns=self.columns,
                 use_threads=False,
             ):
+                _check_utf8(chunk, self.path)
                 yield SourceBatch(chunk)
         except (OSError, pa.ArrowException) as exc:
             raise InputError(f"cannot read {self.path}: {exc}".splitlines()[0]) from exc
         finally:
             parquet.close()
+
+
+def _check_utf8(chunk: pa.RecordBatch, path: Path) -> None:
+    """Refuse text columns holding invalid UTF-8: Parquet does not check it when reading, and
+    passed through unchecked it would make an output no reader accepts."""
+    for field, column in zip(chunk.schema, chunk.columns, strict=True):
+        if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
+            try:
+                column.validate(full=True)
+            except pa.ArrowInvalid:
+                raise InputError(
+                    f"{path}: column '{field.name}' holds text that is not valid UTF-8",
+                    hint="re-encode the column as UTF-8",
+                ) from None
