@@ -9,7 +9,7 @@ from pathlib import Path
 import confluent_kafka as ck
 import pytest
 
-from streamscore.errors import KafkaAuthError, KafkaError, UsageError
+from streamscore.errors import KafkaAuthError, KafkaError, ProducerFenced, UsageError
 from streamscore.kafka.client import (
     BOOTSTRAP_ENV,
     Admin,
@@ -149,7 +149,7 @@ def test_properties_parsing_follows_java_rules() -> None:
         (ck.KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaAuthError),
         (ck.KafkaError._AUTHENTICATION, KafkaAuthError),
         (ck.KafkaError._INVALID_ARG, UsageError),
-        (ck.KafkaError.PRODUCER_FENCED, KafkaError),
+        (ck.KafkaError.PRODUCER_FENCED, ProducerFenced),
     ],
 )
 def test_librdkafka_errors_become_ours_keeping_the_code(
@@ -278,7 +278,7 @@ FENCED_CODES = {"_FENCED", "PRODUCER_FENCED", "INVALID_PRODUCER_EPOCH"}
 
 def assert_fenced(error: KafkaError, action: str) -> None:
     """``error`` is our one-line report of a producer that a newer instance fenced."""
-    assert type(error) is KafkaError
+    assert type(error) is ProducerFenced  # a KafkaError callers can catch by type
     assert error.code in FENCED_CODES
     assert error.message.startswith(
         f"{action}: another process with the same transactional id took over: "

@@ -26,10 +26,12 @@ T = TypeVar("T")
 class BatchScorer(Protocol):
     """Scores in two steps: ``prepare`` (any thread) then ``run`` (the scoring thread).
 
-    :class:`streamscore.scoring.Scorer` is one; routing scorers (canary, shadow) are others.
+    ``prepare`` gets the source batch's rows and its ``context``, which a scorer that routes
+    rows by their source (canary keys) reads; :class:`streamscore.scoring.Scorer` is one
+    such scorer, :class:`streamscore.rollout.RoutingScorer` (canary, shadow) another.
     """
 
-    def prepare(self, batch: pa.RecordBatch) -> Any: ...
+    def prepare(self, batch: pa.RecordBatch, context: Any = None) -> Any: ...
 
     def run(self, prepared: Any) -> ScoredBatch: ...
 
@@ -136,7 +138,7 @@ def run_pipeline(
     def read() -> None:
         try:
             for batch in source.batches():
-                if not reader.put((batch, scorer.prepare(batch.rows))):
+                if not reader.put((batch, scorer.prepare(batch.rows, batch.context))):
                     return
         except BaseException as exc:  # handed to the calling thread
             reader.put(_Failure(exc))

@@ -37,6 +37,7 @@ from confluent_kafka.cimpl import NewTopic
 from streamscore.errors import (
     KafkaAuthError,
     KafkaError,
+    ProducerFenced,
     StreamscoreError,
     TransactionAborted,
     UsageError,
@@ -115,7 +116,7 @@ def translate(
     if code in _CONFIG_CODES:
         return UsageError(f"{action}: librdkafka rejected a client setting: {text} [{name}]")
     if code in _FENCED_CODES:
-        return KafkaError(
+        return ProducerFenced(
             f"{action}: another process with the same transactional id took over: {text} [{name}]",
             hint="run one replay per input and output topic at a time",
             code=name,
