@@ -273,6 +273,14 @@ def test_a_record_too_large_to_produce_is_returned_not_raised(
     assert too_large == [1]
 
 
+def test_outputs_are_compressed_unless_x_says_otherwise() -> None:
+    default = Producer(KafkaSettings("b:1"))
+    overridden = Producer(KafkaSettings("b:1", (("compression.type", "zstd"),)))
+
+    assert default._config["compression.type"] == "lz4"
+    assert overridden._config["compression.type"] == "zstd"
+
+
 FENCED_CODES = {"_FENCED", "PRODUCER_FENCED", "INVALID_PRODUCER_EPOCH"}
 
 

@@ -29,7 +29,7 @@ import pyarrow as pa
 from streamscore.config import KeepColumns, ScoringOptions
 from streamscore.errors import MappingError
 from streamscore.kafka.client import KafkaRecord
-from streamscore.kafka.codec import DecodedBatch, JsonDecoder
+from streamscore.kafka.codec import DecodedBatch, JsonDecoder, take_passthrough
 from streamscore.mapping import plan_inputs
 from streamscore.model import ModelRef
 from streamscore.model.session import load_model
@@ -146,8 +146,7 @@ def subset(decoded: DecodedBatch, rows: np.ndarray) -> DecodedBatch:
     """The decoded rows at positions ``rows``, without the decode failures."""
     if len(rows) == decoded.rows.num_rows:
         return DecodedBatch(decoded.rows, decoded.index, decoded.passthrough, [])
-    passthrough = decoded.passthrough
-    kept: Any = None if passthrough is None else [passthrough[i] for i in rows.tolist()]
+    kept = take_passthrough(decoded.passthrough, rows)
     return DecodedBatch(decoded.rows.take(pa.array(rows)), decoded.index[rows], kept, [])
 
 

@@ -571,6 +571,9 @@ class Producer(_Client):
         tunable = {
             "enable.idempotence": True,
             "linger.ms": 20,
+            # Scores and repeated provenance headers compress several-fold: less for the
+            # broker (often on the same cores) to write and replicate. -X overrides it.
+            "compression.type": "lz4",
             "queue.buffering.max.messages": 1_000_000,
             **(defaults or {}),
         }

@@ -18,6 +18,14 @@ tombstones (null values) are failures with a kind and a message.
 
 Encoding uses ``polars.DataFrame.write_ndjson`` (~0.6 µs a record against ~2.2 µs for orjson
 per row); it writes float32 scores in their shortest form, so they read back bit-identical.
+
+Passthrough fields (``--keep`` default or a list of names) are read column-wise too, with a
+second polars call that infers their types, whenever that is exact: every kept field present
+once in every record, as a string, an integer or a boolean (checked on the batch's bytes, so
+a value polars would convert, such as a number in a column of strings, a duplicate key or a
+nested value, is never taken). Then the output values are written by one polars call, kept
+columns and scores together. Other batches take the per-record path: orjson parses each
+record and the kept fields are spliced before the scores (~5 µs a record more).
 """
 
 from __future__ import annotations
@@ -59,7 +67,8 @@ class DecodeFailure:
     message: str
 
 
-Passthrough = list[bytes] | list[dict[str, Any]] | None
+# Per row: the raw value (--keep all), a dict of the kept fields, or one frame of them.
+Passthrough = list[bytes] | list[dict[str, Any]] | pl.DataFrame | None
 
 
 @dataclass
@@ -67,7 +76,8 @@ class DecodedBatch:
     """The decodable records of one batch, as Arrow rows for the model, and the others.
 
     ``passthrough`` holds, per row, the kept fields: None when nothing is kept, the raw value
-    when every field is kept (copied verbatim), else a dict of the kept fields.
+    when every field is kept (copied verbatim), else a dict of the kept fields, or all of
+    them as one polars frame (one row per decoded row) where that is exact.
     """
 
     rows: pa.RecordBatch  # the model's fields, one row per decoded record
@@ -310,11 +320,63 @@ class JsonDecoder:
         if mode == "all":
             return _present(values, good)
         if parsed is None:
-            parsed = [orjson.loads(value) for value in _present(values, good)]
+            present = _present(values, good)
+            columns = self._columnar_passthrough(present)
+            if columns is not None:
+                return columns
+            parsed = [orjson.loads(value) for value in present]
         if mode == "list":
             names = self.keep.names
             return [{name: obj.get(name) for name in names} for obj in parsed]
         return [self._non_model_fields(obj) for obj in parsed]
+
+    def _columnar_passthrough(self, present: list[bytes]) -> pl.DataFrame | None:
+        """The kept fields as columns, or None unless every value is exactly representable.
+
+        polars reads the batch with the types it infers from its first rows. It refuses a
+        later integer or boolean of another type, but reads a number among strings as its
+        text, keeps the first of duplicate keys and ignores fields the first rows lack. So
+        each record's bytes are checked: every string column's key followed by a string
+        once (``"key":"``), and, when every field the model does not read is kept, exactly
+        two quotes per key and per string value (no field left out, none repeated). Any
+        other batch (nested values, nulls, floats, a quote escaped in a string) returns None.
+        """
+        joined = b"\n".join(present)
+        try:
+            frame = pl.read_ndjson(io.BytesIO(joined), infer_schema_length=PASSTHROUGH_SAMPLE)
+        except Exception:  # a type the first rows did not show, and the like
+            return None
+        if frame.height != len(present):
+            return None
+        if self.keep.mode == "list":
+            names = list(self.keep.names)
+            if not set(names) <= set(frame.columns):
+                return None
+            checked = names
+        else:
+            names = [name for name in frame.columns if name not in self.fields]
+            checked = frame.columns
+        if not names:  # a frame without columns has no rows either
+            return None
+        for name in names:
+            column = frame[name]
+            if column.dtype not in _EXACT_TYPES or column.null_count():
+                return None
+        strings = [name for name in checked if frame[name].dtype == pl.String]
+        for name in strings:
+            key = orjson.dumps(name) + b':"'
+            if any(value.count(key) != 1 for value in present):
+                return None  # a number or boolean among strings (read as text), or repeated
+        if self.keep.mode == "list":
+            for name in names:
+                key = orjson.dumps(name) + b":"
+                if name not in strings and any(value.count(key) != 1 for value in present):
+                    return None
+        else:
+            quotes = 2 * (frame.width + len(strings))
+            if any(value.count(b'"') != quotes for value in present):
+                return None
+        return frame.select(names)
 
     def _non_model_fields(self, obj: dict[str, Any]) -> dict[str, Any]:
         """``obj`` without the model's fields. Records of a topic mostly share their field
@@ -327,6 +389,20 @@ class JsonDecoder:
         # Decoded records hold every model field, so the size pins the field set down.
         self._known, self._known_set, self._known_size = tuple(kept), set(kept), len(obj)
         return kept
+
+
+# Passthrough types polars reads and writes back exactly (floats may change form: 1 -> 1.0).
+_EXACT_TYPES = (pl.String, pl.Int64, pl.Boolean)
+PASSTHROUGH_SAMPLE = 100  # rows polars infers the passthrough types from
+
+
+def take_passthrough(passthrough: Passthrough, rows: np.ndarray) -> Passthrough:
+    """The passthrough of the rows at positions ``rows``."""
+    if passthrough is None:
+        return None
+    if isinstance(passthrough, pl.DataFrame):
+        return passthrough[rows.tolist()] if len(rows) else passthrough.clear()
+    return [passthrough[i] for i in rows.tolist()]
 
 
 def _present(values: Sequence[bytes | None], indices: list[int]) -> list[bytes]:
@@ -343,6 +419,12 @@ def encode_values(
     """
     frame = pl.from_arrow(scores)
     assert isinstance(frame, pl.DataFrame)
+    if isinstance(passthrough, pl.DataFrame):  # column-wise: one polars call writes it all
+        same = [name for name in frame.columns if name in passthrough.columns]
+        columns = passthrough.drop(same)
+        if len(accepted) != columns.height or not _is_identity(accepted):
+            columns = columns[accepted.tolist()] if len(accepted) else columns.clear()
+        return _lines(pl.concat([columns, frame], how="horizontal") if columns.width else frame)
     lines = _lines(frame)
     if passthrough is None:
         return lines
@@ -365,6 +447,10 @@ def encode_values(
             kept = dumps({k: v for k, v in obj.items() if k not in names})
         out.append(_splice(kept, line))
     return out
+
+
+def _is_identity(rows: np.ndarray) -> bool:
+    return bool(len(rows) == 0 or (rows[0] == 0 and rows[-1] == len(rows) - 1))
 
 
 def _splice(obj: bytes, scores: bytes) -> bytes:
