@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 import polars as pl
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -51,6 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DAY = ROOT / "sample_data" / "transactions" / "date=2026-11-04" / "part-0.parquet"
 MODEL = ROOT / "sample_data" / "models" / "fraud"
 KAFKA_LOCAL = ROOT / "scripts" / "kafka-local"
+PER_MESSAGE = Path(__file__).resolve().parent / "per_message.py"  # the reference consumer
 PARTITIONS = 3
 WARMUP_RATE, WARMUP_S = 2000, 3.0
 BROKER_WARMUP_RATE, BROKER_WARMUP_S = 5000, 20.0
@@ -143,47 +143,6 @@ def read_outputs(
     results.put({tag: (values, last_read[tag]) for tag, values in latencies.items()})
 
 
-# --- the per-message baseline (its own process) ---------------------------------------------------
-
-
-def per_message_worker(bootstrap: str, source: str, out: str) -> None:
-    """poll one, parse, score one row, produce one; auto-commit (at-most/at-least-once mix)."""
-    from streamscore.model import resolve_model
-    from streamscore.model.session import load_model
-
-    model = load_model(resolve_model(MODEL), provider="cpu", threads=1)
-    names = model.signature.metadata["feature_names"].split(",")
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"per-message-{uuid.uuid4().hex}",
-            "auto.offset.reset": "latest",
-        }
-    )
-    producer = Producer({"bootstrap.servers": bootstrap})
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    consumer.subscribe([source], on_assign=lambda c, ps: print("assigned", flush=True))
-    while not stop.is_set():
-        message = consumer.poll(0.1)
-        if message is None or message.error() is not None:
-            continue
-        record = orjson.loads(message.value())
-        features = np.array([[record[name] for name in names]], dtype=np.float32)
-        label, probabilities = model.run(["label", "probabilities"], {"input": features})
-        record.update(label=int(label[0]), probabilities_1=float(probabilities[0][1]))
-        producer.produce(
-            out,
-            orjson.dumps(record),
-            message.key(),
-            partition=message.partition(),
-            timestamp=message.timestamp()[1],
-        )
-        producer.poll(0)
-    producer.flush(30)
-    consumer.close()
-
-
 # --- one scorer, all phases ------------------------------------------------------------------
 
 
@@ -196,7 +155,7 @@ def start_scorer(kind: str, bootstrap: str, source: str, out: str) -> subprocess
             "--log-format", "json", "--status-interval", "3600",
         ]  # fmt: skip
     else:
-        command = [sys.executable, __file__, "--per-message-worker", bootstrap, source, out]
+        command = [sys.executable, str(PER_MESSAGE), "serve", bootstrap, source, out]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
     deadline = time.monotonic() + 60
@@ -345,7 +304,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 5 and sys.argv[1] == "--per-message-worker":
-        per_message_worker(*sys.argv[2:])
-        sys.exit(0)
     sys.exit(main())

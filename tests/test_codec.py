@@ -279,7 +279,7 @@ def test_passthrough_fields_are_the_same_whichever_path_reads_them(
     values = [raw_record(fields, form) for fields, form in items]
     mode = KeepColumns.parse(keep)
 
-    decoded = JsonDecoder(FIELDS, mode).decode(values)
+    decoded = JsonDecoder(FIELDS, mode, small_batch=0).decode(values)
     out = encode_values(decoded.passthrough, np.arange(len(values)), scores(len(values)))
 
     assert decoded.failures == []
@@ -298,7 +298,7 @@ def test_passthrough_fields_are_the_same_whichever_path_reads_them(
 def test_plain_passthrough_fields_are_read_column_wise() -> None:
     values = [record(note=f"n{i}", ok=i % 2 == 0) for i in range(5)]
 
-    decoded = JsonDecoder(FIELDS).decode(values)
+    decoded = JsonDecoder(FIELDS, small_batch=0).decode(values)
     out = encode_values(decoded.passthrough, np.array([1, 3]), scores(2))
 
     assert decoded.passthrough is not None and not isinstance(decoded.passthrough, list)
@@ -306,3 +306,27 @@ def test_plain_passthrough_fields_are_read_column_wise() -> None:
         {"id": 7, "note": "n1", "ok": False, "label": 0, "p": 0.0},
         {"id": 7, "note": "n3", "ok": False, "label": 1, "p": 1.0},
     ]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.one_of(st.tuples(st.one_of(plain_fields, wild_fields), st.just("compact")),
+             st.tuples(good_records, st.sampled_from(["compact", "spaced", "duplicate"])),
+             bad_values), max_size=20),
+    st.sampled_from([None, "all", "none", "note"]),
+)  # fmt: skip
+def test_a_small_batch_decodes_exactly_as_a_large_one(items: list[Any], keep: str | None) -> None:
+    values = [raw_record(*item) if isinstance(item, tuple) else item for item in items]
+    mode = KeepColumns.parse(keep)
+
+    small = JsonDecoder(FIELDS, mode).decode(values)  # record by record where it can
+    large = JsonDecoder(FIELDS, mode, small_batch=0).decode(values)  # polars
+
+    assert small.index.tolist() == large.index.tolist()
+    assert small.rows.to_pydict() == large.rows.to_pydict()
+    assert small.rows.schema == large.rows.schema
+    assert small.failures == large.failures
+    n = len(small.index)
+    found = encode_values(small.passthrough, np.arange(n), scores(n))
+    expected = encode_values(large.passthrough, np.arange(n), scores(n))
+    assert [orjson.loads(v) for v in found] == [orjson.loads(v) for v in expected]

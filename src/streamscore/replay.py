@@ -18,8 +18,9 @@ topic; then the run exits. How a run goes:
 5. A transaction that had to be aborted leaves the consumer ahead of the committed offsets,
    so the run starts over from step 3 with fresh clients (a few times at most).
 
-With ``exactly_once=False`` there are no transactions: outputs are flushed, then offsets
-committed; a crash in between repeats that batch on restart.
+With ``exactly_once=False`` there are no transactions: offsets are committed once outputs
+are acknowledged (the wait overlaps the next batch); a crash in between repeats those
+batches on restart.
 """
 
 from __future__ import annotations
@@ -263,6 +264,7 @@ class ReplayRun:
             o.input_topic,
             snapshot.commit_offsets({p: r.start for p, r in snapshot.ranges.items()}),
         )
+        delivery.settle(wait_for_commit=True)  # at-least-once: the snapshot is kept now
         return snapshot
 
     def _check_identity(self, snapshot: EndOffsets, model: LoadedModel) -> None:

@@ -17,7 +17,7 @@ with three parts of its own:
   so an output over the topic's size limit is an ``output_too_large`` dead letter), with one
   of two delivery policies:
 
-  - at-least-once (default, :class:`~streamscore.kafka.sink.OverlappedAtLeastOnce`): a
+  - at-least-once (default, :class:`~streamscore.kafka.sink.AtLeastOnce`): a
     batch's offsets are committed once its outputs are acknowledged; that wait overlaps the
     next batch and commits are asynchronous every half second, so neither adds latency; a
     crash before a commit scores those records again (duplicates, no loss);
@@ -57,11 +57,11 @@ from streamscore.kafka.client import Admin, Consumer, Producer
 from streamscore.kafka.dead_letter import DeadLetters
 from streamscore.kafka.group_source import GroupProgress, GroupSource
 from streamscore.kafka.sink import (
+    AtLeastOnce,
     Delivery,
     GroupExactlyOnce,
     KafkaBatch,
     KafkaSink,
-    OverlappedAtLeastOnce,
     PartWritten,
 )
 from streamscore.kafka.topics import OutputTopics, prepare_output_topics
@@ -210,7 +210,7 @@ class TailRun:
         if o.exactly_once:
             delivery = GroupExactlyOnce(producer, consumer)
         else:
-            delivery = OverlappedAtLeastOnce(
+            delivery = AtLeastOnce(
                 producer,
                 consumer,
                 owned=lambda: self.progress.owned,

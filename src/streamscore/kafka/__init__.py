@@ -5,7 +5,9 @@
     headers.py      headers stamped on outputs and dead letters
     dead_letter.py  records that cannot be scored, kept with the reason
     offsets.py      a replay's end-offset snapshot, kept in committed offset metadata
-    source.py       read partitions between two offsets, stopping by itself
+    topics.py       create or check the output topics of replay and tail, one way
+    source.py       read partitions between two offsets, stopping by itself (replay)
+    group_source.py read a live topic as a consumer group member, with a revocation barrier
     sink.py         write scores, dead letters and offsets per batch (exactly/at-least once)
     loader.py       produce Parquet rows (e.g. the sample data) into a topic as JSON
 

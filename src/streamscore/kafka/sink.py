@@ -9,13 +9,12 @@ offsets. How those offsets are committed is the delivery guarantee:
   become visible to read_committed consumers together, or (after a crash or abort) not at all.
 * :class:`GroupExactlyOnce`: the same in a consumer group (``tail``): the offsets go in with
   the group's *current* generation, which fences a member that lost its partitions.
-* :class:`AtLeastOnce`: outputs are flushed (acknowledged by the broker), then the consumer
-  commits the offsets. A crash in between re-sends that batch on restart: duplicates, no loss.
-* :class:`OverlappedAtLeastOnce` (``tail``): the same, but the wait for a batch's
-  acknowledgement overlaps the next batch (awaited just before the next one is produced),
-  and acknowledged offsets are committed asynchronously every COMMIT_INTERVAL_S, so neither
-  adds to latency; :meth:`Delivery.settle` commits synchronously when partitions move or the
-  run ends.
+* :class:`AtLeastOnce`: offsets are committed once the batch's outputs are acknowledged by
+  the broker. The wait for that overlaps the next batch (awaited just before the next one is
+  produced), and acknowledged offsets are committed asynchronously every COMMIT_INTERVAL_S,
+  so neither adds to latency; :meth:`Delivery.settle` commits synchronously when partitions
+  move or the run ends. A crash before a commit re-sends those batches on restart:
+  duplicates, no loss.
 
 A batch scored by several model versions (``tail``'s canary and shadow,
 :class:`streamscore.rollout.RoutedBatch`) writes each version's rows with headers naming it,
@@ -122,26 +121,7 @@ class GroupExactlyOnce(ExactlyOnce):
 
 
 class AtLeastOnce(Delivery):
-    """Outputs acknowledged first, offsets committed after: nothing lost, maybe repeated."""
-
-    def __init__(self, producer: Producer, consumer: Consumer) -> None:
-        self.producer = producer
-        self.consumer = consumer
-
-    def begin(self) -> None:
-        pass
-
-    def commit(self, topic: str, offsets: Mapping[int, tuple[int, str]]) -> None:
-        self.producer.flush()
-        if offsets:
-            self.consumer.commit(topic, offsets)
-
-    def abort(self) -> None:
-        pass  # what was sent stays sent; uncommitted offsets make a restart send it again
-
-
-class OverlappedAtLeastOnce(Delivery):
-    """At-least-once whose acknowledgement wait overlaps the next batch; see the module doc.
+    """Outputs acknowledged first, offsets committed after (overlapped; see the module doc).
 
     ``owned()`` names the partitions this member may commit (a group member must not commit
     partitions it lost); ``on_commit_error`` hears of a failed commit, which a later one
