@@ -26,13 +26,14 @@ record, with the same typing rules, failures and messages (:meth:`JsonDecoder._s
 decides both ways). A record orjson could read differently from polars (a duplicate key, a
 nested or quoted value the quote count cannot vouch for) sends the batch to polars.
 
-Passthrough fields (``--keep`` default or a list of names) are read column-wise too, with a
-second polars call that infers their types, whenever that is exact: every kept field present
-once in every record, as a string, an integer or a boolean (checked on the batch's bytes, so
-a value polars would convert, such as a number in a column of strings, a duplicate key or a
-nested value, is never taken). Then the output values are written by one polars call, kept
-columns and scores together. Other batches take the per-record path: orjson parses each
-record and the kept fields are spliced before the scores (~5 µs a record more).
+Passthrough fields (``--keep`` default or a list of names) are read column-wise too, by the
+same polars call (their types inferred from the batch's first rows), whenever that is exact:
+every kept field present once in every record, as a string, an integer or a boolean
+(checked on each record's bytes, so a value polars would convert, such as a number among
+strings, a duplicate key or a nested value, is never taken). Then the output values are
+written by one polars call, kept columns and scores together. Other batches take the
+per-record path: orjson parses each record and the kept fields are spliced before the
+scores (~5 µs a record more).
 """
 
 from __future__ import annotations
@@ -181,7 +182,11 @@ class JsonDecoder:
             small = self._decode_small(values, good, failures)
             if small is not None:
                 return small
-        frame = self._read(_present(values, good)) if good else None
+        # One polars call reads the model's fields and, when some are kept, the others too.
+        with_kept = self.keep.mode in ("default", "list")
+        frame = self._read(_present(values, good), with_kept) if good else None
+        if frame is None and good and with_kept:
+            frame = self._read(_present(values, good))
         parsed: list[dict[str, Any]] | None = None
         if frame is None and good:
             good, frame, parsed = self._screened(values, good, failures)
@@ -192,8 +197,13 @@ class JsonDecoder:
         index = np.asarray(good, dtype=np.int64)
         if frame is None or not good:
             return DecodedBatch(self._empty, index, None, failures)
-        rows = frame.to_arrow().combine_chunks().to_batches()[0]
-        return DecodedBatch(rows, index, self._passthrough(values, good, parsed), failures)
+        rows = frame.select(list(self.fields)).to_arrow().combine_chunks().to_batches()[0]
+        passthrough: Passthrough = None
+        if parsed is None and with_kept and frame.width > len(self.fields):
+            passthrough = self._columnar_passthrough(_present(values, good), frame)
+        if passthrough is None:
+            passthrough = self._passthrough(values, good, parsed)
+        return DecodedBatch(rows, index, passthrough, failures)
 
     # Small batches: orjson, record by record.
 
@@ -240,12 +250,21 @@ class JsonDecoder:
 
     # The fast path: one polars call for the whole batch.
 
-    def _read(self, values: list[bytes]) -> pl.DataFrame | None:
+    def _read(self, values: list[bytes], with_kept: bool = False) -> pl.DataFrame | None:
+        """The model's fields (typed as the model needs them) or None where polars refuses
+        the batch; ``with_kept``: every other field too, typed as its first rows show."""
         joined = b"\n".join(values)
         if joined.count(b"\n") != len(values) - 1:
             return None  # a value spans lines: screen it record by record
         try:
-            frame = pl.read_ndjson(io.BytesIO(joined), schema=self.fields)
+            if with_kept:
+                frame = pl.read_ndjson(
+                    io.BytesIO(joined),
+                    schema_overrides=self.fields,
+                    infer_schema_length=PASSTHROUGH_SAMPLE,
+                )
+            else:
+                frame = pl.read_ndjson(io.BytesIO(joined), schema=self.fields)
         except Exception:  # polars raises ComputeError and friends for any bad line
             return None
         # Blank lines are skipped by polars; a short frame means rows would not line up.
@@ -323,9 +342,10 @@ class JsonDecoder:
         failures: list[DecodeFailure],
     ) -> tuple[list[int], pl.DataFrame]:
         """Records decoded with a model field null or absent: find which, and why."""
-        if not any(frame.null_count().row(0)):
+        model = frame.select(list(self.fields))
+        if not any(model.null_count().row(0)):
             return good, frame
-        nulls = frame.select(pl.any_horizontal(pl.all().is_null())).to_series()
+        nulls = model.select(pl.any_horizontal(pl.all().is_null())).to_series()
         for row in np.flatnonzero(nulls.to_numpy()):
             value = values[good[row]]
             assert value is not None
@@ -379,18 +399,17 @@ class JsonDecoder:
         if mode == "all":
             return _present(values, good)
         if parsed is None:
-            present = _present(values, good)
-            columns = self._columnar_passthrough(present)
-            if columns is not None:
-                return columns
-            parsed = [orjson.loads(value) for value in present]
+            parsed = [orjson.loads(value) for value in _present(values, good)]
         if mode == "list":
             names = self.keep.names
             return [{name: obj.get(name) for name in names} for obj in parsed]
         return [self._non_model_fields(obj) for obj in parsed]
 
-    def _columnar_passthrough(self, present: list[bytes]) -> pl.DataFrame | None:
-        """The kept fields as columns, or None unless every value is exactly representable.
+    def _columnar_passthrough(
+        self, present: list[bytes], frame: pl.DataFrame
+    ) -> pl.DataFrame | None:
+        """The kept fields of ``frame`` (read with them, see :meth:`_read`), or None unless
+        every value is exactly representable.
 
         polars reads the batch with the types it infers from its first rows. It refuses a
         later integer or boolean of another type, but reads a number among strings as its
@@ -400,11 +419,6 @@ class JsonDecoder:
         two quotes per key and per string value (no field left out, none repeated). Any
         other batch (nested values, nulls, floats, a quote escaped in a string) returns None.
         """
-        joined = b"\n".join(present)
-        try:
-            frame = pl.read_ndjson(io.BytesIO(joined), infer_schema_length=PASSTHROUGH_SAMPLE)
-        except Exception:  # a type the first rows did not show, and the like
-            return None
         if frame.height != len(present):
             return None
         if self.keep.mode == "list":
