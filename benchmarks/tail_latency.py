@@ -4,7 +4,8 @@ One run against one local broker (started here with scripts/kafka-local in its o
 KAFKA_LOCAL_HOME, or an existing one with --bootstrap). For each scorer, each in its
 own process, reading its own 3-partition input topic:
 
-* tail         - ``streamscore tail`` (at-least-once, --max-wait 10 ms, --max-batch 1000);
+* tail         - ``streamscore tail`` with its defaults (at-least-once, --max-wait 5 ms,
+                 --max-batch 1000);
 * per-message  - poll one record, parse it, score one row, produce one (auto-commit), the
                  shape of most published examples;
 * pipe         - no scorer: the reader reads the input topic itself. Its latency is the
@@ -151,7 +152,7 @@ def start_scorer(kind: str, bootstrap: str, source: str, out: str) -> subprocess
         command = [
             sys.executable, "-m", "streamscore", "tail", "-b", bootstrap, "-i", source,
             "-o", out, "-g", f"bench-{uuid.uuid4().hex[:8]}", "-m", str(MODEL),
-            "--threads", "1", "--provider", "cpu", "--max-wait", "10", "--max-batch", "1000",
+            "--threads", "1", "--provider", "cpu",
             "--log-format", "json", "--status-interval", "3600",
         ]  # fmt: skip
     else:
