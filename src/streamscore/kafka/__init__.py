@@ -1,6 +1,12 @@
 """Kafka for streamscore: clients, JSON record codec, offsets, sources and sinks.
 
-    client.py       the only module importing confluent_kafka: settings, clients, errors
+    client.py       the clients and settings gathered in one import (the modules below)
+    base.py         what the clients share: lazy creation, error callback, record types
+    admin.py        Admin: topic metadata, creation, offsets
+    consumer.py     Consumer: assigned partitions or a group subscription
+    producer.py     Producer: idempotent, transactional on demand
+    translation.py  confluent_kafka errors -> ours, keeping librdkafka's error name
+    retry.py        the one retry policy (transient errors, growing waits, a deadline)
     codec.py        JSON values <-> Arrow batches (micro-batch decode, per-record failures)
     headers.py      headers stamped on outputs and dead letters
     dead_letter.py  records that cannot be scored, kept with the reason
@@ -11,5 +17,7 @@
     sink.py         write scores, dead letters and offsets per batch (exactly/at-least once)
     loader.py       produce Parquet rows (e.g. the sample data) into a topic as JSON
 
-Importing this package imports nothing heavy; ``streamscore.kafka.client`` loads librdkafka.
+Only the client modules (base, admin, consumer, producer, translation, retry) import
+confluent_kafka. Importing this package imports nothing heavy; ``streamscore.kafka.client``
+loads librdkafka.
 """
