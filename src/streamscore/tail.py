@@ -17,10 +17,10 @@ with three parts of its own:
   so an output over the topic's size limit is an ``output_too_large`` dead letter), with one
   of two delivery policies:
 
-  - at-least-once (default, :class:`~streamscore.kafka.sink.AtLeastOnce`): a
-    batch's offsets are committed once its outputs are acknowledged; that wait overlaps the
-    next batch and commits are asynchronous every half second, so neither adds latency; a
-    crash before a commit scores those records again (duplicates, no loss);
+  - at-least-once (default, :class:`~streamscore.kafka.sink.AtLeastOnce`): offsets are
+    committed once the outputs are acknowledged, every half second for all batches produced
+    since, so no batch waits for the one before; a crash before a commit scores those
+    records again (duplicates, no loss);
   - exactly-once (:class:`~streamscore.kafka.sink.GroupExactlyOnce`): one transaction per
     batch holds outputs, dead letters, shadow results and the offsets, sent with the group's
     current generation (which fences a member that lost its partitions). A crashed process's

@@ -10,11 +10,11 @@ offsets. How those offsets are committed is the delivery guarantee:
 * :class:`GroupExactlyOnce`: the same in a consumer group (``tail``): the offsets go in with
   the group's *current* generation, which fences a member that lost its partitions.
 * :class:`AtLeastOnce`: offsets are committed once the batch's outputs are acknowledged by
-  the broker. The wait for that overlaps the next batch (awaited just before the next one is
-  produced), and acknowledged offsets are committed asynchronously every COMMIT_INTERVAL_S,
-  so neither adds to latency; :meth:`Delivery.settle` commits synchronously when partitions
-  move or the run ends. A crash before a commit re-sends those batches on restart:
-  duplicates, no loss.
+  the broker. Batches are produced without waiting; every COMMIT_INTERVAL_S the producer is
+  flushed (every record acknowledged) and the offsets of the batches produced so far are
+  committed asynchronously, so no batch waits for the one before; :meth:`Delivery.settle`
+  commits synchronously when partitions move or the run ends. A crash before a commit
+  re-sends those batches on restart: duplicates, no loss.
 
 A batch scored by several model versions (``tail``'s canary and shadow,
 :class:`streamscore.rollout.RoutedBatch`) writes each version's rows with headers naming it,
@@ -24,7 +24,6 @@ commits never wait on the reader.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -121,7 +120,7 @@ class GroupExactlyOnce(ExactlyOnce):
 
 
 class AtLeastOnce(Delivery):
-    """Outputs acknowledged first, offsets committed after (overlapped; see the module doc).
+    """Outputs acknowledged first, offsets committed after (see the module docstring).
 
     ``owned()`` names the partitions this member may commit (a group member must not commit
     partitions it lost); ``on_commit_error`` hears of a failed commit, which a later one
@@ -143,51 +142,44 @@ class AtLeastOnce(Delivery):
         self.on_commit_error = on_commit_error
         self.commit_interval_s = commit_interval_s
         self._lock = threading.RLock()
-        self._unacknowledged: dict[int, tuple[int, str]] | None = None
-        self._settled: dict[int, tuple[int, str]] = {}  # acknowledged, not yet committed
+        self._produced: dict[int, tuple[int, str]] = {}  # offsets of batches not committed
         self._last_commit = time.monotonic()
 
     def begin(self) -> None:
-        self.settle()  # the previous batch: acknowledged by now, as a rule
+        self.settle()  # every COMMIT_INTERVAL_S, between two batches
 
     def commit(self, topic: str, offsets: Mapping[int, tuple[int, str]]) -> None:
+        """The batch is produced: its offsets wait for the next settle."""
         self.topic = topic
         with self._lock:
             self.producer.poll()
-            self._unacknowledged = dict(offsets)
+            self._produced.update(offsets)
 
     def settle(self, *, wait_for_commit: bool = False) -> None:
-        """Wait until the last batch is acknowledged (KafkaError if any record could not be
-        delivered); commit acknowledged offsets when due, or now and synchronously."""
+        """When due (or now, synchronously, with ``wait_for_commit``): wait until every
+        record produced is acknowledged (KafkaError if any could not be delivered), then
+        commit the offsets of the batches they came from."""
         with self._lock:
-            if self._unacknowledged is not None:
-                self.producer.flush()
-                self._settled.update(self._unacknowledged)
-                self._unacknowledged = None
             due = time.monotonic() - self._last_commit >= self.commit_interval_s
-            if self._settled and (due or wait_for_commit):
-                self._commit_settled(asynchronous=not wait_for_commit)
-
-    def _commit_settled(self, *, asynchronous: bool) -> None:
-        offsets, self._settled = self._settled, {}
-        if self.owned is not None:
-            owned = set(self.owned())
-            offsets = {p: c for p, c in offsets.items() if p in owned}
-        self._last_commit = time.monotonic()
-        if not offsets:
-            return
-        try:
-            self.consumer.commit(self.topic, offsets, asynchronous=asynchronous)
-        except KafkaError as exc:
-            self.on_commit_error(exc)
+            if not self._produced or not (due or wait_for_commit):
+                return
+            self.producer.flush()
+            offsets, self._produced = self._produced, {}
+            if self.owned is not None:
+                owned = set(self.owned())
+                offsets = {p: c for p, c in offsets.items() if p in owned}
+            self._last_commit = time.monotonic()
+            if not offsets:
+                return
+            try:
+                self.consumer.commit(self.topic, offsets, asynchronous=not wait_for_commit)
+            except KafkaError as exc:
+                self.on_commit_error(exc)
 
     def abort(self) -> None:
-        """Give up the unacknowledged batch; commit what was acknowledged (best effort)."""
+        """Give up what is not acknowledged yet: its offsets are never committed."""
         with self._lock:
-            self._unacknowledged = None
-            if self._settled:
-                with contextlib.suppress(KafkaError):
-                    self._commit_settled(asynchronous=False)
+            self._produced = {}
 
 
 @dataclass
