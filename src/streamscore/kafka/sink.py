@@ -29,7 +29,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -192,6 +192,14 @@ class SinkCounts:
     dead_letter_kinds: dict[str, int] = field(default_factory=dict)
 
 
+class WriteProgress(Protocol):
+    """Hears of each batch the sink wrote, and of its failure (a group source's barrier)."""
+
+    def written(self) -> None: ...
+
+    def abandon(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class PartWritten:
     """What came of one model version's rows in a batch."""
@@ -223,7 +231,7 @@ class KafkaSink(Sink):
         stamp: HeaderStamp | None = None,
         *,
         shadow_topic: str | None = None,
-        progress: Any = None,
+        progress: WriteProgress | None = None,
         observe: BatchObserver | None = None,
     ) -> None:
         self.producer = producer
