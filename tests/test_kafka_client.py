@@ -3,13 +3,20 @@ translated into ours with librdkafka's code, and the clients against the real br
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import confluent_kafka as ck
 import pytest
 
-from streamscore.errors import KafkaAuthError, KafkaError, ProducerFenced, UsageError
+from streamscore.errors import (
+    KafkaAuthError,
+    KafkaError,
+    ProducerFenced,
+    TransactionAborted,
+    UsageError,
+)
 from streamscore.kafka.client import (
     BOOTSTRAP_ENV,
     Admin,
@@ -318,6 +325,31 @@ def test_a_second_transactional_producer_fences_the_first(
         successor.commit_transaction()
 
     assert committed_values(kafka_bootstrap, topic) == [b"from the successor"]
+
+
+@pytest.mark.kafka
+def test_a_transaction_the_broker_timed_out_is_reported_as_rolled_back_not_as_fenced(
+    kafka_bootstrap: str, unique_topic: Callable[..., str]
+) -> None:
+    topic = unique_topic()
+    # The broker rolls back a transaction open longer than this (checked every second here)
+    # and bumps the producer's epoch, which librdkafka then reports as "fenced".
+    settings = KafkaSettings(kafka_bootstrap, (("transaction.timeout.ms", "2000"),))
+    with Producer(settings, transactional_id=f"{topic}-tx") as producer:
+        producer.init_transactions()
+        producer.begin_transaction()
+        producer.produce(topic, b"outlived its timeout", None, partition=0)
+        producer.flush()
+        time.sleep(4)
+
+        with pytest.raises(TransactionAborted) as caught:
+            producer.commit_transaction()
+
+    message = caught.value.one_line()
+    assert "the broker rolled back the transaction" in message
+    assert "longer than transaction.timeout.ms (2s)" in message
+    assert "took over" not in message
+    assert committed_values(kafka_bootstrap, topic) == []
 
 
 @pytest.mark.kafka

@@ -578,6 +578,33 @@ def test_an_output_topic_with_fewer_partitions_exits_6(
     assert_one_line_error(result.stderr, "has 1 partition(s) but input topic")
 
 
+def test_a_transaction_of_another_producer_hanging_on_the_output_stops_the_replay_with_the_fix(
+    kafka_bootstrap: str, topics: Callable[[int], tuple[str, str]], unique_topic: Callable[..., str]
+) -> None:
+    source, _ = topics(2)
+    produce_rows(kafka_bootstrap, source, sample_rows(10))
+    target = unique_topic(partitions=2)
+    # Another producer id's transaction, open on partition 1 of OUT: ours cannot end it.
+    other = Producer({"bootstrap.servers": kafka_bootstrap, "transactional.id": f"{target}-x"})
+    other.init_transactions(30)
+    other.begin_transaction()
+    other.produce(target, b"{}", partition=1)
+    assert other.flush(30) == 0
+    try:
+        result = cli_replay(kafka_bootstrap, source, target, "--connect-timeout", "1")
+    finally:
+        other.abort_transaction(30)
+
+    assert result.exit_code == 6
+    assert_one_line_error(
+        result.stderr,
+        f"partition {target}[1] holds a transaction left open by another producer",
+        f"kafka-transactions.sh --bootstrap-server {kafka_bootstrap} abort --topic {target} "
+        "--partition 1 --start-offset 0",
+    )
+    assert read_topic(kafka_bootstrap, target) == []  # nothing written
+
+
 def test_records_the_model_cannot_read_exit_4_with_one_line(
     kafka_bootstrap: str, topics: Callable[[int], tuple[str, str]]
 ) -> None:

@@ -13,7 +13,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import pyarrow as pa
 
@@ -26,12 +26,11 @@ T = TypeVar("T")
 class BatchScorer(Protocol):
     """Scores in two steps: ``prepare`` (any thread) then ``run`` (the scoring thread).
 
-    ``prepare`` gets the source batch's rows and its ``context``, which a scorer that routes
-    rows by their source (canary keys) reads; :class:`streamscore.scoring.Scorer` is one
-    such scorer, :class:`streamscore.rollout.RoutingScorer` (canary, shadow) another.
+    :class:`streamscore.scoring.Scorer` is one; a scorer that needs more than the rows
+    is a :class:`SourceBatchScorer`.
     """
 
-    def prepare(self, batch: pa.RecordBatch, context: Any = None) -> Any: ...
+    def prepare(self, batch: pa.RecordBatch) -> Any: ...
 
     def run(self, prepared: Any) -> ScoredBatch: ...
 
@@ -44,12 +43,27 @@ class SourceBatch:
     context: Any = None
 
 
+@runtime_checkable
+class SourceBatchScorer(Protocol):
+    """A scorer that prepares from the whole source batch, context included: one that
+    routes rows by their source record (canary keys), :class:`streamscore.rollout.RoutingScorer`.
+    """
+
+    def prepare_batch(self, batch: SourceBatch) -> Any: ...
+
+    def run(self, prepared: Any) -> ScoredBatch: ...
+
+
 class Source(ABC):
     """Produces batches of rows. Implement :meth:`batches`; it runs on a reader thread."""
 
     @abstractmethod
     def batches(self) -> Iterator[SourceBatch]:
         """Yield batches in order until the source is exhausted."""
+
+    def stop(self) -> None:  # noqa: B027 - optional hook, empty by default
+        """Called from another thread when the run stops early (the writer failed): make
+        :meth:`batches` return soon. Only a source that can wait long needs it."""
 
 
 class Sink(ABC):
@@ -119,7 +133,7 @@ class _Stage(Generic[T]):
 
 def run_pipeline(
     source: Source,
-    scorer: BatchScorer,
+    scorer: BatchScorer | SourceBatchScorer,
     sink: Sink,
     *,
     on_batch: Callable[[SourceBatch, ScoredBatch], None] | None = None,
@@ -135,10 +149,15 @@ def run_pipeline(
     writer: _Stage[tuple[SourceBatch, ScoredBatch]] = _Stage(depth)
     errors: list[BaseException] = []
 
+    def prepare(batch: SourceBatch) -> Any:
+        if isinstance(scorer, SourceBatchScorer):
+            return scorer.prepare_batch(batch)
+        return scorer.prepare(batch.rows)
+
     def read() -> None:
         try:
             for batch in source.batches():
-                if not reader.put((batch, scorer.prepare(batch.rows, batch.context))):
+                if not reader.put((batch, prepare(batch))):
                     return
         except BaseException as exc:  # handed to the calling thread
             reader.put(_Failure(exc))
@@ -165,7 +184,11 @@ def run_pipeline(
         thread.start()
     try:
         while not errors:
-            item = reader.queue.get()
+            try:
+                # Not forever: a writer that failed must not wait for a slow reader.
+                item = reader.queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
             if item is _DONE:
                 break
             if isinstance(item, _Failure):
@@ -186,6 +209,7 @@ def run_pipeline(
         raise
     finally:
         reader.stop.set()
+        source.stop()
         _drain(reader.queue)
         # A source may use a client its owner closes once we return (a Kafka consumer must
         # not be closed while a thread is inside it): wait until the reader has left it.

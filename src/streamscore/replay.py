@@ -8,7 +8,9 @@ topic; then the run exits. How a run goes:
    topic are created with IN's partition count when missing (fewer partitions is an error),
    since each output goes to its input's partition number.
 2. The transactional producer starts. Its transactional id is fixed per replay, so this
-   fences a previous instance still running and aborts the transaction it left open.
+   fences a previous instance still running and aborts the transaction it left open. A
+   transaction a broker crash left hanging on OUT or the dead-letter topic is aborted too
+   (:mod:`streamscore.kafka.hanging`), before anything is written.
 3. The consumer group's committed offsets are read. Their metadata holds the replay's
    snapshot of end offsets (:mod:`streamscore.kafka.offsets`): then the run resumes from the
    committed offsets and stops at the same ends. Without one, the ends are snapshot now and
@@ -39,6 +41,7 @@ from streamscore.errors import MappingError, TransactionAborted, UsageError
 from streamscore.kafka.client import Admin, Consumer, Producer
 from streamscore.kafka.codec import MISSING_FIELD, JsonDecoder
 from streamscore.kafka.dead_letter import DeadLetters
+from streamscore.kafka.hanging import abort_hanging_transactions
 from streamscore.kafka.headers import HeaderStamp
 from streamscore.kafka.offsets import EndOffsets
 from streamscore.kafka.sink import AtLeastOnce, Delivery, ExactlyOnce, KafkaBatch, KafkaSink
@@ -174,6 +177,7 @@ class ReplayRun:
         ):
             if o.exactly_once:
                 producer.init_transactions()  # before reading offsets: fences a zombie first
+                self._abort_hanging(admin, producer, consumer, topics, partitions)
             committed = consumer.committed(o.input_topic, partitions)
             snapshot = EndOffsets.from_committed(committed, o.group_id)
             delivery: Delivery = (
@@ -231,6 +235,32 @@ class ReplayRun:
                 for kind, count in counts.dead_letter_kinds.items():
                     kinds = summary.dead_letter_kinds
                     kinds[kind] = kinds.get(kind, 0) + count
+
+    def _abort_hanging(
+        self,
+        admin: Admin,
+        producer: Producer,
+        consumer: Consumer,
+        topics: OutputTopics,
+        partitions: list[int],
+    ) -> None:
+        """Abort what a broker crash left open on the outputs, before reading offsets."""
+        o = self.options
+        # Any offsets do: the transaction carrying them is aborted, which drops a pending
+        # offset commit of the crashed run with them.
+        offsets = {p: (0, "") for p in partitions}
+        aborted = abort_hanging_transactions(
+            admin, producer, topics.output_partitions, o.input_topic, offsets,
+            consumer.group_metadata(),
+        )  # fmt: skip
+        for stuck in aborted:
+            self.reporter.event(
+                {
+                    "event": "warning",
+                    "message": f"aborted a transaction left open on {stuck} (offsets "
+                    f"{stuck.stable}-{stuck.end - 1}, e.g. by a broker crash) before resuming",
+                }
+            )
 
     def _refuse_nonempty_output(self, admin: Admin) -> None:
         """A fresh replay into an OUT that already holds records would duplicate them."""

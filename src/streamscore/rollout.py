@@ -11,7 +11,7 @@ score some of the records that arrived recently, or, before any record arrived, 
 fields the serving version reads.
 
 :class:`RoutingScorer` is how ``tail`` plugs all of this into the shared pipeline: a
-:class:`~streamscore.pipeline.BatchScorer` that decodes with the serving set's decoder,
+:class:`~streamscore.pipeline.SourceBatchScorer` that decodes with the serving set's decoder,
 splits each batch between the published arms, scores every part (and the whole batch with
 the shadow) and returns a :class:`RoutedBatch` naming which version scored which rows.
 """
@@ -33,6 +33,7 @@ from streamscore.kafka.codec import DecodedBatch, JsonDecoder, take_passthrough
 from streamscore.mapping import plan_inputs
 from streamscore.model import ModelRef
 from streamscore.model.session import load_model
+from streamscore.pipeline import SourceBatch
 from streamscore.routing import CanarySpec, record_fallback
 from streamscore.scoring import ScoredBatch, Scorer, scorer_for_records
 
@@ -182,11 +183,12 @@ class _Prepared:
 
 
 class RoutingScorer:
-    """Scores ``tail``'s batches with the serving arms (a BatchScorer for the pipeline).
+    """Scores ``tail``'s batches with the serving arms (a SourceBatchScorer for the pipeline:
+    it routes rows by their source records' keys).
 
     ``current()`` gives the serving set; a source decodes each batch with :meth:`decode`,
-    which pins that set for the batch's :meth:`prepare` (both run on the pipeline's reader
-    thread, one after the other), so a hot reload always falls between two batches.
+    which pins that set for the batch's :meth:`prepare_batch` (both run on the pipeline's
+    reader thread, one after the other), so a hot reload always falls between two batches.
     """
 
     def __init__(self, topic: str, current: Callable[[], Serving]) -> None:
@@ -201,10 +203,10 @@ class RoutingScorer:
             self.recent = values[-RECENT_RECORDS:]
         return serving.decoder.decode(values)
 
-    def prepare(self, batch: pa.RecordBatch, context: Any = None) -> _Prepared:
+    def prepare_batch(self, batch: SourceBatch) -> _Prepared:
         serving = self._pinned or self.current()
-        decoded: DecodedBatch = context.decoded
-        records: Sequence[KafkaRecord] = context.records
+        decoded: DecodedBatch = batch.context.decoded
+        records: Sequence[KafkaRecord] = batch.context.records
         if not records:  # an idle tick of the source: a reload still shows in the status
             self.current()
             return _Prepared([], None)

@@ -134,9 +134,8 @@ class Scorer:
         """Score one batch. Bad rows are rejected with a reason; the rest get scores."""
         return self.run(self.prepare(batch))
 
-    def prepare(self, batch: pa.RecordBatch, context: Any = None) -> Feeds:
-        """Convert a batch into model feeds (CPU work a reader thread can do ahead); the
-        source's ``context`` does not matter to one model."""
+    def prepare(self, batch: pa.RecordBatch) -> Feeds:
+        """Convert a batch into model feeds (CPU work a reader thread can do ahead)."""
         return build_feeds(self.plan, batch, reject_nan=self.reject_nan)
 
     def run(self, feeds: Feeds) -> ScoredBatch:

@@ -125,10 +125,11 @@ class Admin(KafkaClient):
         raise KafkaError(f"{action}: its partitions have no leader yet", hint="try again")
 
     def list_offsets(
-        self, topic: str, partitions: Sequence[int], spec: str | int
+        self, topic: str, partitions: Sequence[int], spec: str | int, *, committed: bool = True
     ) -> dict[int, int]:
         """Offsets per partition: ``"earliest"``, ``"latest"`` (the last stable offset, as
-        read_committed consumers see it) or the first offset at or after a timestamp in ms
+        read_committed consumers see it; with ``committed=False`` the high watermark, records
+        of open transactions included) or the first offset at or after a timestamp in ms
         (the latest offset where no record is that recent)."""
         if spec == "earliest":
             offset_spec = OffsetSpec.earliest()  # type: ignore[no-untyped-call]
@@ -141,7 +142,9 @@ class Admin(KafkaClient):
         with translated(self.settings, action):
             futures = self.handle.list_offsets(
                 requests,
-                isolation_level=ck.IsolationLevel.READ_COMMITTED,
+                isolation_level=ck.IsolationLevel.READ_COMMITTED
+                if committed
+                else ck.IsolationLevel.READ_UNCOMMITTED,
                 request_timeout=self.settings.connect_timeout_s,
             )
             found = {

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from streamscore.errors import (
 from streamscore.kafka.settings import KafkaSettings
 from streamscore.kafka.translation import (
     AUTH_CODES,
+    UNREACHABLE_CODES,
     translate,
     translated,
 )
@@ -90,10 +92,14 @@ class KafkaClient:
         # Errors librdkafka reports out of band (failed connections, refused logins).
         self.errors: deque[ck.KafkaError] = deque(maxlen=32)
         self.last_error = ""  # the latest of them, redacted, for messages about stalls
+        # When librdkafka last said it cannot reach the cluster (monotonic seconds).
+        self.unreachable_at: float | None = None
 
     def _on_error(self, error: ck.KafkaError) -> None:
         self.errors.append(error)
         self.last_error = f"{self.settings.redact(error.str())} [{error.name()}]"
+        if error.code() in UNREACHABLE_CODES:
+            self.unreachable_at = time.monotonic()
 
     def _create(self, config: dict[str, Any]) -> Any:
         raise NotImplementedError

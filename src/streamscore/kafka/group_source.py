@@ -97,7 +97,7 @@ class GroupSource(Source):
         topic: str,
         decode: Callable[[list[bytes | None]], DecodedBatch],
         progress: GroupProgress,
-        stop: threading.Event,
+        stopped: threading.Event,
         *,
         max_batch: int,
         max_wait_ms: int,
@@ -107,7 +107,8 @@ class GroupSource(Source):
         self.topic = topic
         self.decode = decode
         self.progress = progress
-        self.stop = stop
+        self.stopped = stopped  # the run is asked to stop: finish what was collected
+        self._halted = threading.Event()  # the pipeline failed: return at once
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000
         self.on_change = on_change
@@ -121,14 +122,19 @@ class GroupSource(Source):
         )
 
     def batches(self) -> Iterator[SourceBatch]:
-        while not self.stop.is_set():
+        while not self.stopped.is_set() and not self._halted.is_set():
             yield self._batch(self._collect())
-        if self._pending:  # collected when the stop came: finish them
+        if self._pending and not self._halted.is_set():  # collected when the stop came
             yield self._batch(self._take_pending())
+
+    def stop(self) -> None:
+        """The pipeline stopped early (a batch could not be written): stop reading."""
+        self._halted.set()
 
     def rewind(self) -> None:
         """After a batch could not be written: read every owned partition again from its
         committed offset (or, before any commit, the first offset handed on)."""
+        self._halted.clear()
         self._pending = []
         owned = sorted(self.progress.owned)
         if not owned:
@@ -167,7 +173,7 @@ class GroupSource(Source):
         wait counts from then: no record waits for more than about max_wait plus one batch.
         """
         deadline: float | None = None
-        while not self.stop.is_set():
+        while not self.stopped.is_set() and not self._halted.is_set():
             room = self.max_batch - len(self._pending)
             if room <= 0:
                 break

@@ -12,6 +12,7 @@ import confluent_kafka as ck
 
 from streamscore.errors import (
     KafkaError,
+    StreamscoreError,
     TransactionAborted,
 )
 from streamscore.kafka.base import (
@@ -20,14 +21,14 @@ from streamscore.kafka.base import (
     OutgoingRecord,
     topic_positions,
 )
-from streamscore.kafka.retry import Retry
+from streamscore.kafka.retry import Retry, within
 from streamscore.kafka.settings import KafkaSettings
 from streamscore.kafka.translation import (
     AUTH_CODES,
+    FENCED_CODES,
     UNREACHABLE_CODES,
     kafka_error_of,
     translate,
-    translated,
 )
 
 _E = ck.KafkaError
@@ -72,9 +73,12 @@ class Producer(KafkaClient):
         self.failed: deque[ck.KafkaError] = deque(maxlen=32)
         self.failed_count = 0
         self.in_transaction = False
+        self.transaction_started_at = 0.0  # monotonic seconds, for telling timeouts apart
         # Set once librdkafka reports a fatal error (fenced, say): the client is unusable and
         # flushing or aborting it only raises again, from inside its callbacks.
         self.fatal = False
+        # Set once a step gave up on an unreachable cluster: closing must not wait on it again.
+        self.gave_up = False
 
     def _create(self, config: dict[str, Any]) -> Any:
         return ck.Producer(config)
@@ -123,8 +127,7 @@ class Producer(KafkaClient):
                 except ck.KafkaException as exc:
                     kerr = kafka_error_of(exc)
                     if kerr is None or kerr.code() != _E.MSG_SIZE_TOO_LARGE:
-                        action = f"producing to topic '{topic}'"
-                        raise translate(exc, self.settings, action) from None
+                        raise self._txn_error(exc, f"producing to topic '{topic}'") from None
                     too_large.append(position)
                     break
         return too_large
@@ -158,10 +161,10 @@ class Producer(KafkaClient):
 
     def init_transactions(self) -> None:
         """Register the transactional id; this fences (and aborts) an older instance's work."""
-        timeout = max(self.settings.connect_timeout_s, 30.0)
+        timeout = self._txn_timeout()
         started = time.monotonic()
         try:
-            self.handle.init_transactions(timeout)
+            within(timeout, self.handle.init_transactions)
         except ck.KafkaException as exc:
             kerr = kafka_error_of(exc)
             if kerr is not None and kerr.code() in UNREACHABLE_CODES:
@@ -170,9 +173,12 @@ class Producer(KafkaClient):
             raise translate(exc, self.settings, "starting a transactional producer") from None
 
     def begin_transaction(self) -> None:
-        with translated(self.settings, "beginning a transaction"):
+        try:
             self.handle.begin_transaction()
+        except ck.KafkaException as exc:
+            raise self._txn_error(exc, "beginning a transaction") from None
         self.in_transaction = True
+        self.transaction_started_at = time.monotonic()
 
     def send_offsets_to_transaction(
         self, topic: str, offsets: Mapping[int, tuple[int, str]], group_metadata: Any
@@ -194,26 +200,62 @@ class Producer(KafkaClient):
         self.failed.clear()
         self.failed_count = 0
 
-    def abort_transaction(self) -> None:
-        """Roll back the open transaction, if any (best effort: a fenced one is gone anyway)."""
+    def abort_transaction(self, *, checked: bool = False) -> None:
+        """Roll back the open transaction, if any. Best effort (a fenced one is gone anyway)
+        unless ``checked``: then a failure raises, as for a commit."""
+        if checked:
+            self._transactional(
+                "aborting a transaction", lambda timeout: self.handle.abort_transaction(timeout)
+            )
+            self.in_transaction = False
+            return
         if not self.in_transaction or self._handle is None or self.fatal:
             self.in_transaction = False
             return
         self.in_transaction = False
-        # Best effort: the broker aborts it anyway on timeout or when the next instance starts.
+        # Best effort, and briefly: the broker aborts it anyway on timeout or when the next
+        # instance starts, and a run giving up must not wait a full deadline more for it.
         with contextlib.suppress(ck.KafkaException):
-            self._handle.abort_transaction(self._txn_timeout())
+            within(self.settings.connect_timeout_s, self._handle.abort_transaction)
 
     def _txn_timeout(self) -> float:
-        """How long one transactional step may take in all, retries included."""
-        return max(self.settings.connect_timeout_s * 3, 30.0)
+        """How long one transactional step may take in all, retries included: 3 connect
+        timeouts, so that a replay gives up in a time the user chose (README)."""
+        return self.settings.connect_timeout_s * 3
+
+    def _transaction_timeout_s(self) -> float:
+        """The broker rolls back a transaction left open longer than this (librdkafka's
+        ``transaction.timeout.ms``, 60 s unless set with -X)."""
+        return float(self._config.get("transaction.timeout.ms", 60_000)) / 1000
+
+    def _txn_error(self, exc: ck.KafkaException, action: str) -> StreamscoreError:
+        """Our error for ``exc``; a "fenced" transaction older than the transaction timeout
+        was rolled back by the broker, which reports that as fencing: say so."""
+        kerr = kafka_error_of(exc)
+        open_s = time.monotonic() - self.transaction_started_at
+        timed_out = (
+            kerr is not None
+            and kerr.code() in FENCED_CODES
+            and self.transaction_started_at > 0
+            and open_s >= self._transaction_timeout_s()
+        )
+        if not timed_out or kerr is None:
+            return translate(exc, self.settings, action)
+        return TransactionAborted(
+            f"{action}: the broker rolled back the transaction: it was open {open_s:.0f}s, longer "
+            f"than transaction.timeout.ms ({self._transaction_timeout_s():g}s) "
+            f"[{kerr.name()}]",
+            hint="rerun to resume; a broker that was away that long timed it out",
+            code=kerr.name(),
+        )
 
     def _transactional(self, action: str, call: Callable[[float], Any]) -> None:
         """``call(timeout)``, retried on retriable errors until the transaction timeout.
 
-        The deadline bounds the retries as a whole (each call gets the time left), so a broker
-        that died is reported within a few connect timeouts rather than minutes. Between
-        tries: 0.1 s .. 1.6 s (a coordinator moving, a broker busy).
+        The deadline bounds the retries as a whole (each call gets the time left, and is held
+        to it by :func:`~streamscore.kafka.retry.within`), so a broker that died is reported
+        within a few connect timeouts rather than minutes. Between tries: 0.1 s .. 1.6 s (a
+        coordinator moving, a broker busy).
         """
 
         def transient(exc: ck.KafkaException) -> bool:
@@ -224,13 +266,13 @@ class Producer(KafkaClient):
 
         retry = Retry(self._txn_timeout(), first_s=0.1, max_s=1.6)
         try:
-            retry.run(call, transient)
+            retry.run(lambda left: within(left, call), transient)
         except ck.KafkaException as exc:
             kerr = kafka_error_of(exc)
             if kerr is None or kerr.fatal() or kerr.code() in AUTH_CODES:
                 self.in_transaction = False
                 self.fatal = self.fatal or (kerr is not None and kerr.fatal())
-                raise translate(exc, self.settings, action) from None
+                raise self._txn_error(exc, action) from None
             if kerr.txn_requires_abort():
                 self.abort_transaction()
                 raise TransactionAborted(
@@ -240,6 +282,10 @@ class Producer(KafkaClient):
                 ) from None
             error = translate(exc, self.settings, action)
             if kerr.retriable():
+                # The broker rolls the transaction back itself (timeout, or the next
+                # instance's start); waiting to abort it would only add a deadline.
+                self.in_transaction = False
+                self.gave_up = True
                 error.message += (
                     f" (still failing after {retry.attempts} attempt(s) in {retry.elapsed_s:.1f}s)"
                 )
@@ -250,7 +296,7 @@ class Producer(KafkaClient):
         if self._handle is None:
             return
         try:
-            if self.fatal:
+            if self.fatal or self.gave_up:
                 pass  # nothing can be delivered or aborted any more; the broker aborts it
             elif self.in_transaction:
                 self.abort_transaction()

@@ -9,6 +9,7 @@ holds only aborted records, would otherwise never finish. An empty partition is 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 
@@ -24,6 +25,9 @@ DEFAULT_MAX_WAIT_S = 0.2
 # (60 s by default), and that alone should not fail a replay against a healthy broker.
 STALL_CONNECT_TIMEOUTS = 6
 MIN_STALL_TIMEOUT_S = 60.0
+# A stall while the client reports the cluster unreachable is given up on sooner: as a
+# transactional step is (README: "gives up within 3 × --connect-timeout").
+UNREACHABLE_CONNECT_TIMEOUTS = 3
 
 
 def stall_timeout_for(connect_timeout_s: float) -> float:
@@ -67,13 +71,20 @@ class PartitionRangeSource(Source):
             if stall_timeout_s is None
             else stall_timeout_s
         )
+        self.unreachable_timeout_s = (
+            UNREACHABLE_CONNECT_TIMEOUTS * consumer.settings.connect_timeout_s
+        )
         self.remaining = {p for p, end in self.ends.items() if self.position[p] < end}
+        self.stopping = threading.Event()
+
+    def stop(self) -> None:
+        self.stopping.set()
 
     def batches(self) -> Iterator[SourceBatch]:
         if not self.remaining:
             return
         self.consumer.assign(self.topic, {p: self.position[p] for p in sorted(self.remaining)})
-        while self.remaining:
+        while self.remaining and not self.stopping.is_set():
             records, next_offsets = self._collect()
             advanced: dict[int, int] = {}
             commit: dict[int, tuple[int, str]] = {}
@@ -91,7 +102,7 @@ class PartitionRangeSource(Source):
         next_offsets: dict[int, int] = {}
         ends, remaining = self.ends, self.remaining
         started = last_progress = time.monotonic()
-        while remaining and len(records) < self.batch_size:
+        while remaining and len(records) < self.batch_size and not self.stopping.is_set():
             got, at_end = self.consumer.consume(self.batch_size - len(records), 0.1)
             moved = len(remaining)
             for record in got:
@@ -119,9 +130,21 @@ class PartitionRangeSource(Source):
                 last_progress = now
             elif now - last_progress > self.stall_timeout_s:
                 raise self._stalled()
+            elif now - last_progress > self.unreachable_timeout_s and self._unreachable_since(
+                last_progress
+            ):
+                raise self.consumer.unreachable(
+                    f"reading topic '{self.topic}'", round(now - last_progress, 1)
+                )
             if records and now - started >= self.max_wait_s:
                 break
         return records, next_offsets
+
+    def _unreachable_since(self, moment: float) -> bool:
+        """Whether the consumer reported the cluster unreachable after ``moment`` (or just
+        before: the report of a broker's death can precede the last records it sent)."""
+        reported = self.consumer.unreachable_at
+        return reported is not None and reported >= moment - self.unreachable_timeout_s
 
     def _finish(self, partition: int, next_offsets: dict[int, int]) -> None:
         """Everything below the end offset is read: commit the end, stop fetching."""

@@ -25,6 +25,7 @@ class OutputTopics:
     partitions: int  # the input topic's
     dead_letters_same_partitions: bool  # the dead-letter topic has at least as many
     max_message_bytes: int | None  # the smallest limit of the output topics, if any
+    output_partitions: dict[str, list[int]]  # every partition of the outputs and dead letters
 
     def producer_defaults(self) -> dict[str, int]:
         """librdkafka defaults that make the producer refuse records the broker would."""
@@ -41,8 +42,10 @@ def prepare_output_topics(
     """
     count = admin.input_partition_count(input_topic)
     inherited = admin.topic_config(input_topic, ["retention.ms", "cleanup.policy"])
+    output_partitions: dict[str, list[int]] = {}
     for topic in outputs:
         found = admin.partition_count(topic)
+        output_partitions[topic] = list(range(max(found or 0, count)))
         if found is None:
             admin.create_topic(topic, count, inherited)
         elif found < count:
@@ -55,6 +58,7 @@ def prepare_output_topics(
         retention = {k: v for k, v in inherited.items() if k == "retention.ms"}
         admin.create_topic(dead_letter_topic, count, retention)
     dead_letter_partitions = admin.partition_count(dead_letter_topic) or 0
+    output_partitions[dead_letter_topic] = list(range(dead_letter_partitions))
     limits = [
         int(admin.topic_config(topic, ["max.message.bytes"]).get("max.message.bytes", 0))
         for topic in (*outputs, dead_letter_topic)
@@ -63,4 +67,5 @@ def prepare_output_topics(
         partitions=count,
         dead_letters_same_partitions=dead_letter_partitions >= count,
         max_message_bytes=min((limit for limit in limits if limit > 0), default=None),
+        output_partitions=output_partitions,
     )
