@@ -40,6 +40,7 @@ and committed, the group left, and the run returns.
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 import time
 import uuid
@@ -74,6 +75,7 @@ from streamscore.rollout import Arm, RoutedBatch, RoutingScorer, Serving, check_
 from streamscore.routing import compare_scores, resolve_version
 from streamscore.scoring import ScoredBatch
 
+GIL_SWITCH_INTERVAL_S = 0.0005
 MAX_BATCH_ATTEMPTS = 5
 RETRY_BACKOFF_S = 1.0
 STATS_INTERVAL_MS = 1000
@@ -120,9 +122,14 @@ def run_tail(
     MappingError or UsageError.
     """
     reporter = reporter or SilentReporter()
+    # The pipeline's threads hand each batch on twice; a thread woken for it may wait for the
+    # GIL up to the switch interval (5 ms by default) while another decodes: keep it short.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     try:
         return TailRun(options, reporter, stop or threading.Event()).execute()
     finally:
+        sys.setswitchinterval(interval)
         reporter.close()
 
 
