@@ -6,7 +6,9 @@ Runs use tiny durations (tens of milliseconds per configuration); no test assert
 from __future__ import annotations
 
 import json
+import re
 import struct
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -37,7 +39,7 @@ from streamscore.bench.harness import (
 )
 from streamscore.bench.inputs import GeneratedInputs, load_rows
 from streamscore.bench.options import parse_percent, parse_shapes
-from streamscore.bench.plot import to_html
+from streamscore.bench.plot import to_html, write_plot
 from streamscore.errors import InputError, ModelError, UsageError
 from streamscore.model import resolve_model
 from streamscore.model.session import load_model, time_device_copies
@@ -320,9 +322,34 @@ def test_require_provider_turns_an_unavailable_provider_into_exit_5() -> None:
 def test_html_plot_is_self_contained(report: BenchReport, tmp_path: Path) -> None:
     page = to_html(report)
     assert page.count("<svg") == 2 and "<script" not in page
-    assert "http://" not in page and "https://" not in page and "src=" not in page
+    # matplotlib's SVG names its own namespaces; nothing is fetched from anywhere
+    assert "src=" not in page and "<link" not in page and "url(http" not in page
+    assert "<?xml" not in page  # each SVG is inlined as an element, not a document
     for result in report.results:
         assert result.key in page
+
+
+def test_png_and_svg_come_from_the_same_figure(report: BenchReport, tmp_path: Path) -> None:
+    png, svg = tmp_path / "bench.png", tmp_path / "bench.svg"
+    write_plot(report, png)
+    write_plot(report, svg)
+    width, height = struct.unpack(">II", png.read_bytes()[16:24])
+    text = svg.read_text()
+    assert text.startswith("<?xml") and text.count("<svg") == 1
+    match = re.search(r'<svg[^>]*width="([0-9.]+)pt" height="([0-9.]+)pt"', text)
+    assert match is not None
+    # same figure: the same aspect ratio (PNG at 110 dpi, SVG in points at 72 per inch)
+    assert width / height == pytest.approx(float(match[1]) / float(match[2]), rel=0.02)
+
+
+def test_plot_without_matplotlib_is_a_one_line_error_naming_the_extra(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails
+    path = tmp_path / "bench.png"
+    result = invoke("bench", MLP, "--batch-sizes", "1", *QUICK_CLI, "--plot", path)
+    assert result.exit_code == 2 and "streamscore[plot]" in result.output
+    assert "Traceback" not in result.output and not path.exists()
 
 
 def test_png_plot_is_a_png_image(report: BenchReport, tmp_path: Path) -> None:

@@ -303,7 +303,8 @@ def test_start_up_does_not_load_the_heavy_libraries() -> None:
     # client and the columnar libraries are imported only when a command runs.
     code = (
         "import sys, streamscore.cli.app; "
-        "print(','.join(m for m in ('onnxruntime', 'confluent_kafka', 'pyarrow', 'polars') "
+        "print(','.join(m for m in ('onnxruntime', 'confluent_kafka', 'pyarrow', 'polars', "
+        "'matplotlib') "
         "if m in sys.modules))"
     )
     loaded = subprocess.run(

@@ -9,7 +9,10 @@ Built for unattended nightly runs:
 * rows that cannot be scored go to ``OUTPUT/_rejected/`` with a reason (``--on-error``);
 * a corrupt input is reported and the others still run; the summary says the run was
   partial and is also written to ``OUTPUT/_streamscore_run.json``;
-* a lock file refuses a second run on the same OUTPUT while one is running.
+* a lock file refuses a second run on the same OUTPUT while one is running;
+* a ``stop`` event (the CLI sets it on SIGINT/SIGTERM) ends the run at the next batch: the
+  file in progress is abandoned (temporary files removed) and the summary, marked
+  ``interrupted``, is still written.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import contextlib
 import fcntl
 import json
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,12 +34,19 @@ import pyarrow.parquet as pq
 
 from streamscore import __version__
 from streamscore.config import BatchOptions, OnError
-from streamscore.errors import InputError, LockedError, ModelError, UsageError
+from streamscore.errors import (
+    InputError,
+    LockedError,
+    ModelError,
+    OutputError,
+    UsageError,
+    output_error,
+)
 from streamscore.model import resolve_model
 from streamscore.model.session import LoadedModel, load_model
 from streamscore.pipeline import SourceBatch, run_pipeline
 from streamscore.reporting import Reporter, SilentReporter
-from streamscore.scoring import ScoredBatch, Scorer
+from streamscore.scoring import REASON_COLUMN, ScoredBatch, Scorer
 from streamscore.sinks.parquet import ParquetFileSink, remove_stale_temp_files
 from streamscore.sources.parquet import (
     ParquetInput,
@@ -90,6 +101,8 @@ class BatchSummary:
     rejected_reasons: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
+    interrupted: bool = False  # stopped by a signal before every file was done
+    summary_error: str | None = None  # why OUTPUT/_streamscore_run.json could not be written
     streamscore_version: str = __version__
 
     @property
@@ -128,9 +141,12 @@ class _PlannedFile:
 @contextlib.contextmanager
 def output_lock(output: Path, run_id: str) -> Iterator[None]:
     """Hold an exclusive lock on OUTPUT for the run; the OS frees it if the process dies."""
-    output.mkdir(parents=True, exist_ok=True)
     path = output / LOCK_NAME
-    handle = path.open("a+")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        handle = path.open("a+")
+    except OSError as exc:
+        raise output_error(path, exc) from exc
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -141,13 +157,17 @@ def output_lock(output: Path, run_id: str) -> Iterator[None]:
                 f"{output} is being written by another streamscore run ({holder})",
                 hint="wait for it to finish; the lock is released when that process exits",
             ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}, run {run_id}")
-        handle.flush()
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()}, run {run_id}")
+            handle.flush()
+        except OSError as exc:
+            raise output_error(path, exc) from exc
         yield
     finally:
-        handle.close()
+        with contextlib.suppress(OSError):  # a failed write leaves a buffer close can't flush
+            handle.close()
 
 
 def options_digest(options: BatchOptions) -> str:
@@ -170,13 +190,24 @@ def _is_current(output: Path, wanted: dict[str, str]) -> bool:
     return all(found.get(key) == value for key, value in wanted.items())
 
 
+class _Stopped(Exception):
+    """Raised between batches once ``stop`` is set: unwinds the pipeline through its abort."""
+
+
 class BatchRun:
     """One execution of ``streamscore batch``; use :func:`run_batch`."""
 
-    def __init__(self, options: BatchOptions, model: LoadedModel, reporter: Reporter) -> None:
+    def __init__(
+        self,
+        options: BatchOptions,
+        model: LoadedModel,
+        reporter: Reporter,
+        stop: threading.Event | None = None,
+    ) -> None:
         self.options = options
         self.model = model
         self.reporter = reporter
+        self.stop = stop or threading.Event()
         self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
         self.digest = options_digest(options)
         ref = model.ref
@@ -205,6 +236,7 @@ class BatchRun:
             schema = parquet.schema_arrow
             rows = parquet.metadata.num_rows
             parquet.close()
+            _check_names(schema, quarantine=self.options.on_error is OnError.quarantine)
             fp = fingerprint(item.path)
             if not self.options.force and _is_current(output, self._identity(fp)):
                 base.status = "skipped"
@@ -254,6 +286,8 @@ class BatchRun:
             META_PREFIX + "provider": self.model.provider,
         }
         scores = planned.scorer.score_schema()
+        if scores is not None:  # lets `compare --scored` tell scores from kept columns
+            metadata[META_PREFIX + "score_columns"] = ",".join(scores.names)
         sink = ParquetFileSink(
             planned.output,
             planned.rejected,
@@ -272,6 +306,8 @@ class BatchRun:
 
         def on_batch(batch: SourceBatch, scored: ScoredBatch) -> None:
             nonlocal position
+            if self.stop.is_set():
+                raise _Stopped
             if len(scored.rejected) and self.options.on_error is OnError.fail:
                 row = position + int(scored.rejected[0])
                 raise InputError(
@@ -282,8 +318,11 @@ class BatchRun:
             self.reporter.advance("rows", batch.rows.num_rows)
 
         try:
-            stats = run_pipeline(source, planned.scorer, sink, on_batch=on_batch)
-        except (InputError, ModelError) as exc:
+            try:
+                stats = run_pipeline(source, planned.scorer, sink, on_batch=on_batch)
+            except OSError as exc:  # reading errors are InputErrors: this is the output
+                raise output_error(planned.output, exc) from exc
+        except (InputError, ModelError, OutputError) as exc:
             if self.options.on_error is OnError.fail:
                 raise
             _discard_outputs(planned.output, planned.rejected)
@@ -328,13 +367,23 @@ class BatchRun:
                         _discard_outputs(output, self.options.output / REJECTED_DIR / relative)
                     self._record(plan)
             for planned in todo:
-                self._record(self.score_file(planned))
-            if self.options.input.is_dir():
+                if self.stop.is_set():
+                    break
+                try:
+                    self._record(self.score_file(planned))
+                except _Stopped:
+                    break
+            self.summary.interrupted = self.stop.is_set()
+            if self.options.input.is_dir() and not self.summary.interrupted:
                 self._handle_orphans({item.relative for item in inputs})
             self.summary.seconds = round(time.perf_counter() - started, 3)
             if self.summary.seconds > 0:
                 self.summary.rows_per_second = round(self.summary.rows_in / self.summary.seconds, 1)
-            _write_json_atomically(self.options.output / SUMMARY_NAME, self.summary.as_dict())
+            summary_path = self.options.output / SUMMARY_NAME
+            try:
+                _write_json_atomically(summary_path, self.summary.as_dict())
+            except OSError as exc:  # the outputs are done: report them, then the failure
+                self.summary.summary_error = output_error(summary_path, exc).one_line()
         return self.summary
 
     def _handle_orphans(self, current: set[Path]) -> None:
@@ -374,6 +423,23 @@ def _check_paths(source: Path, output: Path) -> None:
         raise UsageError(f"cannot create --out {output}: {exc.strerror}") from exc
 
 
+def _check_names(schema: pa.Schema, *, quarantine: bool) -> None:
+    """Column names that would make an output or its rejects file ambiguous."""
+    seen: set[str] = set()
+    for name in schema.names:
+        if name in seen:
+            raise InputError(
+                f"column '{name}' appears twice in the file",
+                hint="give every column a distinct name",
+            )
+        seen.add(name)
+    if quarantine and REASON_COLUMN in seen:
+        raise InputError(
+            f"input column '{REASON_COLUMN}' clashes with the reason column of rejected rows",
+            hint="rename it, or use --on-error skip",
+        )
+
+
 def _is_within(path: Path, parent: Path) -> bool:
     return path == parent or parent in path.parents
 
@@ -403,17 +469,24 @@ def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
     os.replace(temp, path)
 
 
-def run_batch(options: BatchOptions, reporter: Reporter | None = None) -> BatchSummary:
+def run_batch(
+    options: BatchOptions,
+    reporter: Reporter | None = None,
+    *,
+    stop: threading.Event | None = None,
+) -> BatchSummary:
     """Score every Parquet file under ``options.input``; see the module docstring.
 
-    Returns the summary; a summary with ``partial`` set means some files failed. Raises
-    StreamscoreError subclasses for problems that stop the whole run.
+    Returns the summary; a summary with ``partial`` set means some files failed, one with
+    ``interrupted`` that ``stop`` was set before the end, one with ``summary_error`` that
+    the summary file could not be written. Raises StreamscoreError subclasses
+    for problems that stop the whole run.
     """
     reporter = reporter or SilentReporter()
     s = options.scoring
     # No spinning: ONNX Runtime's idle workers would take the cores the reader and writer need.
     model = load_model(resolve_model(s.model), provider=s.provider, threads=s.threads, spin=False)
     try:
-        return BatchRun(options, model, reporter).execute()
+        return BatchRun(options, model, reporter, stop).execute()
     finally:
         reporter.close()

@@ -54,12 +54,26 @@ def print_renderable(renderable: Any) -> None:
     _stdout.print(renderable)
 
 
-def print_wide(renderable: Any) -> None:
-    """Like print_renderable, but off a terminal up to 200 columns: CI logs do not wrap."""
-    if stdout_is_tty():
-        _stdout.print(renderable)
+def print_wide(renderable: Any, *, stderr: bool = False) -> None:
+    """Like print_renderable, but off a terminal up to 200 columns: CI logs do not wrap.
+
+    ``stderr`` sends it there: human text when stdout carries JSON lines.
+    """
+    stream = sys.stderr if stderr else sys.stdout
+    if stream.isatty():
+        (_stderr if stderr else _stdout).print(renderable)
     else:  # a Console never prints wider than its own width, so make a wider one
-        Console(file=sys.stdout, highlight=False, width=200).print(renderable)
+        Console(file=stream, highlight=False, width=200).print(renderable)
+
+
+def print_note(text: str) -> None:
+    """A human line that is not the command's output (warnings, "wrote FILE"): on stderr."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def machine_readable(log_format: str) -> bool:
+    """Whether stdout carries JSON lines only: ``json``, or ``auto`` off a terminal."""
+    return log_format == "json" or (log_format == "auto" and not stdout_is_tty())
 
 
 def json_line(payload: Mapping[str, Any], stream: TextIO | None = None) -> None:
@@ -245,8 +259,16 @@ def format_event(payload: Mapping[str, Any]) -> str:
         rej = f", {rejected:,} rejected" if rejected else ""
         return f"{status:>7}  {payload.get('input')}{rows}{rej}{extra}"
     if kind in ("warning", "error", "info"):
-        return f"{kind}: {payload.get('message')}"
+        port = payload.get("metrics_port")
+        metrics = f" · metrics on http://127.0.0.1:{port}/metrics" if port is not None else ""
+        return f"{kind}: {payload.get('message')}{metrics}"
     return ""
+
+
+def _is_identifier(key: str) -> bool:
+    """Ports, offsets, partitions and ids are names, not amounts: never "33,011"."""
+    last = key.rsplit("_", 1)[-1]
+    return last in ("port", "offset", "partition", "pid", "id")
 
 
 def format_summary(summary: Mapping[str, Any], title: str) -> Table:
@@ -261,7 +283,7 @@ def format_summary(summary: Mapping[str, Any], title: str) -> Table:
         elif isinstance(value, float):
             shown = f"{value:,.2f}"
         elif isinstance(value, int):
-            shown = f"{value:,}"
+            shown = str(value) if _is_identifier(key) else f"{value:,}"
         elif isinstance(value, dict):
             shown = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
         elif isinstance(value, list):
@@ -300,6 +322,9 @@ def _threads(value: Any) -> str:
     return "auto" if value == 0 else str(value)
 
 
+_LATENCY = ("min", "p50", "p90", "p95", "p99", "max")
+
+
 def format_bench_results(report: Mapping[str, Any]) -> Table:
     """``streamscore bench``: one row per configuration, the best one marked with ★."""
     results = report.get("results") or []
@@ -308,15 +333,18 @@ def format_bench_results(report: Mapping[str, Any]) -> Table:
     copies = any(r.get("transfer_ms") for r in results)
     label = ":".join(part for part in (model.get("name"), model.get("version")) if part)
     settings = report.get("settings") or {}
+    closed = any(r["configuration"].get("rate") is None for r in results)
+    star = "★ most rows/s" if closed else "★ lowest p99"
     table = Table(
         title=f"streamscore bench  {label}  (inputs {settings.get('inputs', '?')})",
         title_justify="left",
-        caption=format_bench_environment(report),
+        caption=f"{star} · {format_bench_environment(report)}",
         caption_justify="left",
     )
     headers = ["", "provider", "threads", "batch", "conc."]
-    headers += ["rate/s", "served/s"] if open_loop else []
-    headers += ["calls/s", "rows/s", "p50 ms", "p90 ms", "p99 ms", "max ms"]
+    # Open loop: the calls served per second are the calls/s, beside the rate asked for.
+    headers += ["rate/s", "served/s"] if open_loop else ["calls/s"]
+    headers += ["rows/s"] + [f"{name} ms" for name in _LATENCY]
     headers += ["queue p99 ms"] if open_loop else []
     headers += ["h2d / compute / d2h ms"] if copies else []
     headers += ["overhead", "stable"]
@@ -335,11 +363,10 @@ def format_bench_results(report: Mapping[str, Any]) -> Table:
             str(c["concurrency"]),
         ]
         if open_loop:
-            row += [_num(c.get("rate"), ",.0f"), _num(r["calls_per_s"], ",.0f")]
-        else:
-            row += [_num(r["calls_per_s"], ",.0f")]
+            row += [_num(c.get("rate"), ",.0f")]
+        row += [_num(r["calls_per_s"], ",.0f")]
         row += [_num(r["rows_per_s"], ",.0f")]
-        row += [_num(lat[k]) for k in ("p50", "p90", "p99", "max")]
+        row += [_num(lat[k]) for k in _LATENCY]
         if open_loop:
             row += [_num((r.get("queue_ms") or {}).get("p99"))]
         if copies:
@@ -430,3 +457,81 @@ def format_bench_notes(report: Mapping[str, Any]) -> list[str]:
     if comparison.get("only_in_baseline"):
         notes.append(f"in the baseline only: {', '.join(comparison['only_in_baseline'])}")
     return notes
+
+
+# --- compare ----------------------------------------------------------------------------------
+
+
+def _side(name: str, side: Mapping[str, Any]) -> str:
+    if side.get("model"):
+        version = f" v{side['version']}" if side.get("version") else ""
+        return f"{name} = {side['model']}{version}"
+    return f"{name} = {side.get('source')}"
+
+
+def format_compare_columns(report: Mapping[str, Any]) -> Table:
+    """``streamscore compare``: one row per score column (the JSON report, as a table)."""
+    rows = report.get("rows") or {}
+    sample = report.get("sample") or {}
+    counts = (
+        f"matched {rows.get('matched', 0):,} · only A {rows.get('only_a', 0):,} · "
+        f"only B {rows.get('only_b', 0):,}"
+    )
+    if rows.get("neither"):
+        counts += f" · rejected by both {rows['neither']:,}"
+    if rows.get("duplicates_a") or rows.get("duplicates_b"):
+        counts += f" · repeated A {rows['duplicates_a']:,} / B {rows['duplicates_b']:,}"
+    if not sample.get("exact", True):
+        counts += f"\nquantiles, Spearman and PSI from a sample of {sample.get('rows', 0):,} rows"
+    table = Table(
+        title=Text(
+            f"streamscore compare  {_side('A', report['a'])}  vs  {_side('B', report['b'])}"
+        ),
+        title_justify="left",
+        caption=Text(counts),
+        caption_justify="left",
+    )
+    threshold = (report.get("settings") or {}).get("threshold", 0.5)
+    headers = ["column", "rows", "mean A", "mean B", "p50 A", "p50 B", "mean |A−B|",
+               "max |A−B|", "Pearson", "Spearman", "PSI", f"flips @{threshold:g}"]  # fmt: skip
+    for header in headers:
+        table.add_column(header, justify="left" if header == "column" else "right")
+    failed = {f["column"] for f in (report.get("gate") or {}).get("failures") or []}
+    for c in report.get("columns") or []:
+        flips = "-" if c["flips"] is None else f"{c['flips']:,} ({c['flip_rate']:.2%})"
+        table.add_row(
+            Text(c["name"]),
+            f"{c['compared']:,}",
+            _num(c["a"]["mean"], ".4g"),
+            _num(c["b"]["mean"], ".4g"),
+            _num(c["a"]["quantiles"]["p50"], ".4g"),
+            _num(c["b"]["quantiles"]["p50"], ".4g"),
+            _num(c["delta"]["mean_abs"]),
+            _num(c["delta"]["max_abs"]),
+            _num(c["pearson"], ".4f"),
+            _num(c["spearman"], ".4f"),
+            _num(c["psi"], ".4f"),
+            flips,
+            style="red" if c["name"] in failed else None,
+        )
+    return table
+
+
+def format_compare_top(column: Mapping[str, Any]) -> Table | None:
+    """The rows of one column that differ most, with their kept columns."""
+    top = column.get("top") or []
+    if not top:
+        return None
+    keep = list(top[0].get("keep") or {})
+    table = Table(title=Text(f"{column['name']}: rows that differ most"), title_justify="left")
+    for header in ("key", "A", "B", "A − B", *keep):
+        table.add_column(header, justify="right" if header in ("A", "B", "A − B") else "left")
+    for row in top:
+        table.add_row(
+            Text(str(row.get("key"))),
+            _num(row["a"], ".4g"),
+            _num(row["b"], ".4g"),
+            _num(row["delta"], "+.4g"),
+            *(Text(str(row["keep"].get(name))) for name in keep),
+        )
+    return table

@@ -11,10 +11,14 @@
     │   ├── TransactionAborted        exit 6   a transaction was rolled back; rerun resumes
     │   └── ProducerFenced            exit 6   another process took over our transactional id
     ├── LockedError                   exit 7   another run holds the output's lock
-    └── RegressionDetected            exit 8   bench: slower than the baseline allows
+    ├── RegressionDetected            exit 8   bench: slower than the baseline allows
+    ├── ComparisonGateFailed          exit 9   compare: flip rate or PSI beyond the limit
+    ├── OutputError                   exit 10  the output cannot be written (full, read-only)
+    └── Interrupted                   exit 130 stopped by SIGINT (Ctrl-C); a rerun resumes
+        └── Terminated                exit 143 stopped by SIGTERM
 
-Exit 130 means interrupted (SIGINT). Only ``streamscore.cli`` turns these into exit codes;
-library users catch ``StreamscoreError``.
+Exit 130 means interrupted (SIGINT), 143 terminated (SIGTERM). Only ``streamscore.cli``
+turns these into exit codes; library users catch ``StreamscoreError``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import ClassVar
 
 EXIT_OK = 0
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 
 class StreamscoreError(Exception):
@@ -100,3 +105,43 @@ class RegressionDetected(StreamscoreError):
     """A benchmark is slower than its baseline by more than the allowed margin."""
 
     exit_code = 8
+
+
+class ComparisonGateFailed(StreamscoreError):
+    """Two models' scores differ more than ``--max-flip-rate`` or ``--max-psi`` allow."""
+
+    exit_code = 9
+
+
+class OutputError(StreamscoreError):
+    """An output (file, folder, lock or report) cannot be written: disk full, read-only…"""
+
+    exit_code = 10
+
+
+def output_error(path: object, exc: OSError) -> OutputError:
+    """The OutputError for an OSError met while writing ``path``."""
+    reason = exc.strerror or str(exc)
+    return OutputError(
+        f"cannot write {path}: {reason}",
+        hint="free space or choose a writable location",
+    )
+
+
+class Interrupted(StreamscoreError):
+    """The run was stopped by SIGINT (Ctrl-C) before it finished; a rerun resumes."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
+class Terminated(Interrupted):
+    """The run was stopped by SIGTERM (cron, systemd, docker stop); a rerun resumes."""
+
+    exit_code = EXIT_TERMINATED
+
+
+def stopped_by(signum: int | None, what: str) -> Interrupted:
+    """The error for a run stopped by signal ``signum``; ``what`` says what was kept."""
+    if signum == 15:  # SIGTERM; the signal module is not needed for one number
+        return Terminated(f"terminated by SIGTERM; {what}", hint="rerun to resume")
+    return Interrupted(f"interrupted; {what}", hint="rerun to resume")

@@ -94,7 +94,7 @@ def _is_number(dtype: pa.DataType) -> bool:
     )
 
 
-def _check_type(column: str, dtype: pa.DataType, spec: TensorSpec) -> None:
+def _check_type(column: str, dtype: pa.DataType, spec: TensorSpec, *, matrix: bool) -> None:
     target = spec.dtype
     if target is None:
         raise MappingError(
@@ -110,7 +110,11 @@ def _check_type(column: str, dtype: pa.DataType, spec: TensorSpec) -> None:
         raise MappingError(
             f"column '{column}' has type {dtype}, which cannot feed model input "
             f"'{spec.name}' ({spec.element_type})",
-            hint="cast the column or choose other columns with --features",
+            # --features only chooses the columns of a 2-D input; other inputs take theirs
+            # by name.
+            hint="cast the column or choose other columns with --features"
+            if matrix
+            else "cast the column to a type that fits",
         )
 
 
@@ -178,10 +182,17 @@ def plan_inputs(
             if column not in columns:
                 raise MappingError(
                     f"column '{column}' needed by model input '{feed.input.name}' is missing",
-                    hint=f"available: {', '.join(list(columns)[:12])}",
+                    hint=f"available: {_listing(list(columns))}",
                 )
-            _check_type(column, columns[column], feed.input)
+            _check_type(column, columns[column], feed.input, matrix=feed.matrix)
     return InputPlan(feeds)
+
+
+def _listing(names: list[str], shown: int = 12) -> str:
+    """``a, b, c`` or, for a long list, its start and how long it is."""
+    if len(names) <= shown:
+        return ", ".join(names)
+    return f"{', '.join(names[:shown])}, … ({len(names)} columns)"
 
 
 def source_fields(
@@ -230,7 +241,13 @@ def _to_strings(array: pa.Array, column: str, spec: TensorSpec, rej: _Rejections
             lambda _: f"null in {_describe(column, spec)}",
         )
         array = array.fill_null("")
-    return np.asarray(array.to_numpy(zero_copy_only=False), dtype=object)
+    try:
+        return np.asarray(array.to_numpy(zero_copy_only=False), dtype=object)
+    except pa.ArrowException as exc:  # the one check Arrow leaves to the conversion
+        raise MappingError(
+            f"{_describe(column, spec)} holds text that is not valid UTF-8",
+            hint="re-encode the column as UTF-8",
+        ) from exc
 
 
 def _parse_strings(array: pa.Array, target: np.dtype[np.generic]) -> pa.Array:
@@ -260,9 +277,12 @@ def _to_numbers(
     values = array.to_numpy(zero_copy_only=False)
     if target.kind in "iu" and values.dtype.kind == "f":
         info = np.iinfo(target)  # type: ignore[type-var]
+        # float(info.max) rounds up to 2**63 (a value that does not fit): compare against
+        # the exact power of two above the range instead.
+        above = 2.0 ** (info.bits if info.min == 0 else info.bits - 1)
         with np.errstate(invalid="ignore"):
             bad = ~np.isfinite(values) | (values != np.floor(values))
-            bad |= (values < info.min) | (values > info.max)
+            bad |= (values < info.min) | (values >= above)
         rej.add(
             bad, lambda i: f"value {values[i].item()!r} in {where} is not a valid {target.name}"
         )
@@ -277,10 +297,10 @@ def _to_numbers(
         and values.dtype.kind in "fiu"
         and values.dtype.itemsize > target.itemsize
     ):
-        # Casting would overflow to infinity (and numpy would warn): reject instead.
-        limit = float(np.finfo(target).max)  # type: ignore[type-var]
-        with np.errstate(invalid="ignore"):
-            bad = np.isfinite(values) & ((values > limit) | (values < -limit))
+        # A value that becomes infinity when cast is out of range: the same rule as the
+        # fast path of _fill_matrix, so a value's verdict never depends on its batch.
+        with np.errstate(over="ignore"):
+            bad = np.isinf(values.astype(target)) & np.isfinite(values)
         rej.add(
             bad,
             lambda i: f"value {values[i].item()!r} in {where} is out of range for {target.name}",

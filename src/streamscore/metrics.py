@@ -16,7 +16,9 @@ Every :class:`TailMetrics` has its own ``CollectorRegistry`` (never the global o
     streamscore_shadow_label_flips_total             of those, records whose label differs
     streamscore_shadow_score_difference              |shadow - primary| score (histogram)
 
-(*) Output time: when the output was handed to the producer (at-least-once; the broker
+(*) The input timestamp is the record's Kafka timestamp: when it was produced, unless its
+producer set another time (an event time makes this the record's age, not the pipeline's
+latency). Output time: when the output was handed to the producer (at-least-once; the broker
 acknowledges it about a round trip later) or when its transaction committed (exactly-once).
 
 Histograms fed one value per record take whole numpy arrays (:class:`ArrayHistogram`): a
@@ -161,7 +163,8 @@ class TailMetrics:
         )
         self.end_to_end = ArrayHistogram(
             "streamscore_end_to_end_seconds",
-            "Output time minus the input record's timestamp.",
+            "Output time minus the input record's Kafka timestamp (its produce time, unless "
+            "the producer set another).",
             LATENCY_BUCKETS,
             registry=r,
         )

@@ -219,7 +219,11 @@ def run_pipeline(
     if errors:
         sink.abort()
         raise errors[0]
-    sink.close()
+    try:
+        sink.close()
+    except BaseException:  # e.g. a full disk while finishing the file: drop the partial output
+        sink.abort()
+        raise
     return stats
 
 

@@ -7,7 +7,7 @@
 
 Modules, one job each: ``options`` (what to run), ``inputs`` (model feeds), ``harness``
 (timing), ``sweep`` (the run), ``report`` (the JSON schema), ``baseline`` (the CI gate),
-``pipeline`` (batch pipeline vs bare session.run), ``plot`` and ``raster`` (pictures).
+``pipeline`` (batch pipeline vs bare session.run), ``plot`` (pictures, with matplotlib).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from pathlib import Path
 from streamscore.config import PROVIDER_NAMES as PROVIDERS
 from streamscore.errors import UsageError
 
-PLOT_SUFFIXES = (".html", ".png")
+PLOT_SUFFIXES = (".html", ".png", ".svg")
 PIPELINES = ("batch",)
 
 
@@ -75,7 +75,7 @@ class BenchOptions:
         if self.plot_path is not None and self.plot_path.suffix.lower() not in PLOT_SUFFIXES:
             raise UsageError(
                 f"--plot {self.plot_path}: unknown picture format",
-                hint="name a .html (interactive, self-contained) or .png file",
+                hint="name a .html (self-contained page), .png or .svg file",
             )
         if self.pipeline is not None:
             if self.pipeline not in PIPELINES:

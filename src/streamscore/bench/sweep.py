@@ -10,9 +10,11 @@ import functools
 import itertools
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from streamscore import plotting
 from streamscore.bench.baseline import check_overlap, compare_reports
 from streamscore.bench.environment import collect_environment
 from streamscore.bench.harness import (
@@ -40,7 +42,7 @@ from streamscore.bench.report import (
     pipeline_key,
     save_report,
 )
-from streamscore.errors import ModelError, StreamscoreError, UsageError
+from streamscore.errors import ModelError, StreamscoreError, UsageError, output_error
 from streamscore.model import resolve_model
 from streamscore.model.repository import ModelRef
 from streamscore.model.session import LoadedModel, load_model, time_device_copies
@@ -303,11 +305,15 @@ def run_bench(options: BenchOptions, reporter: Reporter | None = None) -> BenchR
     """
     reporter = reporter or SilentReporter()
     for path, option in ((options.json_path, "--json"), (options.plot_path, "--plot")):
-        if path is not None and str(path) != "-" and not path.parent.is_dir():
-            raise UsageError(
-                f"{option} {path}: folder {path.parent} does not exist",
-                hint="create it first; the check runs before measuring",
-            )
+        if path is not None and str(path) != "-":
+            if not path.parent.is_dir():
+                raise UsageError(
+                    f"{option} {path}: folder {path.parent} does not exist",
+                    hint="create it first; the check runs before measuring",
+                )
+            _check_writable(path)
+    if options.plot_path is not None:
+        plotting.require_matplotlib("--plot")
     try:
         baseline = None
         if options.baseline is not None:
@@ -327,13 +333,28 @@ def run_bench(options: BenchOptions, reporter: Reporter | None = None) -> BenchR
             )
         except UsageError as exc:
             unmatched = exc
-    if options.json_path is not None:
-        save_report(report, options.json_path)
-    if options.plot_path is not None:
-        write_plot(report, options.plot_path)
+    for path, write in ((options.json_path, save_report), (options.plot_path, write_plot)):
+        if path is not None:
+            try:
+                write(report, path)
+            except OSError as exc:
+                raise output_error(path, exc) from exc
     if unmatched is not None:
         raise unmatched
     return report
+
+
+def _check_writable(path: Path) -> None:
+    """Open ``path`` for writing (and remove it again if it was not there), so that an
+    unwritable output fails in seconds rather than after the whole benchmark."""
+    existed = path.exists()
+    try:
+        with path.open("ab"):
+            pass
+    except OSError as exc:
+        raise output_error(path, exc) from exc
+    if not existed:
+        path.unlink(missing_ok=True)
 
 
 def _run(options: BenchOptions, reporter: Reporter) -> BenchReport:

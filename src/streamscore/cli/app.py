@@ -7,11 +7,12 @@ from typing import Annotated
 import typer
 
 from streamscore import __version__
-from streamscore.cli import batch, bench, models, replay, tail
+from streamscore.cli import batch, bench, compare, models, replay, tail
 
 app = typer.Typer(
     name="streamscore",
-    help="Run ONNX models over Parquet files and Kafka topics: batch, replay, tail, bench.",
+    help="Run ONNX models over Parquet files and Kafka topics: batch, replay, tail, bench, "
+    "compare.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -32,7 +33,7 @@ def root(
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
 ) -> None:
-    """Run ONNX models over Parquet files and Kafka topics: batch, replay, tail, bench."""
+    """Run ONNX models over Parquet files and Kafka topics: batch, replay, tail, bench, compare."""
 
 
 app.add_typer(models.app, name="models")
@@ -40,6 +41,7 @@ batch.register(app)
 replay.register(app)
 tail.register(app)
 bench.register(app)
+compare.register(app)
 
 
 def main() -> None:

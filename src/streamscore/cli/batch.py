@@ -9,9 +9,10 @@ import typer
 
 from streamscore import console
 from streamscore.cli import options as opt
-from streamscore.cli.common import scoring_options, translate_errors
+from streamscore.cli.common import Command, scoring_options, translate_errors
 from streamscore.config import BatchOptions, OnError
-from streamscore.errors import PartialFailure, UsageError
+from streamscore.errors import OutputError, PartialFailure, UsageError, stopped_by
+from streamscore.shutdown import StopSignal, stop_on_signals
 
 EXAMPLE = (
     "Example: streamscore batch sample_data/transactions --model sample_data/models/fraud "
@@ -19,8 +20,13 @@ EXAMPLE = (
 )
 
 
+# After a stop signal, the batch in flight finishes and the file is abandoned; this long
+# later (or at a second signal) the process exits at once, as a killed run would.
+STOP_GRACE_S = 30.0
+
+
 def register(app: typer.Typer) -> None:
-    app.command("batch", epilog=EXAMPLE)(batch)
+    app.command("batch", epilog=EXAMPLE, cls=Command)(batch)
 
 
 @translate_errors
@@ -52,6 +58,10 @@ def batch(
     """Score every Parquet file under INPUT with MODEL into OUT, one output file per input.
 
     Reruns skip files already scored by the same model and resume after a crash.
+
+    Exit codes: 0 ok (rejected rows included), 2 usage, 3 some files failed (see the summary),
+    4 input or mapping error, 5 model, 7 OUT locked by another run, 10 OUT cannot be written,
+    130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
     """
     if log_format not in ("auto", "json", "text"):
         raise UsageError(f"--log-format must be auto, json or text, not {log_format!r}")
@@ -74,8 +84,14 @@ def batch(
     )
     from streamscore.batch import SUMMARY_NAME, run_batch  # heavy: loaded only when run
 
-    summary = run_batch(options, console.make_reporter(log_format))
+    stop = StopSignal()
+    with stop_on_signals(stop, grace_s=STOP_GRACE_S):
+        summary = run_batch(options, console.make_reporter(log_format), stop=stop)
     console.print_summary(summary.as_dict(), title="streamscore batch", log_format=log_format)
+    if summary.summary_error is not None:
+        raise OutputError(summary.summary_error)
+    if summary.interrupted:
+        raise stopped_by(stop.signum, f"{summary.files_ok} file(s) finished, summary in {out}")
     if summary.partial:
         total = summary.files_ok + summary.files_skipped + summary.files_failed
         raise PartialFailure(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -16,7 +17,7 @@ from streamscore.bench.options import (
     parse_shapes,
 )
 from streamscore.cli import options as opt
-from streamscore.cli.common import parse_int_list, split_list, translate_errors
+from streamscore.cli.common import Command, parse_int_list, split_list, translate_errors
 from streamscore.errors import UsageError
 from streamscore.reporting import Reporter, SilentReporter
 
@@ -28,7 +29,7 @@ EXAMPLE = (
 
 
 def register(app: typer.Typer) -> None:
-    app.command("bench", epilog=EXAMPLE)(bench)
+    app.command("bench", epilog=EXAMPLE, cls=Command)(bench)
 
 
 def _threads(text: str) -> tuple[int, ...]:
@@ -104,7 +105,9 @@ def bench(
     ] = "10%",
     plot: Annotated[
         Path | None,
-        typer.Option(help="Write charts: FILE.html (self-contained) or FILE.png."),
+        typer.Option(
+            help="Write charts (needs the plot extra): FILE.html (self-contained), .png or .svg."
+        ),
     ] = None,
     require_provider: Annotated[
         bool,
@@ -125,7 +128,7 @@ def bench(
 
     Exit codes: 0 ok, 2 bad options, 4 unreadable data or baseline file,
     5 model error or a --require-provider provider that does not really load,
-    8 slower than --baseline allows.
+    8 slower than --baseline allows, 10 --json/--plot cannot be written.
     """
     if log_format not in ("auto", "json", "text"):
         raise UsageError(f"--log-format must be auto, json or text, not {log_format!r}")
@@ -155,19 +158,23 @@ def bench(
     from streamscore.bench import dumps_report, regression_error, run_bench  # heavy
 
     report = run_bench(options, reporter)
+    # stdout carries the report: JSON with --json -, JSON lines when not a terminal (or with
+    # --log-format json), the table on a terminal. Human text goes to stderr otherwise.
+    machine = to_stdout or console.machine_readable(log_format)
+    shown = json.loads(dumps_report(report))
     if to_stdout:
         console.print_text(dumps_report(report))
-    else:
-        shown = report.to_dict()
-        table = console.format_bench_pipeline if report.pipeline else console.format_bench_results
-        console.print_wide(table(shown))
-        if report.comparison is not None:
-            console.print_wide(console.format_bench_comparison(shown["comparison"]))
-        for note in console.format_bench_notes(shown):
-            console.print_text(note)
-        for written in (options.json_path, options.plot_path):
-            if written is not None:
-                console.print_text(f"wrote {written}")
+    elif machine:
+        console.json_line({"event": "summary", **shown})
+    table = console.format_bench_pipeline if report.pipeline else console.format_bench_results
+    console.print_wide(table(shown), stderr=machine)
+    if report.comparison is not None:
+        console.print_wide(console.format_bench_comparison(shown["comparison"]), stderr=machine)
+    for note in console.format_bench_notes(shown):
+        console.print_note(note)
+    for written in (options.json_path, options.plot_path):
+        if written is not None:
+            console.print_note(f"wrote {written}")
     error = regression_error(report.comparison) if report.comparison else None
     if error is not None:
         raise error

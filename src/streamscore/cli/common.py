@@ -3,17 +3,40 @@
 from __future__ import annotations
 
 import functools
+import signal
 from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import typer
+from typer.core import TyperArgument, TyperCommand
 
 from streamscore import console
 from streamscore.config import KeepColumns, ScoringOptions
-from streamscore.errors import EXIT_INTERRUPTED, StreamscoreError, UsageError
+from streamscore.errors import StreamscoreError, UsageError
+from streamscore.shutdown import signal_of
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+class Command(TyperCommand):
+    """Help as Unix tools write it: ``INPUT`` (not ``{input}``) in the usage line, and no
+    ``<bool>`` type beside on/off flags, which take no value."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = (param.metavar or param.name or "").upper()
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params: list[Any] = super().get_params(ctx)
+        for param in params:  # typer's vendored click: only the attributes are public
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
 
 
 def translate_errors(command: Callable[P, R]) -> Callable[P, R]:
@@ -26,9 +49,10 @@ def translate_errors(command: Callable[P, R]) -> Callable[P, R]:
         except StreamscoreError as exc:
             console.print_error(exc.one_line())
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            console.print_error("interrupted")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM under interrupt_on_signals
+            signum = signal_of(exc)
+            console.print_error("terminated" if signum == signal.SIGTERM else "interrupted")
+            raise typer.Exit(128 + signum) from None
 
     return wrapper
 

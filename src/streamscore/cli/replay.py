@@ -9,19 +9,21 @@ import typer
 
 from streamscore import console
 from streamscore.cli import options as opt
-from streamscore.cli.common import scoring_options, translate_errors
+from streamscore.cli.common import Command, scoring_options, translate_errors
 from streamscore.config import ReplayOptions
-from streamscore.errors import UsageError
+from streamscore.errors import PartialFailure, UsageError
 from streamscore.kafka.settings import KafkaSettings
+from streamscore.shutdown import interrupt_on_signals
 
 EXAMPLE = (
-    "Example: streamscore replay --bootstrap-servers 127.0.0.1:9092 --input-topic "
-    "transactions --output-topic transactions.fraud-v2 --model sample_data/models/fraud/2"
+    "Example: streamscore replay --bootstrap-servers HOST:PORT --input-topic "
+    "transactions --output-topic transactions.fraud-v2 --model sample_data/models/fraud/2 "
+    "(HOST:PORT: what scripts/kafka-local start printed, or set STREAMSCORE_BOOTSTRAP_SERVERS)"
 )
 
 
 def register(app: typer.Typer) -> None:
-    app.command("replay", epilog=EXAMPLE)(replay)
+    app.command("replay", epilog=EXAMPLE, cls=Command)(replay)
 
 
 def parse_timestamp_ms(text: str) -> int:
@@ -99,6 +101,15 @@ def replay(
         bool,
         typer.Option(help="Start a fresh replay even though OUT already holds records."),
     ] = False,
+    max_dead_letter_ratio: Annotated[
+        float | None,
+        typer.Option(
+            help="Exit 3 when more than this share (0 to 1) of the records read went to the "
+            "dead-letter topic. Without it, exit 3 only when none was scored.",
+            min=0.0,
+            max=1.0,
+        ),
+    ] = None,
     kafka_property: opt.KafkaProperties = None,
     config: opt.KafkaConfigFile = None,
     connect_timeout: opt.ConnectTimeout = 10.0,
@@ -110,7 +121,9 @@ def replay(
 
     After a crash or Ctrl-C, rerun the same command: it resumes and stops at the same ends.
 
-    Exit: 0 done, 2 usage, 4 records do not fit the model, 5 model, 6 Kafka, 130 interrupted.
+    Exit: 0 done, 2 usage, 3 every record (or more than --max-dead-letter-ratio) was
+    dead-lettered, 4 records do not fit the model, 5 model, 6 Kafka, 130 interrupted (SIGINT),
+    143 terminated (SIGTERM).
     """
     if log_format not in ("auto", "json", "text"):
         raise UsageError(f"--log-format must be auto, json or text, not {log_format!r}")
@@ -143,5 +156,28 @@ def replay(
     )
     from streamscore.replay import run_replay  # heavy: loaded only when run
 
-    summary = run_replay(options, console.make_reporter(log_format))
+    # SIGTERM stops a replay as Ctrl-C does: every committed batch stays, a rerun resumes.
+    with interrupt_on_signals():
+        summary = run_replay(options, console.make_reporter(log_format))
     console.print_summary(summary.as_dict(), title="streamscore replay", log_format=log_format)
+    failure = too_many_dead_letters(
+        summary.records_read, summary.records_dead_lettered, max_dead_letter_ratio
+    )
+    if failure is not None:
+        raise failure
+
+
+def too_many_dead_letters(read: int, dead: int, max_ratio: float | None) -> PartialFailure | None:
+    """Exit 3 for a run that scored nothing, or dead-lettered more than ``max_ratio``."""
+    if read == 0:
+        return None
+    if dead >= read:
+        message = f"all {read} records read went to the dead-letter topic; none was scored"
+    elif max_ratio is not None and dead / read > max_ratio:
+        message = (
+            f"{dead} of {read} records read ({dead / read:.1%}) went to the dead-letter topic, "
+            f"more than --max-dead-letter-ratio {max_ratio:g}"
+        )
+    else:
+        return None
+    return PartialFailure(message, hint="see streamscore.error.type in the dead letters")

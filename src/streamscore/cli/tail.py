@@ -9,21 +9,22 @@ import typer
 
 from streamscore import console
 from streamscore.cli import options as opt
-from streamscore.cli.common import scoring_options, translate_errors
+from streamscore.cli.common import Command, scoring_options, translate_errors
 from streamscore.config import TailOptions
 from streamscore.errors import UsageError
 from streamscore.kafka.settings import KafkaSettings
 from streamscore.shutdown import stop_on_signals
 
 EXAMPLE = (
-    "Example: streamscore tail --bootstrap-servers 127.0.0.1:9092 --input-topic transactions "
+    "Example: streamscore tail --bootstrap-servers HOST:PORT --input-topic transactions "
     "--output-topic transactions.scored --group fraud-scorer --model sample_data/models/fraud "
-    "--metrics-port 9108"
+    "--metrics-port 9108 (HOST:PORT: what scripts/kafka-local start printed, or set "
+    "STREAMSCORE_BOOTSTRAP_SERVERS)"
 )
 
 
 def register(app: typer.Typer) -> None:
-    app.command("tail", epilog=EXAMPLE)(tail)
+    app.command("tail", epilog=EXAMPLE, cls=Command)(tail)
 
 
 @translate_errors
@@ -123,7 +124,8 @@ def tail(
     restart. Ctrl-C or SIGTERM finishes the batch in flight, commits and exits 0; a second
     one exits at once.
 
-    Exit: 0 stopped, 2 usage, 4 records do not fit the model, 5 model, 6 Kafka.
+    Exit: 0 stopped, 2 usage, 4 records do not fit the model, 5 model, 6 Kafka, 130/143 a
+    second Ctrl-C/SIGTERM (or the shutdown timeout) ended it at once.
     """
     if log_format not in ("auto", "json", "text"):
         raise UsageError(f"--log-format must be auto, json or text, not {log_format!r}")

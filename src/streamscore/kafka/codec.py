@@ -13,8 +13,13 @@ code, and one bad record never costs its neighbours their scores.
 Typing rules (the same for every record): a numeric model input takes a JSON number (an
 integer input a JSON integer); a string input takes a string (a number or boolean is taken as
 its JSON text, as polars does). Missing fields, nulls, other types, ``NaN``/``Infinity``
-literals (not JSON, though Python's json module writes them), empty or oversized values and
-tombstones (null values) are failures with a kind and a message.
+literals (``nan``: not JSON, though Python's json module writes them), numbers beyond float64
+such as ``1e400`` (``out_of_range``), a byte order mark or a lone surrogate (``not_json``),
+empty or oversized values and tombstones (null values) are failures with a kind and a message.
+A record that names a model field twice is a ``duplicate_field`` failure: decoders disagree
+on which of the two values counts, so neither is scored. Finding them costs one regex pass
+(in Rust) over the batch; only records that name a model field more often than once are then
+parsed again to confirm.
 
 Encoding uses ``polars.DataFrame.write_ndjson`` (~0.6 µs a record against ~2.2 µs for orjson
 per row); it writes float32 scores in their shortest form, so they read back bit-identical.
@@ -40,6 +45,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,6 +69,8 @@ NOT_OBJECT = "not_object"
 MISSING_FIELD = "missing_field"
 NULL_FIELD = "null_field"
 WRONG_TYPE = "wrong_type"
+DUPLICATE_FIELD = "duplicate_field"
+OUT_OF_RANGE = "out_of_range"
 
 _INT64 = (-(2**63), 2**63 - 1)
 
@@ -161,6 +169,19 @@ class JsonDecoder:
         self._known: tuple[str, ...] = ()  # the non-model fields of the last record seen
         self._known_set: set[str] = set()
         self._known_size = -1
+        # A model field's name as a key, or a surrogate escape (see _suspects).
+        names = "|".join(
+            _rust_escape(json.dumps(name, ensure_ascii=False)[1:-1]) for name in self.fields
+        )
+        surrogate = r"\\u[dD][89a-fA-F]"
+        keys = f'"(?:{names})"' if names else None
+        self._suspect_pattern = re.compile(
+            (f"{keys}\\s*:|{surrogate}" if keys else surrogate).encode()
+        )
+        # For polars (Rust's regex), per batch: the keys alone, with bytes semantics and
+        # written compactly ("f":), which costs a third less than allowing space before the
+        # colon; a record that spaces them matches fewer times and is screened in full.
+        self._keys_rust = f"(?-u){keys}:" if keys else None
 
     def decode(self, values: Sequence[bytes | None]) -> DecodedBatch:
         """Decode one batch; records that cannot be decoded come back as failures."""
@@ -182,16 +203,21 @@ class JsonDecoder:
             small = self._decode_small(values, good, failures)
             if small is not None:
                 return small
+        present = _present(values, good)
+        joined = b"\n".join(present)
         # One polars call reads the model's fields and, when some are kept, the others too.
         with_kept = self.keep.mode in ("default", "list")
-        frame = self._read(_present(values, good), with_kept) if good else None
+        frame = self._read(present, joined, with_kept) if good else None
         if frame is None and good and with_kept:
-            frame = self._read(_present(values, good))
+            frame = self._read(present, joined)
         parsed: list[dict[str, Any]] | None = None
         if frame is None and good:
             good, frame, parsed = self._screened(values, good, failures)
         elif frame is not None:
+            read = len(good)
             good, frame = self._drop_null_fields(values, good, frame, failures)
+            whole = joined if len(good) == read else None  # the joined text of `good`
+            good, frame = self._drop_suspects(values, good, frame, failures, whole)
             good, frame = self._drop_structured_text(values, good, frame, failures)
         failures.sort(key=lambda failure: failure.index)
         index = np.asarray(good, dtype=np.int64)
@@ -250,10 +276,13 @@ class JsonDecoder:
 
     # The fast path: one polars call for the whole batch.
 
-    def _read(self, values: list[bytes], with_kept: bool = False) -> pl.DataFrame | None:
-        """The model's fields (typed as the model needs them) or None where polars refuses
-        the batch; ``with_kept``: every other field too, typed as its first rows show."""
-        joined = b"\n".join(values)
+    def _read(
+        self, values: list[bytes], joined: bytes | None = None, with_kept: bool = False
+    ) -> pl.DataFrame | None:
+        """``values`` in one polars call (``joined``: them joined by newlines, if at hand):
+        the model's fields, typed as the model needs them, or None where polars refuses the
+        batch; ``with_kept``: every other field too, typed as the batch's first rows show."""
+        joined = b"\n".join(values) if joined is None else joined
         if joined.count(b"\n") != len(values) - 1:
             return None  # a value spans lines: screen it record by record
         try:
@@ -315,11 +344,7 @@ class JsonDecoder:
         try:
             obj = orjson.loads(value)
         except orjson.JSONDecodeError as exc:
-            try:
-                json.loads(value)  # Python's json accepts NaN and Infinity; orjson does not
-            except ValueError:
-                return (NOT_JSON, f"not valid JSON: {exc}"), None
-            return (NAN, "NaN or Infinity literal (not valid JSON)"), None
+            return _lenient_json_problem(value) or (NOT_JSON, f"not valid JSON: {exc}"), None
         if not isinstance(obj, dict):
             return (NOT_OBJECT, f"a JSON {_json_kind(obj)}, not an object"), None
         for name, dtype in self.fields.items():
@@ -332,7 +357,59 @@ class JsonDecoder:
             if wanted is not None:
                 kind = _json_kind(value_of)
                 return (WRONG_TYPE, f"field '{name}' is a {kind}; the model needs {wanted}"), None
+        if len(self._suspect_pattern.findall(value)) > len(self.fields):
+            duplicate = _duplicate_key(value, self.fields)
+            if duplicate is not None:
+                return (DUPLICATE_FIELD, f"field '{duplicate}' appears twice"), None
         return None, obj
+
+    def _suspects(self, texts: list[bytes], joined: bytes | None = None) -> list[int]:
+        """Positions in ``texts`` that name a model field more than once (maybe nested or in
+        a string) or hold a ``\\u`` escape (maybe a lone surrogate): polars reads those, but
+        maybe not as orjson and JSON readers downstream do, so they are screened one by one.
+
+        One regex pass (in Rust) over the whole batch tells whether any names a field twice:
+        every record names every model field at least once, so more matches means some.
+        """
+        if not texts:
+            return []
+        whole = b"\n".join(texts) if joined is None else joined
+        suspects: set[int] = set()
+        if b"\\" in whole and b"\\u" in whole:  # a one-byte search runs at memchr speed
+            suspects.update(i for i, text in enumerate(texts) if b"\\u" in text)
+        if self._keys_rust is not None:
+            expected = len(self.fields)
+            keys = pl.Series([whole.decode("utf-8", "replace")]).str.count_matches(self._keys_rust)
+            if keys.item() != expected * len(texts):
+                strings = pl.Series([text.decode("utf-8", "replace") for text in texts])
+                counts = strings.str.count_matches(self._keys_rust).to_numpy()
+                suspects.update(int(i) for i in np.flatnonzero(counts != expected))
+        return sorted(suspects)
+
+    def _drop_suspects(
+        self,
+        values: Sequence[bytes | None],
+        good: list[int],
+        frame: pl.DataFrame,
+        failures: list[DecodeFailure],
+        joined: bytes | None = None,
+    ) -> tuple[list[int], pl.DataFrame]:
+        """Screen :meth:`_suspects`: polars scores a repeated field's first value while JSON
+        readers downstream see the last (``duplicate_field``), and it reads a lone surrogate
+        that orjson refuses (``not_json``), so a record's fate never depends on its batch."""
+        suspects = self._suspects(_present(values, good), joined)
+        if not suspects:
+            return good, frame
+        keep = np.ones(frame.height, dtype=bool)
+        for row in suspects:
+            value = values[good[row]]
+            assert value is not None
+            problem, _ = self._screen(value)
+            if problem is not None:
+                failures.append(DecodeFailure(good[row], *problem))
+                keep[row] = False
+        kept = [i for i, ok in zip(good, keep.tolist(), strict=True) if ok]
+        return kept, frame.filter(pl.Series(keep))
 
     def _drop_null_fields(
         self,
@@ -462,6 +539,64 @@ class JsonDecoder:
         # Decoded records hold every model field, so the size pins the field set down.
         self._known, self._known_set, self._known_size = tuple(kept), set(kept), len(obj)
         return kept
+
+
+def _rust_escape(text: str) -> str:
+    """``text`` as a literal in a regex that both Python's re and Rust's regex read."""
+    return "".join(f"\\{c}" if c in r"\.+*?()|[]{}^$#&-~" else c for c in text)
+
+
+def _lenient_json_problem(value: bytes) -> tuple[str, str] | None:
+    """What is wrong with a value orjson refused but Python's json module reads, if it does."""
+    constants: list[str] = []
+
+    def constant(name: str) -> float:
+        constants.append(name)
+        return float(name)
+
+    try:
+        parsed = json.loads(value, parse_constant=constant)
+    except ValueError:
+        return None
+    if constants:
+        return NAN, f"{constants[0]} literal (not valid JSON)"
+    if value.startswith(b"\xef\xbb\xbf"):
+        return NOT_JSON, "starts with a byte order mark (not valid in JSON text)"
+    if _has_infinity(parsed):
+        return OUT_OF_RANGE, "a number is out of range for a 64-bit float"
+    return NOT_JSON, "a string holds a lone surrogate (not valid Unicode)"
+
+
+def _has_infinity(value: Any) -> bool:
+    if isinstance(value, float):
+        return value in (float("inf"), float("-inf"))
+    if isinstance(value, dict):
+        return any(_has_infinity(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_has_infinity(item) for item in value)
+    return False
+
+
+def _duplicate_key(value: bytes, names: Mapping[str, Any]) -> str | None:
+    """The first of ``names`` that a record's top-level object holds twice, if any."""
+    last: list[str | None] = [None]
+
+    def check(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        # The hook runs innermost object first, so its last call is for the top level.
+        seen: set[str] = set()
+        last[0] = None
+        for key, _ in items:
+            if key in seen and key in names:
+                last[0] = key
+                break
+            seen.add(key)
+        return dict(items)
+
+    try:
+        json.loads(value, object_pairs_hook=check)
+    except ValueError:
+        return None
+    return last[0]
 
 
 # Passthrough types polars reads and writes back exactly (floats may change form: 1 -> 1.0).

@@ -1,8 +1,11 @@
 """Produce Parquet rows into a Kafka topic as JSON objects: demo and benchmark input.
 
 Each row becomes one record: the value is the row as a JSON object (timestamps as ISO-8601
-UTC strings), the key is ``key_column`` as text, and the record timestamp is
-``timestamp_column`` in milliseconds. Keys are partitioned with murmur2, as Java clients do.
+UTC strings) and the key is ``key_column`` as text. The record timestamp is the time it is
+produced, so ``tail``'s end-to-end latency (output time minus record timestamp) measures the
+pipeline; with ``keep_event_time`` it is ``timestamp_column`` instead (the sample's event
+times are weeks old, and that age then shows in the latency). Keys are partitioned with
+murmur2, as Java clients do.
 The topic is created with ``partitions`` partitions and unlimited retention when missing
 (the sample's timestamps are weeks old; the default 7-day retention would delete them).
 
@@ -58,9 +61,15 @@ def load_parquet(
     partitions: int = 3,
     key_column: str | None = "transaction_id",
     timestamp_column: str | None = "event_time",
+    keep_event_time: bool = False,
     limit: int | None = None,
 ) -> int:
-    """Produce the rows of the Parquet file(s) under ``source`` into ``topic``; return the count."""
+    """Produce the rows of the Parquet file(s) under ``source`` into ``topic``; return the count.
+
+    Records are stamped with the time they are produced, or with ``timestamp_column`` when
+    ``keep_event_time`` is set.
+    """
+    stamp_column = timestamp_column if keep_event_time else None
     files = discover_parquet(source)
     if not files:
         raise InputError(f"no .parquet files under {source}")
@@ -80,7 +89,7 @@ def load_parquet(
                 if chunk.height == 0:
                     break
                 keys = chunk[key_column].cast(pl.String).to_list() if key_column else None
-                stamps = _millis(chunk, timestamp_column)
+                stamps = _millis(chunk, stamp_column)
                 values = _json_ready(chunk).write_ndjson().encode().split(b"\n")
                 for i in range(chunk.height):
                     key = keys[i].encode() if keys and keys[i] is not None else None
@@ -98,7 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="load-sample-topic",
         description="Produce Parquet rows (default: the sample transactions) into a Kafka "
         "topic as JSON objects.",
-        epilog="Example: scripts/load-sample-topic --bootstrap-servers 127.0.0.1:9092 "
+        epilog="Example: scripts/load-sample-topic --bootstrap-servers HOST:PORT (what "
+        "scripts/kafka-local start printed) "
         "--topic transactions --partitions 3",
     )
     parser.add_argument("source", nargs="?", default="sample_data/transactions", type=Path)
@@ -108,7 +118,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--topic", default="transactions")
     parser.add_argument("--partitions", type=int, default=3, help="when creating the topic")
     parser.add_argument("--key-column", default="transaction_id")
-    parser.add_argument("--timestamp-column", default="event_time")
+    parser.add_argument(
+        "--timestamp-column", default="event_time", help="the event time (with --keep-event-time)"
+    )
+    parser.add_argument(
+        "--keep-event-time",
+        action="store_true",
+        help="stamp records with --timestamp-column instead of the time they are produced "
+        "(tail's end-to-end latency then includes the records' age)",
+    )
     parser.add_argument("--limit", type=int, default=None, help="produce at most N rows")
     parser.add_argument("-X", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
@@ -121,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             partitions=args.partitions,
             key_column=args.key_column or None,
             timestamp_column=args.timestamp_column or None,
+            keep_event_time=args.keep_event_time,
             limit=args.limit,
         )
     except StreamscoreError as exc:

@@ -2,7 +2,7 @@
 
 Layout of a repository::
 
-    REPO/NAME/VERSION/model.onnx      VERSION is a positive integer
+    REPO/NAME/VERSION/model.onnx      VERSION is a folder named with ASCII digits only
 
 ``REPO/NAME`` means the highest version; ``REPO/NAME/VERSION`` one given version.
 """
@@ -10,12 +10,20 @@ Layout of a repository::
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from streamscore.errors import ModelError
 
 MODEL_FILENAME = "model.onnx"
+_VERSION = re.compile(r"[0-9]+", re.ASCII)
+
+
+def is_version(name: str) -> bool:
+    """Whether a folder name is a model version: ASCII digits only (``str.isdigit`` also
+    takes ``²`` and other scripts' digits)."""
+    return _VERSION.fullmatch(name) is not None
 
 
 @dataclass(frozen=True)
@@ -42,22 +50,37 @@ def _ref_for_file(path: Path, name: str, version: str) -> ModelRef:
     return ModelRef(name, version, path, hashlib.sha256(data).hexdigest(), len(data))
 
 
-def numeric_versions(name_dir: Path) -> list[int]:
-    """Versions under ``REPO/NAME`` that hold a model file, ascending."""
+def numeric_versions(name_dir: Path) -> list[str]:
+    """Version folder names under ``REPO/NAME`` that hold a model file, in numeric order.
+
+    Names are kept as written (``09`` stays ``09``), so they always name a real folder.
+    """
     if not name_dir.is_dir():
         return []
     return sorted(
-        int(child.name)
-        for child in name_dir.iterdir()
-        if child.name.isdigit() and (child / MODEL_FILENAME).is_file()
+        (
+            child.name
+            for child in name_dir.iterdir()
+            if is_version(child.name) and (child / MODEL_FILENAME).is_file()
+        ),
+        key=lambda name: (int(name), name),
     )
 
 
 def resolve_model(spec: str | Path) -> ModelRef:
     """Resolve MODEL as given on the command line to one model file."""
-    path = Path(spec)
+    try:
+        return _resolve(Path(spec))
+    except OSError as exc:  # e.g. a path component over 255 characters
+        raise ModelError(
+            f"model not usable: {exc.strerror or exc}: {str(spec)[:120]}",
+            hint="give an .onnx file, REPO/NAME or REPO/NAME/VERSION",
+        ) from exc
+
+
+def _resolve(path: Path) -> ModelRef:
     if path.is_file():
-        if path.name == MODEL_FILENAME and path.parent.name.isdigit():
+        if path.name == MODEL_FILENAME and is_version(path.parent.name):
             return _ref_for_file(path, path.parent.parent.name, path.parent.name)
         return _ref_for_file(path, path.stem, "")
     if not path.exists():
@@ -66,7 +89,7 @@ def resolve_model(spec: str | Path) -> ModelRef:
             hint="give an .onnx file, REPO/NAME or REPO/NAME/VERSION",
         )
     if (path / MODEL_FILENAME).is_file():
-        version = path.name if path.name.isdigit() else ""
+        version = path.name if is_version(path.name) else ""
         name = path.parent.name if version else path.name
         return _ref_for_file(path / MODEL_FILENAME, name, version)
     versions = numeric_versions(path)
@@ -75,7 +98,7 @@ def resolve_model(spec: str | Path) -> ModelRef:
             f"no model in {path}",
             hint=f"expected {path}/VERSION/{MODEL_FILENAME} with a numeric VERSION",
         )
-    latest = path / str(versions[-1])
+    latest = path / versions[-1]
     return _ref_for_file(latest / MODEL_FILENAME, path.name, latest.name)
 
 
@@ -87,8 +110,8 @@ def list_models(repo: str | Path) -> list[ModelRef]:
     refs: list[ModelRef] = []
     for name_dir in sorted(p for p in root.iterdir() if p.is_dir()):
         for version in numeric_versions(name_dir):
-            path = name_dir / str(version) / MODEL_FILENAME
-            refs.append(_ref_for_file(path, name_dir.name, str(version)))
+            path = name_dir / version / MODEL_FILENAME
+            refs.append(_ref_for_file(path, name_dir.name, version))
     if not refs:
         raise ModelError(
             f"no models in {root}",

@@ -23,7 +23,13 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from streamscore.errors import StreamscoreError
-from streamscore.model.repository import MODEL_FILENAME, ModelRef, numeric_versions, resolve_model
+from streamscore.model.repository import (
+    MODEL_FILENAME,
+    ModelRef,
+    is_version,
+    numeric_versions,
+    resolve_model,
+)
 
 T = TypeVar("T")
 
@@ -45,14 +51,14 @@ def repository_model_dir(spec: str | Path) -> Path | None:
 class _FileStamp:
     """What identifies one version's file between polls without hashing it."""
 
-    version: int
+    version: str  # the folder name, as written
     size: int
     mtime_ns: int
 
 
-def _stamp(name_dir: Path, version: int) -> _FileStamp | None:
+def _stamp(name_dir: Path, version: str) -> _FileStamp | None:
     try:
-        stat = (name_dir / str(version) / MODEL_FILENAME).stat()
+        stat = (name_dir / version / MODEL_FILENAME).stat()
     except OSError:  # removed between listing and stat
         return None
     return _FileStamp(version, stat.st_size, stat.st_mtime_ns)
@@ -90,7 +96,7 @@ class ModelWatcher(Generic[T]):
         self._lock = threading.Lock()  # one check at a time (poll thread or check_now)
 
     def _stamp_of(self, ref: ModelRef) -> _FileStamp | None:
-        return _stamp(self.name_dir, int(ref.version)) if ref.version.isdigit() else None
+        return _stamp(self.name_dir, ref.version) if is_version(ref.version) else None
 
     @property
     def current(self) -> T:
@@ -115,7 +121,7 @@ class ModelWatcher(Generic[T]):
             return self._try(stamp)
 
     def _try(self, stamp: _FileStamp) -> bool:
-        path = self.name_dir / str(stamp.version)
+        path = self.name_dir / stamp.version
         try:
             ref = resolve_model(path)
             prepared = self._prepare(ref)
@@ -125,7 +131,7 @@ class ModelWatcher(Generic[T]):
                 {
                     "event": "model_rejected",
                     "model": self.name_dir.name,
-                    "version": str(stamp.version),
+                    "version": stamp.version,
                     "serving": self._current_ref.version,
                     "reason": exc.one_line(),
                 }

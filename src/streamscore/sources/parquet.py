@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +29,18 @@ class ParquetInput:
 
 
 def discover_parquet(root: Path, *, exclude: Path | None = None) -> list[ParquetInput]:
-    """Parquet files under ``root`` (or ``root`` itself), sorted; hidden and ``_`` names skipped."""
+    """Parquet files under ``root`` (or ``root`` itself), sorted; hidden and ``_`` names skipped.
+
+    Only regular files are read: a FIFO or device named ``x.parquet`` would block or never end.
+    """
     if root.is_file():
         return [ParquetInput(root, Path(root.name))]
     if not root.is_dir():
+        if root.exists():
+            raise InputError(
+                f"input {root} is not a regular file or a directory",
+                hint="give a Parquet file or a directory",
+            )
         raise InputError(f"input not found: {root}", hint="give a Parquet file or a directory")
     found: list[ParquetInput] = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -43,8 +52,17 @@ def discover_parquet(root: Path, *, exclude: Path | None = None) -> list[Parquet
         for name in sorted(filenames):
             if name.endswith(".parquet") and not name.startswith((".", "_")):
                 path = here / name
+                if not _is_regular(path):
+                    continue
                 found.append(ParquetInput(path, path.relative_to(root)))
     return found
+
+
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except OSError:  # a dangling link or a name too long: not a file to read
+        return False
 
 
 def _is_within(path: Path, parent: Path) -> bool:

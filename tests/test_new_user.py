@@ -1,0 +1,118 @@
+"""What a new user reads: help text, hints in errors, and numbers in summaries (issue 8 §5)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from helpers.models import TrainedModel
+from helpers.runs import invoke
+from streamscore import console
+from streamscore.errors import MappingError
+from streamscore.mapping import plan_inputs
+from streamscore.model import resolve_model
+from streamscore.model.session import load_model
+
+LEAF_COMMANDS = [
+    ["batch"],
+    ["replay"],
+    ["tail"],
+    ["bench"],
+    ["models", "inspect"],
+    ["models", "list"],
+]
+
+
+@pytest.mark.parametrize("command", LEAF_COMMANDS, ids=" ".join)
+def test_help_names_arguments_in_capitals_and_shows_no_bool_type(command: list[str]) -> None:
+    result = invoke(*command, "--help")
+
+    assert result.exit_code == 0
+    assert "<bool>" not in result.stdout
+    assert "{" not in result.stdout.split("\n\n")[0] + result.stdout.splitlines()[1]
+    usage = next(line for line in result.stdout.splitlines() if "Usage:" in line)
+    assert usage.split()[-1].isupper(), usage
+
+
+@pytest.mark.parametrize("command", [["batch"], ["replay"], ["tail"], ["bench"]], ids=" ".join)
+def test_every_running_command_lists_its_exit_codes(command: list[str]) -> None:
+    result = invoke(*command, "--help")
+
+    assert "Exit" in result.stdout
+    assert "130" in result.stdout or command == ["bench"]  # bench has nothing to resume
+
+
+def _signature(model: TrainedModel) -> object:
+    return load_model(resolve_model(model.path), provider="cpu").signature
+
+
+def test_a_per_column_model_is_not_told_about_features(column_model: TrainedModel) -> None:
+    columns = {"amount": pa.float64(), "score": pa.float64(), "count": pa.int64()}
+    columns["category"] = pa.list_(pa.string())
+
+    with pytest.raises(MappingError) as caught:
+        plan_inputs(_signature(column_model), columns)  # type: ignore[arg-type]
+
+    assert "--features" not in caught.value.one_line()
+    assert "cast the column" in caught.value.one_line()
+
+
+def test_a_2d_model_is_told_about_features(dense_model: TrainedModel) -> None:
+    columns = {"f0": pa.float64(), "f1": pa.list_(pa.float64()), "f2": pa.float64()}
+    columns["f3"] = pa.float64()
+
+    with pytest.raises(MappingError) as caught:
+        plan_inputs(_signature(dense_model), columns)  # type: ignore[arg-type]
+
+    assert "--features" in caught.value.one_line()
+
+
+def test_a_long_available_list_says_it_goes_on(dense_model: TrainedModel) -> None:
+    columns = {f"c{i:02d}": pa.float64() for i in range(20)}
+
+    with pytest.raises(MappingError) as caught:
+        plan_inputs(_signature(dense_model), columns)  # type: ignore[arg-type]
+
+    hint = caught.value.hint or ""
+    assert hint.startswith("available: c00, c01") and "c11" in hint and "c12" not in hint
+    assert hint.endswith("… (20 columns)")
+
+
+def test_a_short_available_list_is_complete(dense_model: TrainedModel) -> None:
+    with pytest.raises(MappingError) as caught:
+        plan_inputs(_signature(dense_model), {"a": pa.float64(), "b": pa.float64()})  # type: ignore[arg-type]
+
+    assert caught.value.hint == "available: a, b"
+
+
+def test_ports_offsets_and_ids_are_never_thousands_separated() -> None:
+    summary = {
+        "metrics_port": 33011,
+        "records_read": 12345,
+        "end_offset": 1234567,
+        "pid": 40123,
+        "run_id": 20261128,
+    }
+    shown = {
+        str(row): str(value)
+        for row, value in zip(
+            console.format_summary(summary, "t").columns[0].cells,
+            console.format_summary(summary, "t").columns[1].cells,
+            strict=True,
+        )
+    }
+
+    assert shown["metrics port"] == "33011"
+    assert shown["end offset"] == "1234567"
+    assert shown["pid"] == "40123"
+    assert shown["run id"] == "20261128"
+    assert shown["records read"] == "12,345"  # counts keep their separators
+
+
+def test_the_tail_start_line_shows_the_metrics_address() -> None:
+    line = console.format_event(
+        {"event": "info", "phase": "started", "message": "tail: scoring", "metrics_port": 33011}
+    )
+
+    assert "http://127.0.0.1:33011/metrics" in line
+    assert "33,011" not in line
