@@ -243,12 +243,13 @@ class JsonDecoder:
         for i in good:
             value = values[i]
             assert value is not None
-            problem, obj = self._screen(value)
+            # The quote count below rules out a repeated key: no need to search for one.
+            problem, obj = self._screen(value, duplicates=False)
             if problem is not None:
                 found.append(DecodeFailure(i, *problem))
                 continue
-            # Two quotes per key and per string value, else a duplicate key (orjson keeps the
-            # last, polars the first), a nested value or an escaped quote: let polars read it.
+            # Two quotes per key and per string value, else a repeated key (duplicate_field is
+            # polars' path to find), a nested value or an escaped quote: let polars read it.
             strings = sum(type(v) is str for v in obj.values())
             if value.count(b'"') != 2 * (len(obj) + strings):
                 return None
@@ -340,7 +341,11 @@ class JsonDecoder:
             return [], None, []
         return kept, pl.concat(frames), kept_parsed
 
-    def _screen(self, value: bytes) -> tuple[tuple[str, str] | None, Any]:
+    def _screen(
+        self, value: bytes, *, duplicates: bool = True
+    ) -> tuple[tuple[str, str] | None, Any]:
+        """The problem with one record, if any, and its parsed object. ``duplicates=False``
+        skips the search for a model field named twice (the caller rules it out)."""
         try:
             obj = orjson.loads(value)
         except orjson.JSONDecodeError as exc:
@@ -357,7 +362,7 @@ class JsonDecoder:
             if wanted is not None:
                 kind = _json_kind(value_of)
                 return (WRONG_TYPE, f"field '{name}' is a {kind}; the model needs {wanted}"), None
-        if len(self._suspect_pattern.findall(value)) > len(self.fields):
+        if duplicates and len(self._suspect_pattern.findall(value)) > len(self.fields):
             duplicate = _duplicate_key(value, self.fields)
             if duplicate is not None:
                 return (DUPLICATE_FIELD, f"field '{duplicate}' appears twice"), None
