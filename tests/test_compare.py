@@ -492,7 +492,7 @@ def test_an_unwritable_json_path_is_a_one_line_error(tmp_path: Path) -> None:
     (tmp_path / "taken.json").mkdir()  # a folder where the file should go
     result = invoke("compare", "--scored", tmp_path / "a", tmp_path / "b", "--key", "id",
                     "--json", tmp_path / "taken.json")  # fmt: skip
-    assert result.exit_code == 2 and "cannot write" in result.output
+    assert result.exit_code == 10 and "cannot write" in result.output
     assert "Traceback" not in result.output
 
 

@@ -11,7 +11,7 @@ import typer
 from streamscore import console
 from streamscore.bench.options import parse_percent
 from streamscore.cli import options as opt
-from streamscore.cli.common import scoring_options, split_list, translate_errors
+from streamscore.cli.common import Command, scoring_options, split_list, translate_errors
 from streamscore.errors import UsageError
 from streamscore.reporting import Reporter, SilentReporter
 
@@ -23,7 +23,7 @@ EXAMPLE = (
 
 
 def register(app: typer.Typer) -> None:
-    app.command("compare", epilog=EXAMPLE)(compare)
+    app.command("compare", epilog=EXAMPLE, cls=Command)(compare)
 
 
 @translate_errors
@@ -105,7 +105,7 @@ def compare(
     DIR_A DIR_B --key ID, or --topics OUT_A OUT_B. Rows only one side has are counted.
 
     Exit codes: 0 ok, 2 bad options, 4 unreadable input, 5 model error, 6 Kafka error,
-    9 beyond --max-flip-rate or --max-psi.
+    9 beyond --max-flip-rate or --max-psi, 10 --json/--report cannot be written.
     """
     from streamscore.compare.options import CompareMode, CompareOptions
 

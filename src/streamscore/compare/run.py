@@ -9,7 +9,7 @@ from streamscore.compare.comparison import Comparison, PairedBatch, check_gate
 from streamscore.compare.options import CompareMode, CompareOptions
 from streamscore.compare.report import CompareReport, GateFailure, save_report
 from streamscore.compare.sources import ModelPairs, PairSource, ScoredPairs
-from streamscore.errors import ComparisonGateFailed, UsageError
+from streamscore.errors import ComparisonGateFailed, output_error
 from streamscore.reporting import Reporter, SilentReporter
 
 
@@ -88,10 +88,7 @@ def _write(report: CompareReport, options: CompareOptions) -> None:
             try:
                 write(report, path)
             except OSError as exc:
-                raise UsageError(
-                    f"cannot write {path}: {exc.strerror or exc}",
-                    hint="choose a writable location",
-                ) from exc
+                raise output_error(path, exc) from exc
 
 
 def _failure_text(failure: GateFailure) -> str:
