@@ -271,6 +271,25 @@ def print_table(reports: Sequence[dict[str, Any]], rates: Sequence[int]) -> None
             )
 
 
+def print_speed_up(reports: Sequence[dict[str, Any]], rates: Sequence[int]) -> None:
+    """streamscore tail against the per-message reference consumer (benchmarks/per_message.py),
+    and beside the floor the broker sets (pipe), when they ran."""
+    by_kind = {report["scorer"]: report for report in reports}
+    tail, loop, pipe = by_kind.get("tail"), by_kind.get("per-message"), by_kind.get("pipe")
+    if tail is None:
+        return
+    if loop is not None and tail["max"].get("records_per_s") and loop["max"].get("records_per_s"):
+        ratio = tail["max"]["records_per_s"] / loop["max"]["records_per_s"]
+        print(f"tail drains {ratio:.1f}x as fast as the per-message consumer")
+    for rate in rates:
+        tag, parts = f"rate{rate}", []
+        for name, report in (("tail", tail), ("per-message", loop), ("broker floor", pipe)):
+            if report is not None and "p50_ms" in report[tag]:
+                entry = report[tag]
+                parts.append(f"{name} {entry['p50_ms']:.1f}/{entry['p99_ms']:.1f}")
+        print(f"p50/p99 ms at {rate}/s: " + ", ".join(parts))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="per fixed-rate phase")
@@ -299,6 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"tail latency, {os.cpu_count()} CPUs, model {MODEL.relative_to(ROOT)} (highest "
           f"version), {PARTITIONS} partitions, {args.seconds:g} s per rate")  # fmt: skip
     print_table(reports, args.rates)
+    print_speed_up(reports, args.rates)
     if args.json:
         print(json.dumps(reports))
     return 0
