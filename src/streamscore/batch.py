@@ -243,7 +243,12 @@ class BatchRun:
                 return base
             s = self.options.scoring
             scorer = Scorer.for_schema(
-                self.model, schema, features=s.features, outputs=s.outputs, reject_nan=s.reject_nan
+                self.model,
+                schema,
+                features=s.features,
+                outputs=s.outputs,
+                reject_nan=s.reject_nan,
+                batch_size=s.batch_size,
             )
         except InputError as exc:
             base.error = exc.one_line()
@@ -301,7 +306,7 @@ class BatchRun:
             if scores is None
             else pa.schema([planned.schema.field(c) for c in planned.keep] + list(scores)),
         )
-        source = ParquetSource(planned.item.path, planned.columns, self.options.scoring.batch_size)
+        source = ParquetSource(planned.item.path, planned.columns, self.options.chunk_rows)
         position = 0
 
         def on_batch(batch: SourceBatch, scored: ScoredBatch) -> None:

@@ -107,6 +107,16 @@ class ScoringOptions:
         return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# Output row groups: large enough for readers (polars writes this size too) and for the
+# encoder; small enough that the writer thread encodes while the model runs (the last row
+# group of a file is encoded after its last batch, with nothing left to overlap).
+ROW_GROUP_ROWS = 262_144
+# Rows read, converted and handed to the writer per step (the I/O chunk). Parquet decodes
+# fastest, and the pipeline's per-step Python costs least per row, in large chunks; the
+# scorer runs the model on slices of --batch-size. 64Ki rows x 30 float64 are ~16 MiB.
+READ_ROWS = 65_536
+
+
 @dataclass(frozen=True)
 class BatchOptions:
     """``streamscore batch``: score Parquet files under ``input`` into ``output``."""
@@ -117,7 +127,21 @@ class BatchOptions:
     on_error: OnError = OnError.quarantine
     force: bool = False
     prune: bool = False  # delete outputs whose input file is gone
-    row_group_rows: int = 65536
+    row_group_rows: int = ROW_GROUP_ROWS  # at most; the sink also cuts row groups by size
+    read_rows: int = READ_ROWS
+
+    def __post_init__(self) -> None:
+        if self.row_group_rows <= 0:
+            raise UsageError(f"--row-group-rows must be positive, got {self.row_group_rows}")
+        if self.read_rows <= 0:
+            raise UsageError(f"read_rows must be positive, got {self.read_rows}")
+
+    @property
+    def chunk_rows(self) -> int:
+        """The I/O chunk: ``read_rows`` rounded up to whole scoring batches, so every model
+        call but a file's last gets ``--batch-size`` rows."""
+        batch = self.scoring.batch_size
+        return -(-self.read_rows // batch) * batch
 
 
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -94,6 +95,9 @@ class PipelineStats:
     rows_rejected: int = 0
     batches: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
+    # CPU seconds of each pipeline thread (read: reading and feed conversion; score: the
+    # model and output columns; write: the sink), to see which one limits a run.
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
 
     def add(self, scored: ScoredBatch) -> None:
         self.batches += 1
@@ -162,19 +166,24 @@ def run_pipeline(
         except BaseException as exc:  # handed to the calling thread
             reader.put(_Failure(exc))
             return
+        finally:
+            stats.cpu_seconds["read"] = time.thread_time()
         reader.put(_DONE)
 
     def write() -> None:
-        while True:
-            item = writer.queue.get()
-            if item is _DONE:
-                return
-            try:
-                sink.write(*item)
-            except BaseException as exc:
-                errors.append(exc)
-                writer.stop.set()
-                return
+        try:
+            while True:
+                item = writer.queue.get()
+                if item is _DONE:
+                    return
+                try:
+                    sink.write(*item)
+                except BaseException as exc:
+                    errors.append(exc)
+                    writer.stop.set()
+                    return
+        finally:
+            stats.cpu_seconds["write"] = time.thread_time()
 
     threads = [
         threading.Thread(target=read, name="streamscore-reader", daemon=True),
@@ -182,6 +191,7 @@ def run_pipeline(
     ]
     for thread in threads:
         thread.start()
+    started = time.thread_time()
     try:
         while not errors:
             try:
@@ -208,6 +218,7 @@ def run_pipeline(
         sink.abort()
         raise
     finally:
+        stats.cpu_seconds["score"] = time.thread_time() - started
         reader.stop.set()
         source.stop()
         _drain(reader.queue)

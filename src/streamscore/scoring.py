@@ -21,6 +21,11 @@ from streamscore.mapping import Feeds, InputPlan, build_feeds, plan_inputs, sour
 from streamscore.model.session import LoadedModel
 
 REASON_COLUMN = "_reject_reason"
+# The fewest rows a sliced model call gets (short tails are padded with copies of their last
+# row, whose scores are dropped). On several threads, ONNX Runtime's tree ensembles sum the
+# trees of calls of up to 50 rows in another order than larger calls, so the last bit of a
+# row's score would depend on where its batch happened to end.
+MIN_CALL_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -81,10 +86,16 @@ class Scorer:
         *,
         outputs: Sequence[str] | None = None,
         reject_nan: bool = False,
+        batch_size: int | None = None,
     ) -> None:
+        """``batch_size`` caps the rows of one model call: prepared feeds of more rows (a
+        large I/O chunk) are run in slices of that size, none shorter than
+        :data:`MIN_CALL_ROWS`, so scores do not depend on where slices end. None runs the
+        feeds in one call, as they come."""
         self.model = model
         self.plan = plan
         self.reject_nan = reject_nan
+        self.batch_size = batch_size
         self.outputs = OutputSelection.parse(model.signature.output_names(), outputs)
         known = self.score_schema()
         unknown = self.outputs.columns - set(known.names) if known is not None else set()
@@ -103,11 +114,12 @@ class Scorer:
         features: Sequence[str] | None = None,
         outputs: Sequence[str] | None = None,
         reject_nan: bool = False,
+        batch_size: int | None = None,
     ) -> Scorer:
         """Plan the input mapping against ``schema`` and build a scorer (raises MappingError)."""
         columns = {field.name: field.type for field in schema}
         plan = plan_inputs(model.signature, columns, features)
-        return cls(model, plan, outputs=outputs, reject_nan=reject_nan)
+        return cls(model, plan, outputs=outputs, reject_nan=reject_nan, batch_size=batch_size)
 
     def score_schema(self) -> pa.Schema | None:
         """The score columns' names and types, known from the model's signature alone.
@@ -142,7 +154,7 @@ class Scorer:
         """Run the model on prepared feeds and turn its outputs into score columns."""
         if len(feeds.accepted) == 0:
             return ScoredBatch(_EMPTY, feeds.accepted, feeds.rejected, feeds.reasons)
-        values = self.model.run(self.outputs.run, feeds.arrays)
+        values = self._run_model(feeds.arrays, len(feeds.accepted))
         columns = [
             (column, array)
             for name, value in zip(self.outputs.run, values, strict=True)
@@ -154,6 +166,46 @@ class Scorer:
             raise UsageError(f"--outputs names unknown column(s): {', '.join(sorted(missing))}")
         scores = pa.RecordBatch.from_arrays([a for _, a in columns], names=[n for n, _ in columns])
         return _drop_nan_scores(scores, feeds.accepted, feeds.rejected, feeds.reasons)
+
+    def _run_model(self, arrays: dict[str, np.ndarray], rows: int) -> list[Any]:
+        """The model's outputs for all rows, computed ``batch_size`` rows per call."""
+        if self.batch_size is None:
+            return self.model.run(self.outputs.run, arrays)
+        parts = [
+            self._run_slice(arrays, start, min(rows, start + self.batch_size))
+            for start in range(0, rows, self.batch_size)
+        ]
+        if len(parts) == 1:
+            return parts[0]
+        return [_concatenate([part[o] for part in parts]) for o in range(len(parts[0]))]
+
+    def _run_slice(self, arrays: dict[str, np.ndarray], start: int, stop: int) -> list[Any]:
+        # Row slices of C-contiguous feeds are contiguous views: no copy per call.
+        feeds = {name: values[start:stop] for name, values in arrays.items()}
+        short = MIN_CALL_ROWS - (stop - start)
+        if short <= 0 or not self._batch_dimension_is_free:
+            return self.model.run(self.outputs.run, feeds)
+        padded = {
+            name: np.concatenate([values, np.repeat(values[-1:], short, axis=0)])
+            for name, values in feeds.items()
+        }
+        values = self.model.run(self.outputs.run, padded)
+        return [v if np.ndim(v) == 0 else v[: stop - start] for v in values]
+
+    @property
+    def _batch_dimension_is_free(self) -> bool:
+        return all(
+            spec.shape and not isinstance(spec.shape[0], int)
+            for spec in self.model.signature.inputs
+        )
+
+
+def _concatenate(parts: list[Any]) -> Any:
+    if isinstance(parts[0], list):  # ZipMap: lists of dicts
+        return [row for part in parts for row in part]
+    if np.ndim(parts[0]) == 0:  # not one value per row: _output_columns says so
+        return parts[0]
+    return np.concatenate(parts)
 
 
 _EMPTY = pa.RecordBatch.from_pydict({})

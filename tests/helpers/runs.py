@@ -22,9 +22,12 @@ def batch_options(
     force: bool = False,
     prune: bool = False,
     keep: str | None = None,
+    row_group_rows: int | None = None,
+    read_rows: int | None = None,
     **scoring: Any,
 ) -> BatchOptions:
     """BatchOptions as the CLI would build them; ``scoring`` goes to ScoringOptions."""
+    sizes = {"row_group_rows": row_group_rows, "read_rows": read_rows}
     return BatchOptions(
         input=input,
         output=output,
@@ -34,6 +37,7 @@ def batch_options(
         on_error=on_error,
         force=force,
         prune=prune,
+        **{name: value for name, value in sizes.items() if value is not None},
     )
 
 

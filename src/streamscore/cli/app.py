@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from typer.core import TyperCommand
 
 from streamscore import __version__
 from streamscore.cli import batch, bench, compare, models, replay, tail
+from streamscore.cli.common import Command
 
 app = typer.Typer(
     name="streamscore",
@@ -42,6 +44,19 @@ replay.register(app)
 tail.register(app)
 bench.register(app)
 compare.register(app)
+
+
+def _plain_help(commands: typer.Typer) -> None:
+    """Every command (sub-apps' included) renders its help with :class:`Command`."""
+    for info in commands.registered_commands:
+        if info.cls in (None, TyperCommand):  # not one that chose its own class
+            info.cls = Command
+    for group in commands.registered_groups:
+        if group.typer_instance is not None:
+            _plain_help(group.typer_instance)
+
+
+_plain_help(app)  # after every command is registered
 
 
 def main() -> None:

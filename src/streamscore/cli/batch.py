@@ -9,8 +9,8 @@ import typer
 
 from streamscore import console
 from streamscore.cli import options as opt
-from streamscore.cli.common import Command, scoring_options, translate_errors
-from streamscore.config import BatchOptions, OnError
+from streamscore.cli.common import scoring_options, translate_errors
+from streamscore.config import ROW_GROUP_ROWS, BatchOptions, OnError
 from streamscore.errors import OutputError, PartialFailure, UsageError, stopped_by
 from streamscore.shutdown import StopSignal, stop_on_signals
 
@@ -26,7 +26,7 @@ STOP_GRACE_S = 30.0
 
 
 def register(app: typer.Typer) -> None:
-    app.command("batch", epilog=EXAMPLE, cls=Command)(batch)
+    app.command("batch", epilog=EXAMPLE)(batch)
 
 
 @translate_errors
@@ -53,6 +53,10 @@ def batch(
     prune: Annotated[
         bool, typer.Option(help="Delete outputs whose input file no longer exists.")
     ] = False,
+    row_group_rows: Annotated[
+        int,
+        typer.Option(help="Rows per output row group (at most; also cut at 128 MiB of data)."),
+    ] = ROW_GROUP_ROWS,
     log_format: opt.LogFormat = "auto",
 ) -> None:
     """Score every Parquet file under INPUT with MODEL into OUT, one output file per input.
@@ -81,6 +85,7 @@ def batch(
         on_error=on_error,
         force=force,
         prune=prune,
+        row_group_rows=row_group_rows,
     )
     from streamscore.batch import SUMMARY_NAME, run_batch  # heavy: loaded only when run
 

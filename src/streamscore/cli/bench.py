@@ -17,7 +17,7 @@ from streamscore.bench.options import (
     parse_shapes,
 )
 from streamscore.cli import options as opt
-from streamscore.cli.common import Command, parse_int_list, split_list, translate_errors
+from streamscore.cli.common import parse_int_list, split_list, translate_errors
 from streamscore.errors import UsageError
 from streamscore.reporting import Reporter, SilentReporter
 
@@ -29,7 +29,7 @@ EXAMPLE = (
 
 
 def register(app: typer.Typer) -> None:
-    app.command("bench", epilog=EXAMPLE, cls=Command)(bench)
+    app.command("bench", epilog=EXAMPLE)(bench)
 
 
 def _threads(text: str) -> tuple[int, ...]:

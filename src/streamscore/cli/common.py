@@ -28,6 +28,7 @@ class Command(TyperCommand):
         for param in self.get_params(ctx):
             if isinstance(param, TyperArgument):
                 name = (param.metavar or param.name or "").upper()
+                name += "..." if param.nargs != 1 else ""
                 pieces.append(name if param.required else f"[{name}]")
         return pieces
 

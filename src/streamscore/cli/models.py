@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from streamscore import console
-from streamscore.cli.common import Command, translate_errors
+from streamscore.cli.common import translate_errors
 from streamscore.model import list_models, resolve_model
 
 app = typer.Typer(help="Inspect models and model repositories.", no_args_is_help=True)
@@ -15,7 +15,6 @@ app = typer.Typer(help="Inspect models and model repositories.", no_args_is_help
 
 @app.command(
     "inspect",
-    cls=Command,
     epilog="Example: streamscore models inspect sample_data/models/fraud",
 )
 @translate_errors
@@ -58,7 +57,7 @@ def inspect(
         console.print_text(f"metadata {key} = {value}")
 
 
-@app.command("list", cls=Command, epilog="Example: streamscore models list sample_data/models")
+@app.command("list", epilog="Example: streamscore models list sample_data/models")
 @translate_errors
 def list_(
     repo: Annotated[

@@ -9,7 +9,7 @@ import typer
 
 from streamscore import console
 from streamscore.cli import options as opt
-from streamscore.cli.common import Command, scoring_options, translate_errors
+from streamscore.cli.common import scoring_options, translate_errors
 from streamscore.config import ReplayOptions
 from streamscore.errors import PartialFailure, UsageError
 from streamscore.kafka.settings import KafkaSettings
@@ -23,7 +23,7 @@ EXAMPLE = (
 
 
 def register(app: typer.Typer) -> None:
-    app.command("replay", epilog=EXAMPLE, cls=Command)(replay)
+    app.command("replay", epilog=EXAMPLE)(replay)
 
 
 def parse_timestamp_ms(text: str) -> int:

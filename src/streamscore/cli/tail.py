@@ -9,7 +9,7 @@ import typer
 
 from streamscore import console
 from streamscore.cli import options as opt
-from streamscore.cli.common import Command, scoring_options, translate_errors
+from streamscore.cli.common import scoring_options, translate_errors
 from streamscore.config import TailOptions
 from streamscore.errors import UsageError
 from streamscore.kafka.settings import KafkaSettings
@@ -24,7 +24,7 @@ EXAMPLE = (
 
 
 def register(app: typer.Typer) -> None:
-    app.command("tail", epilog=EXAMPLE, cls=Command)(tail)
+    app.command("tail", epilog=EXAMPLE)(tail)
 
 
 @translate_errors

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from streamscore.compare.comparison import PairedBatch
 from streamscore.compare.report import Side
-from streamscore.config import ScoringOptions
+from streamscore.config import READ_ROWS, ScoringOptions
 from streamscore.errors import InputError, UsageError
 from streamscore.pipeline import Sink, SourceBatch, run_pipeline
 from streamscore.reporting import Reporter
@@ -231,7 +231,12 @@ class ModelPairs(PairSource):
         for item, schema in zip(self.inputs, schemas, strict=True):
             scorers = [
                 Scorer.for_schema(
-                    model, schema, features=s.features, outputs=s.outputs, reject_nan=s.reject_nan
+                    model,
+                    schema,
+                    features=s.features,
+                    outputs=s.outputs,
+                    reject_nan=s.reject_nan,
+                    batch_size=s.batch_size,
                 )
                 for model, s in zip(self.models, (self.scoring_a, self.scoring_b), strict=True)
             ]
@@ -239,7 +244,8 @@ class ModelPairs(PairSource):
             keep = self.scoring_a.keep.resolve(list(schema.names), inputs)
             read = [n for n in schema.names if n in set(inputs) | set(keep)]
             sink = _PairSink(str(item.relative), keep, self.wanted, self._found, remember)
-            source = ParquetSource(item.path, read, self.scoring_a.batch_size)
+            # Read in batch's chunks; the scorers run the models --batch-size rows per call.
+            source = ParquetSource(item.path, read, max(READ_ROWS, self.scoring_a.batch_size))
 
             def progress(batch: SourceBatch, _scored: ScoredBatch) -> None:
                 self.reporter.advance("rows", batch.rows.num_rows)
