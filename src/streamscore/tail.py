@@ -321,10 +321,15 @@ class TailRun:
 
     def _serve(self, source: GroupSource, sink: KafkaSink) -> None:
         """Run the pipeline until stopped; after a batch that could not be written, read the
-        owned partitions again from their committed offsets."""
+        owned partitions again from their committed offsets (reading those offsets needs the
+        cluster too: a failure there counts as one more attempt)."""
+        rewind = False
         while True:
             self.progress.restart()
             try:
+                if rewind:
+                    source.rewind()
+                    rewind = False
                 run_pipeline(source, self.scorer, sink, on_batch=self._on_batch)
                 return
             except ProducerFenced:
@@ -339,7 +344,7 @@ class TailRun:
                     {"event": "warning", "message": f"{exc.one_line()}; reading the batch again"}
                 )
                 self.stop.wait(RETRY_BACKOFF_S * self._failed_attempts)
-                source.rewind()
+                rewind = True
 
     def _on_batch(self, batch: SourceBatch, scored: ScoredBatch) -> None:
         """On the scoring thread, between batches: reload events and the status."""
