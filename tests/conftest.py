@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -172,3 +173,163 @@ def column_model(model_dir: Path) -> Any:
 
 
 # --- end of models and data section -------------------------------------------------------------
+
+
+# --- MLflow registry (tests/helpers/mlflow_store.py) ------------------------------------------
+#
+# mlflow_registry  one real SQLite MLflow store for the session (mlflow is slow to import and
+#                  to log to, so tests share it and never move its aliases):
+#                  fraud 1 (@champion) and 2 (@challenger), from sample_data/models/fraud;
+#                  fraud_sklearn 1, a scikit-learn-flavor model; a run with a plain .onnx file.
+
+
+@pytest.fixture(scope="session")
+def mlflow_registry(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from helpers.mlflow_store import SAMPLE_MODELS, MlflowStore, RegistryFixture
+
+    root = tmp_path_factory.mktemp("mlflow")
+    store = MlflowStore.create(f"sqlite:///{root / 'mlflow.db'}", (root / "artifacts").as_uri())
+    v1, run_1 = store.register_onnx("fraud", SAMPLE_MODELS / "fraud" / "1" / "model.onnx")
+    v2, _ = store.register_onnx("fraud", SAMPLE_MODELS / "fraud" / "2" / "model.onnx")
+    store.set_alias("fraud", "champion", v1)
+    store.set_alias("fraud", "challenger", v2)
+    store.register_sklearn("fraud_sklearn")
+    file_run = store.log_onnx_file(SAMPLE_MODELS / "fraud" / "2" / "model.onnx")
+    return RegistryFixture(store, root / "mlflow.db", run_1, file_run)
+
+
+# --- end of MLflow registry section -------------------------------------------------------------
+
+
+# --- Ray: a real local cluster for `batch --ray` -------------------------------------------------
+#
+# ray_cluster  a helpers.ray_cluster.RayCluster: a Ray head node (2 CPUs, 1 GPU in name only) on
+#              127.0.0.1 started
+#              once per session with `ray start` in its own temp dir; .address for --ray,
+#              .workers() lists its BatchWorker processes. Only this cluster's processes are
+#              stopped after (never `ray stop`, which stops every Ray cluster on the machine).
+
+# Ray binds a cluster of one machine to 127.0.0.1 only with this; set before ray is imported.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# No token auth on these loopback clusters: otherwise `ray start` turns it on as soon as a
+# ~/.ray/auth_token exists (left by any earlier `ray.init()`), and drivers given an explicit
+# address do not send the token unless told to.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+RAY_START_TIMEOUT_S = 120
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[Any]:
+    """A real single-node Ray cluster on 127.0.0.1 for the whole session."""
+    from helpers.ray_cluster import RayCluster, processes_of, stop_processes
+
+    for stale in Path("/tmp").glob("ssray-*-*"):  # clusters of test runs killed hard
+        pid = stale.name.split("-")[1]
+        if pid.isdigit() and not _is_alive(int(pid)):
+            stop_processes(processes_of(str(stale)))
+            shutil.rmtree(stale, ignore_errors=True)
+    # Ray's socket paths must stay short: a temp dir under /tmp, not pytest's deep one.
+    temp_dir = Path(tempfile.mkdtemp(prefix=f"ssray-{os.getpid()}-", dir="/tmp"))
+    port = _free_port()
+    ports = {
+        "--ray-client-server-port": _free_port(),
+        "--dashboard-agent-listen-port": _free_port(),
+        "--dashboard-agent-grpc-port": _free_port(),
+        "--metrics-export-port": _free_port(),
+        "--runtime-env-agent-port": _free_port(),
+    }
+    command = [
+        str(Path(sys.executable).parent / "ray"),
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        f"--port={port}",
+        "--num-cpus=2",
+        "--num-gpus=1",  # declared only: Ray places GPU workers, ONNX Runtime finds no CUDA
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+        f"--temp-dir={temp_dir}",
+        *(f"{option}={value}" for option, value in ports.items()),
+    ]
+    started = subprocess.run(
+        command, capture_output=True, text=True, timeout=RAY_START_TIMEOUT_S, check=False
+    )
+    cluster = RayCluster(f"127.0.0.1:{port}", temp_dir)
+    try:
+        if started.returncode != 0:
+            pytest.fail(f"ray start failed:\n{started.stderr[-4000:]}", pytrace=False)
+        yield cluster
+    finally:
+        stop_processes(cluster.processes())
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+# --- end of Ray section -------------------------------------------------------------------------
+
+
+# --- Model server: a real MLServer serving the sample models (tests/support/model_server.py) ---
+#
+# model_server   a ModelServer for the whole session in .model-server/test-<pid>/ (REST and
+#                gRPC on free 127.0.0.1 ports, no metrics port); .url is its base URL. A test
+#                may stop() it and start() it again (same ports); the next test finds it
+#                running again.
+
+
+class ModelServer:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.url = ""
+
+    def start(self) -> str:
+        from support import model_server
+
+        self.url = model_server.start(self.home)
+        return self.url
+
+    def stop(self, *, hard: bool = False) -> None:
+        from support import model_server
+
+        model_server.stop(self.home, hard=hard)
+
+    def model(self, name: str, version: str | None = None) -> str:
+        return f"{self.url}/v2/models/{name}" + (f"/versions/{version}" if version else "")
+
+
+@pytest.fixture(scope="session")
+def _model_server_session() -> Iterator[ModelServer]:
+    from support import model_server
+
+    for home in (REPO / ".model-server").glob("test-*"):  # left by a session killed hard
+        pid = home.name.removeprefix("test-")
+        if pid.isdigit() and not _is_alive(int(pid)):
+            model_server.stop(home, hard=True)
+            shutil.rmtree(home, ignore_errors=True)
+    server = ModelServer(REPO / ".model-server" / f"test-{os.getpid()}")
+    try:
+        server.start()
+    except RuntimeError as exc:
+        server.stop(hard=True)
+        pytest.fail(f"could not start MLServer for the tests: {exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop(hard=True)
+        shutil.rmtree(server.home, ignore_errors=True)
+
+
+@pytest.fixture
+def model_server(_model_server_session: ModelServer) -> ModelServer:
+    """The session's MLServer, running (started again if a previous test stopped it)."""
+    _model_server_session.start()
+    return _model_server_session
+
+
+# --- end of model server section ---------------------------------------------------------------

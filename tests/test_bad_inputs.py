@@ -106,6 +106,36 @@ def test_invalid_utf8_in_a_string_column_fails_only_that_file(
     )
 
 
+def test_with_on_error_fail_the_one_line_error_names_the_file(
+    tmp_path: Path, column_model: TrainedModel
+) -> None:
+    source = tmp_path / "in"
+    table = column_table(10)
+    categories = pa.array([b"\xff\xfe bad"] * 10, pa.binary()).view(pa.string())
+    table = table.set_column(table.schema.get_field_index("category"), "category", categories)
+    write_parquet(source / "day=3" / "latin1.parquet", table)
+
+    result = run_batch(source, tmp_path / "out", column_model.path, "--on-error", "fail")
+
+    assert result.exit_code == 4
+    assert_one_line_error(result, "day=3/latin1.parquet: ", "UTF-8")
+
+
+def test_when_every_file_fails_the_one_line_error_names_the_first(
+    tmp_path: Path, dense_model: TrainedModel
+) -> None:
+    source = tmp_path / "in"
+    table = dense_table(10)
+    twice = pa.Table.from_arrays([*table.columns, table.column("f1")], [*table.column_names, "f1"])
+    write_parquet(source / "a.parquet", twice)
+    write_parquet(source / "b.parquet", twice)
+
+    result = run_batch(source, tmp_path / "out", dense_model.path)
+
+    assert result.exit_code == 4
+    assert_one_line_error(result, "a.parquet: column 'f1' appears twice", "1 more file")
+
+
 def test_an_input_column_named_reject_reason_fails_only_that_file(
     tmp_path: Path, dense_model: TrainedModel
 ) -> None:

@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -20,6 +21,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from helpers.runs import invoke
+from streamscore import plotting
 from streamscore.bench import (
     SCHEMA_VERSION,
     BenchOptions,
@@ -329,6 +331,16 @@ def test_html_plot_is_self_contained(report: BenchReport, tmp_path: Path) -> Non
         assert result.key in page
 
 
+def test_html_table_has_the_terminal_tables_latency_columns(report: BenchReport) -> None:
+    page = to_html(report)
+
+    header = re.findall(r"<th>([^<]*)</th>", page)
+    assert [h for h in header if h.endswith(" ms")] == [
+        f"{name} ms" for name in ("min", "p50", "p90", "p95", "p99", "max")
+    ]
+    assert "★ most rows/s" in page
+
+
 def test_png_and_svg_come_from_the_same_figure(report: BenchReport, tmp_path: Path) -> None:
     png, svg = tmp_path / "bench.png", tmp_path / "bench.svg"
     write_plot(report, png)
@@ -441,3 +453,35 @@ def test_options_are_frozen_and_validated_once() -> None:
     options = quick()
     with pytest.raises(UsageError):
         replace(options, concurrency=(0,))
+
+
+def _shown_ticks(axis: Any) -> list[str]:
+    """The tick labels drawn inside the axis' view."""
+    low, high = sorted(axis.get_view_interval())
+    ticks = [
+        *zip(axis.get_majorticklocs(), axis.get_ticklabels(), strict=True),
+        *zip(axis.get_minorticklocs(), axis.get_ticklabels(minor=True), strict=True),
+    ]
+    return sorted(label.get_text() for at, label in ticks if low <= at <= high and label.get_text())
+
+
+def test_a_log_axis_spanning_less_than_a_decade_still_has_labels_near_the_data() -> None:
+    figure = plotting.new_figure(6, 3)
+    ax = figure.subplots()
+    ax.plot([1, 64], [75e3, 288e3])
+    ax.set_yscale("log")
+    plotting.log_axis(ax.yaxis)
+    figure.canvas.draw()
+
+    assert _shown_ticks(ax.yaxis) == ["100k", "200k", "300k", "80k"]
+
+
+def test_a_log_axis_over_decades_labels_only_1_2_5() -> None:
+    figure = plotting.new_figure(6, 3)
+    ax = figure.subplots()
+    ax.plot([1, 64], [30, 2e5])
+    ax.set_yscale("log")
+    plotting.log_axis(ax.yaxis)
+    figure.canvas.draw()
+
+    assert all(label[0] in "125" for label in _shown_ticks(ax.yaxis))

@@ -300,12 +300,21 @@ def test_log_format_text_prints_a_readable_summary(inputs: Path, dense_model: Tr
 
 def test_start_up_does_not_load_the_heavy_libraries() -> None:
     # `streamscore --help` and `--version` should answer at once: onnxruntime, the Kafka
-    # client and the columnar libraries are imported only when a command runs.
+    # client, the columnar libraries and matplotlib are imported only when a command runs;
+    # mlflow only when a models:/ or runs:/ MODEL is used.
+    heavy = (
+        "onnxruntime",
+        "confluent_kafka",
+        "pyarrow",
+        "polars",
+        "matplotlib",
+        "mlflow",
+        "ray",
+        "httpx",
+    )
     code = (
         "import sys, streamscore.cli.app; "
-        "print(','.join(m for m in ('onnxruntime', 'confluent_kafka', 'pyarrow', 'polars', "
-        "'matplotlib') "
-        "if m in sys.modules))"
+        f"print(','.join(m for m in {heavy!r} if m in sys.modules))"
     )
     loaded = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True

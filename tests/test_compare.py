@@ -7,6 +7,7 @@ forest, never scores 0.5 or more on the holdout day) and fraud_mlp (an MLP).
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from collections.abc import Callable
@@ -19,9 +20,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from rich.console import Console
 from scipy import stats as scipy_stats
 
 from helpers.runs import invoke
+from streamscore import console
 from streamscore.batch import run_batch
 from streamscore.compare import SCHEMA_VERSION, CompareMode, CompareOptions, run_compare
 from streamscore.compare.stats import Reservoir, TopRows, average_ranks, psi
@@ -253,6 +256,8 @@ def test_html_report_is_one_self_contained_page(day: Path, tmp_path: Path) -> No
     assert 'src="' not in page and "<?xml" not in page
     for text in ("probabilities_1", "rows that differ most", "A fraud v1", "B fraud v2"):
         assert text in page
+    # each top-rows table has a heading naming its column, not a muted caption line
+    assert "<h3>probabilities_1: rows that differ most</h3>" in page
 
 
 def test_report_without_matplotlib_is_a_one_line_error_naming_the_extra(
@@ -483,6 +488,28 @@ def test_scored_compares_the_score_columns_batch_recorded_not_kept_inputs(
     )
     assert [c.name for c in chosen.columns] == ["is_fraud"]
     assert chosen.columns[0].flips == 0 and chosen.columns[0].delta.max_abs == 0
+    # each side names the model batch recorded, as when compare scores DATA itself
+    assert (default.a.model, default.a.version) == ("fraud", "1")
+    assert (default.b.model, default.b.version) == ("fraud_mlp", "1")
+    assert default.b.sha256 is not None and len(default.b.sha256) == 64
+
+
+def test_scored_outputs_of_mixed_models_name_no_model(tmp_path: Path) -> None:
+    def score(first_row: int, model: Path, out: str) -> None:
+        source = tmp_path / f"in{first_row}"
+        source.mkdir(exist_ok=True)
+        pq.write_table(pq.read_table(DAY).slice(first_row, 50), source / f"{first_row}.parquet")
+        run_batch(BatchOptions(source, tmp_path / out, ScoringOptions(str(model), provider="cpu")))
+
+    score(0, V1, "mixed")
+    score(50, V2, "mixed")
+    score(0, V2, "b")
+    scored = (tmp_path / "mixed", tmp_path / "b")
+
+    report = run_compare(CompareOptions(CompareMode.scored, scored=scored, key="transaction_id"))
+
+    assert report.a.model is None  # 0.parquet scored by fraud 1, 50.parquet by fraud 2
+    assert (report.b.model, report.b.version) == ("fraud", "2")
 
 
 def test_an_unwritable_json_path_is_a_one_line_error(tmp_path: Path) -> None:
@@ -521,3 +548,24 @@ def test_a_gate_fails_when_no_row_matched(tmp_path: Path) -> None:
     assert data["columns"][0]["a"]["mean"] is None  # nothing compared: no statistic
     gated = invoke(*args, "--max-psi", "0.2")
     assert gated.exit_code == 9 and "no row was scored by both sides" in gated.output
+
+
+def test_the_top_rows_table_never_cuts_the_key_on_a_narrow_terminal() -> None:
+    key = "date=2026-11-04/part-0.parquet#22621"
+    keep = {"event_time": "2026-11-04 10:49:20.207000+00:00", "note": "x" * 60}
+    column = {"name": "p", "top": [{"key": key, "a": 0.9, "b": 0.1, "delta": 0.8, "keep": keep}]}
+    out = io.StringIO()
+
+    Console(file=out, width=90).print(console.format_compare_top(column))
+
+    assert key in out.getvalue()
+    assert "+0.8" in out.getvalue()
+
+
+def test_the_top_rows_title_stays_on_one_line_above_a_narrow_table() -> None:
+    column = {"name": "label", "top": [{"key": 7, "a": 1, "b": 0, "delta": 1, "keep": {}}]}
+    out = io.StringIO()
+
+    Console(file=out, width=120).print(console.format_compare_top(column))
+
+    assert out.getvalue().splitlines()[0].strip() == "label: rows that differ most"

@@ -119,6 +119,29 @@ def test_a_repeated_model_field_is_dead_lettered(record: bytes, company: list[by
     assert len(decoded.index) == (1 if company else 0)
 
 
+@pytest.mark.parametrize(
+    "neighbour",
+    [b'{"f0" : 1.0,"f1":2.0}', b'{"\\u0066\\u0030":1.0,"f1":2.0}', b'{"f0":1.0,"f1" :2.0}'],
+    ids=["spaced-key", "escaped-key", "spaced-other-key"],
+)
+def test_a_repeated_field_is_found_beside_a_record_whose_keys_match_less(
+    neighbour: bytes,
+) -> None:
+    # The repeated key's extra match must not be balanced out by a neighbour's missing one.
+    repeated = b'{"f0":0.5,"f1":2.0,"f0":99999}'
+
+    decoded = _decoder().decode([repeated, neighbour])
+
+    assert [(f.index, f.kind) for f in decoded.failures] == [(0, DUPLICATE_FIELD)]
+    assert decoded.index.tolist() == [1]
+
+
+def test_a_field_repeated_once_plainly_and_once_escaped_is_found() -> None:
+    decoded = _decoder().decode([b'{"\\u0066\\u0030":0.5,"f1":2.0,"f0":9}', GOOD])
+
+    assert [(f.index, f.kind) for f in decoded.failures] == [(0, DUPLICATE_FIELD)]
+
+
 def test_a_field_name_inside_a_string_value_is_no_duplicate() -> None:
     decoded = _decoder().decode([b'{"f0": 1.0, "f1": 2.0, "note": "\\"f0\\" twice"}', GOOD])
 

@@ -399,6 +399,63 @@ def test_a_new_version_is_hot_reloaded_mid_stream_and_a_broken_one_is_rejected(
         assert np.isclose(output.value["probabilities_1"], expected[versions[key]][i], atol=1e-6)
 
 
+def test_tail_follows_a_registry_alias_and_rejects_versions_that_cannot_serve(
+    kafka_bootstrap: str,
+    unique_topic: Callable[..., str],
+    tails: list[TailProcess],
+    tmp_path: Path,
+    mlflow_registry: Any,
+    dense_model: Any,
+) -> None:
+    store, name = mlflow_registry.store, f"tail-{uuid.uuid4().hex[:8]}"  # its own aliases
+    v1, run_1 = store.register_onnx(name, MODELS / "fraud" / "1" / "model.onnx")
+    v2, _ = store.register_onnx(name, MODELS / "fraud" / "2" / "model.onnx")
+    misfit, _ = store.register_onnx(name, dense_model.path)  # reads f0..f3: not in the records
+    other_flavor = store.register_sklearn(name)
+    store.set_alias(name, "champion", v1)
+    source = unique_topic(partitions=1)
+    out = f"{source}.out"
+    tail = TailProcess(
+        kafka_bootstrap, "-i", source, "-o", out, "-g", f"{source}-g",
+        "-m", f"models:/{name}@champion", "--registry-uri", mlflow_registry.uri,
+        "--model-cache", str(tmp_path / "cache"), "--reload-interval", "0.2", "--max-wait", "5",
+    )  # fmt: skip
+    tails.append(tail)
+    tail.wait_for(lambda e: e["event"] == "assigned", "its partitions")
+
+    values = sample_values(200)
+    keys = [f"k{i}".encode() for i in range(200)]
+    produce(kafka_bootstrap, source, values[:100], keys[:100])
+    tail.wait_for(lambda e: e["event"] == "status" and e["records_out"] >= 100, "100 scored")
+    rejected = []
+    for broken in (other_flavor, misfit):
+        store.set_alias(name, "champion", broken)
+        rejected.append(
+            tail.wait_for(
+                lambda e, v=broken: e["event"] == "model_rejected" and e["version"] == v,
+                f"version {broken} rejected",
+            )
+        )
+    store.set_alias(name, "champion", v2)
+    tail.wait_for(lambda e: e["event"] == "model_loaded" and e["version"] == v2, "version 2")
+    produce(kafka_bootstrap, source, values[100:], keys[100:])
+    outputs = read_topic(kafka_bootstrap, out, expected=200)
+    assert tail.stop() == 0
+
+    assert "flavor sklearn" in rejected[0]["reason"] and rejected[0]["serving"] == v1
+    assert rejected[1]["serving"] == v1
+    versions = {o.key: o.headers[MODEL_VERSION] for o in outputs}
+    assert len(outputs) == 200
+    assert {versions[k] for k in keys[:100]} == {v1}
+    assert {versions[k] for k in keys[100:]} == {v2}
+    assert {o.headers["streamscore.model.alias"] for o in outputs} == {"champion"}
+    assert {o.headers["streamscore.model.registry"] for o in outputs} == {mlflow_registry.uri}
+    first = next(o for o in outputs if o.key == keys[0])
+    assert first.headers["streamscore.model.run_id"] == run_1
+    summary = next(e for e in tail.events if e["event"] == "summary")
+    assert summary["model_lineage"]["primary"]["alias"] == "champion"
+
+
 def test_canary_takes_a_stable_share_of_keys_and_shadow_scores_everything(
     kafka_bootstrap: str, unique_topic: Callable[..., str], tails: list[TailProcess]
 ) -> None:

@@ -13,6 +13,9 @@ Built for unattended nightly runs:
 * a ``stop`` event (the CLI sets it on SIGINT/SIGTERM) ends the run at the next batch: the
   file in progress is abandoned (temporary files removed) and the summary, marked
   ``interrupted``, is still written.
+
+Files are scored here one after another, or with ``BatchOptions.ray`` by the workers of a
+Ray cluster (:mod:`streamscore.ray_batch`); both call :meth:`BatchRun.score_file`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,12 +42,15 @@ from streamscore.errors import (
     LockedError,
     ModelError,
     OutputError,
+    RemoteError,
+    StreamscoreError,
     UsageError,
     output_error,
 )
 from streamscore.model import resolve_model
-from streamscore.model.session import LoadedModel, load_model
-from streamscore.pipeline import SourceBatch, run_pipeline
+from streamscore.model.base import Model, close_model, open_model
+from streamscore.model.session import load_model
+from streamscore.pipeline import PipelineStats, SourceBatch, run_pipeline
 from streamscore.reporting import Reporter, SilentReporter
 from streamscore.scoring import REASON_COLUMN, ScoredBatch, Scorer
 from streamscore.sinks.parquet import ParquetFileSink, remove_stale_temp_files
@@ -74,9 +80,11 @@ class FileResult:
     rows_rejected: int = 0
     seconds: float = 0.0
     error: str | None = None
+    rejected_reasons: dict[str, int] = field(default_factory=dict)
 
     def event(self) -> dict[str, Any]:
         payload = {"event": "file", **asdict(self)}
+        del payload["rejected_reasons"]  # summed up in the run summary
         return {k: v for k, v in payload.items() if v is not None}
 
 
@@ -90,6 +98,8 @@ class BatchSummary:
     model_version: str
     model_sha256: str
     provider: str
+    model_server: str | None = None  # a remote model's server (its base URL)
+    model_lineage: dict[str, str] = field(default_factory=dict)  # registry, alias, run_id
     files_ok: int = 0
     files_skipped: int = 0
     files_failed: int = 0
@@ -120,9 +130,14 @@ class BatchSummary:
         self.rows_in += result.rows_in
         self.rows_scored += result.rows_scored
         self.rows_rejected += result.rows_rejected
+        for reason, count in result.rejected_reasons.items():
+            self.rejected_reasons[reason] = self.rejected_reasons.get(reason, 0) + count
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        payload = asdict(self)
+        if payload["model_server"] is None:  # an embedded model
+            del payload["model_server"]
+        return payload
 
 
 @dataclass
@@ -136,6 +151,10 @@ class _PlannedFile:
     rows: int
     fingerprint: str
     schema: pa.Schema
+    # A part of a file split by row group (Ray): only these row groups, whose first row is
+    # row ``first_row`` of the file; ``output`` and ``rejected`` are then the part's files.
+    row_groups: tuple[int, ...] | None = None
+    first_row: int = 0
 
 
 @contextlib.contextmanager
@@ -200,15 +219,20 @@ class BatchRun:
     def __init__(
         self,
         options: BatchOptions,
-        model: LoadedModel,
+        model: Model,
         reporter: Reporter,
         stop: threading.Event | None = None,
+        *,
+        run_id: str | None = None,
     ) -> None:
+        """``run_id`` is given by Ray workers, which score files of the driver's run."""
         self.options = options
         self.model = model
         self.reporter = reporter
         self.stop = stop or threading.Event()
-        self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+        self.run_id = run_id or (
+            time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+        )
         self.digest = options_digest(options)
         ref = model.ref
         self.summary = BatchSummary(
@@ -218,6 +242,8 @@ class BatchRun:
             model_version=ref.version,
             model_sha256=ref.sha256,
             provider=model.provider,
+            model_server=ref.server or None,
+            model_lineage=ref.lineage,
         )
 
     def _identity(self, fp: str) -> dict[str, str]:
@@ -241,18 +267,25 @@ class BatchRun:
             if not self.options.force and _is_current(output, self._identity(fp)):
                 base.status = "skipped"
                 return base
-            s = self.options.scoring
-            scorer = Scorer.for_schema(
-                self.model,
-                schema,
-                features=s.features,
-                outputs=s.outputs,
-                reject_nan=s.reject_nan,
-                batch_size=s.batch_size,
-            )
+            return self.plan_scoring(item, fp, schema, rows)
         except InputError as exc:
             base.error = exc.one_line()
             return base
+
+    def plan_scoring(
+        self, item: ParquetInput, fp: str, schema: pa.Schema, rows: int
+    ) -> _PlannedFile:
+        """Plan how one input (footer already read) is scored; InputError if it cannot be."""
+        output = self.options.output / item.relative
+        s = self.options.scoring
+        scorer = Scorer.for_schema(
+            self.model,
+            schema,
+            features=s.features,
+            outputs=s.outputs,
+            reject_nan=s.reject_nan,
+            batch_size=s.batch_size,
+        )
         names = list(schema.names)
         keep = s.keep.resolve(names, scorer.plan.columns)
         scores = scorer.score_schema()
@@ -280,25 +313,57 @@ class BatchRun:
     def score_file(self, planned: _PlannedFile) -> FileResult:
         """Read, score and write one planned file; input errors fail only this file."""
         started = time.perf_counter()
-        result = FileResult(str(planned.item.relative), str(planned.output), "ok")
+        try:
+            stats = self.write_scores(planned)
+        except (InputError, ModelError, OutputError, RemoteError) as exc:
+            # A model server that is away fails this file only: its output is discarded and
+            # a rerun scores it; nothing of it was quarantined as bad data.
+            if self.options.on_error is OnError.fail:
+                raise _naming(exc, planned.item.path) from exc
+            return self.failed(planned, exc)
+        return self.finish_file(planned, stats, started)
+
+    def failed(self, planned: _PlannedFile, exc: StreamscoreError) -> FileResult:
+        """Fail a file that could not be scored: remove its outputs (of earlier runs too)."""
+        _discard_outputs(planned.output, planned.rejected)
+        result = FileResult(str(planned.item.relative), str(planned.output), "failed")
+        result.error = exc.one_line()
+        return result
+
+    def output_metadata(self, planned: _PlannedFile) -> dict[str, str]:
+        """The key-value metadata of an output file (the row counts are added on commit)."""
         metadata = {
             **self._identity(planned.fingerprint),
             META_PREFIX + "model_name": self.model.ref.name,
             META_PREFIX + "model_version": self.model.ref.version,
+            **{
+                META_PREFIX + "model_" + key: value for key, value in self.model.ref.lineage.items()
+            },
             META_PREFIX + "version": __version__,
             META_PREFIX + "source_file": str(planned.item.path),
             META_PREFIX + "run_id": self.run_id,
             META_PREFIX + "provider": self.model.provider,
         }
+        if self.model.ref.server:
+            metadata[META_PREFIX + "model_server"] = self.model.ref.server
         scores = planned.scorer.score_schema()
         if scores is not None:  # lets `compare --scored` tell scores from kept columns
             metadata[META_PREFIX + "score_columns"] = ",".join(scores.names)
+        return metadata
+
+    def write_scores(self, planned: _PlannedFile) -> PipelineStats:
+        """Score one planned file (or part) into its output and rejected files, atomically.
+
+        Raises InputError, ModelError or OutputError when it cannot; nothing partial is left
+        then.
+        """
+        scores = planned.scorer.score_schema()
         sink = ParquetFileSink(
             planned.output,
             planned.rejected,
             planned.keep,
             row_group_rows=self.options.row_group_rows,
-            metadata=metadata,
+            metadata=self.output_metadata(planned),
             quarantine=self.options.on_error is OnError.quarantine,
             # An output without rows (empty input, every row rejected) keeps its columns,
             # so the output folder still reads as one table.
@@ -306,8 +371,13 @@ class BatchRun:
             if scores is None
             else pa.schema([planned.schema.field(c) for c in planned.keep] + list(scores)),
         )
-        source = ParquetSource(planned.item.path, planned.columns, self.options.chunk_rows)
-        position = 0
+        source = ParquetSource(
+            planned.item.path,
+            planned.columns,
+            self.options.chunk_rows,
+            row_groups=planned.row_groups,
+        )
+        position = planned.first_row
 
         def on_batch(batch: SourceBatch, scored: ScoredBatch) -> None:
             nonlocal position
@@ -323,16 +393,15 @@ class BatchRun:
             self.reporter.advance("rows", batch.rows.num_rows)
 
         try:
-            try:
-                stats = run_pipeline(source, planned.scorer, sink, on_batch=on_batch)
-            except OSError as exc:  # reading errors are InputErrors: this is the output
-                raise output_error(planned.output, exc) from exc
-        except (InputError, ModelError, OutputError) as exc:
-            if self.options.on_error is OnError.fail:
-                raise
-            _discard_outputs(planned.output, planned.rejected)
-            result.status, result.error = "failed", exc.one_line()
-            return result
+            return run_pipeline(source, planned.scorer, sink, on_batch=on_batch)
+        except OSError as exc:  # reading errors are InputErrors: this is the output
+            raise output_error(planned.output, exc) from exc
+
+    def finish_file(
+        self, planned: _PlannedFile, stats: PipelineStats, started: float
+    ) -> FileResult:
+        """The result of a file whose outputs are written; fails it if no row could be scored."""
+        result = FileResult(str(planned.item.relative), str(planned.output), "ok")
         self.reporter.advance("files", 1)
         if stats.rows_in and not stats.rows_scored:
             # Most likely a schema problem (e.g. text where numbers belong), not bad rows:
@@ -341,9 +410,7 @@ class BatchRun:
             first = next(iter(stats.reasons), "")
             result.status = "failed"
             result.error = f"all {stats.rows_in} rows were rejected (e.g. {first})"
-        for reason, count in stats.reasons.items():
-            reasons = self.summary.rejected_reasons
-            reasons[reason] = reasons.get(reason, 0) + count
+        result.rejected_reasons = dict(stats.reasons)
         result.rows_in, result.rows_scored = stats.rows_in, stats.rows_scored
         result.rows_rejected = stats.rows_rejected
         result.seconds = round(time.perf_counter() - started, 3)
@@ -361,7 +428,10 @@ class BatchRun:
             todo = [p for p in plans if isinstance(p, _PlannedFile)]
             if not todo and all(p.status == "failed" for p in plans if isinstance(p, FileResult)):
                 failures = [p for p in plans if isinstance(p, FileResult)]
-                raise InputError(failures[0].error or "no input could be read")
+                more = f" (and {len(failures) - 1} more file(s))" if len(failures) > 1 else ""
+                raise InputError(
+                    f"{failures[0].input}: {failures[0].error or 'cannot be read'}{more}"
+                )
             self.reporter.add_task("files", "files", len(todo))
             self.reporter.add_task("rows", "rows", sum(p.rows for p in todo))
             for plan in plans:
@@ -371,13 +441,14 @@ class BatchRun:
                         relative = output.relative_to(self.options.output)
                         _discard_outputs(output, self.options.output / REJECTED_DIR / relative)
                     self._record(plan)
-            for planned in todo:
-                if self.stop.is_set():
-                    break
-                try:
-                    self._record(self.score_file(planned))
-                except _Stopped:
-                    break
+            try:
+                for result in self._score(todo):
+                    self._record(result)
+                    if self.stop.is_set():
+                        break
+            except _Stopped:
+                pass
+            self.summary.failures.sort()  # workers finish in any order
             self.summary.interrupted = self.stop.is_set()
             if self.options.input.is_dir() and not self.summary.interrupted:
                 self._handle_orphans({item.relative for item in inputs})
@@ -390,6 +461,14 @@ class BatchRun:
             except OSError as exc:  # the outputs are done: report them, then the failure
                 self.summary.summary_error = output_error(summary_path, exc).one_line()
         return self.summary
+
+    def _score(self, todo: list[_PlannedFile]) -> Iterable[FileResult]:
+        """Score the planned files here, one after another, or on a Ray cluster."""
+        if self.options.ray is None:
+            return (self.score_file(planned) for planned in todo)
+        from streamscore.ray_batch import score_on_ray  # needs the ray extra
+
+        return score_on_ray(self, todo)
 
     def _handle_orphans(self, current: set[Path]) -> None:
         """Outputs whose input is gone: listed in the summary, deleted with ``prune``."""
@@ -426,6 +505,13 @@ def _check_paths(source: Path, output: Path) -> None:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create --out {output}: {exc.strerror}") from exc
+
+
+def _naming(exc: StreamscoreError, path: Path) -> StreamscoreError:
+    """``exc`` with a message that names the input file, as a one-line error must."""
+    if str(path) in exc.message or exc.message.startswith(f"{path.name}:"):
+        return exc
+    return type(exc)(f"{path}: {exc.message}", hint=exc.hint)
 
 
 def _check_names(schema: pa.Schema, *, quarantine: bool) -> None:
@@ -489,9 +575,33 @@ def run_batch(
     """
     reporter = reporter or SilentReporter()
     s = options.scoring
-    # No spinning: ONNX Runtime's idle workers would take the cores the reader and writer need.
-    model = load_model(resolve_model(s.model), provider=s.provider, threads=s.threads, spin=False)
+    if options.ray is not None:  # check before the slow part: the extra is installed
+        from streamscore.ray_batch import check_ray_installed
+        from streamscore.remote import is_model_url
+
+        check_ray_installed()
+        if is_model_url(s.model):
+            raise UsageError(
+                "--ray scores with the model inside each Ray worker; a model server URL is "
+                "not supported there",
+                hint="run batch without --ray for a model on a server",
+            )
+        # The driver only plans (model signature and identity); Ray workers score.
+        model: Model = load_model(
+            resolve_model(s.model, s.registry), provider="cpu", threads=1, spin=False
+        )
+    else:
+        # No spinning: ONNX Runtime's idle workers would take the cores reader and writer need.
+        model = open_model(
+            s.model,
+            provider=s.provider,
+            threads=s.threads,
+            spin=False,
+            remote=s.remote,
+            registry=s.registry,
+        )
     try:
         return BatchRun(options, model, reporter, stop).execute()
     finally:
+        close_model(model)
         reporter.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass
 from enum import Enum
@@ -14,6 +15,7 @@ from streamscore.errors import UsageError
 
 if TYPE_CHECKING:
     from streamscore.kafka.settings import KafkaSettings
+    from streamscore.remote.settings import RemoteSettings
     from streamscore.routing import CanarySpec
 
 
@@ -69,6 +71,25 @@ class KeepColumns:
 
 
 @dataclass(frozen=True)
+class RegistryOptions:
+    """Where ``models:/`` and ``runs:/`` MODEL URIs are looked up and their files cached.
+
+    ``uri`` None means MLflow's own default: ``$MLFLOW_TRACKING_URI``, else
+    ``sqlite:///mlflow.db``. ``cache_dir`` None means ``$XDG_CACHE_HOME/streamscore``
+    (``~/.cache/streamscore``). Both environment variables are read when used.
+    """
+
+    uri: str | None = None
+    cache_dir: Path | None = None
+
+    def cache_root(self) -> Path:
+        if self.cache_dir is not None:
+            return self.cache_dir
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        return (Path(xdg) if xdg else Path.home() / ".cache") / "streamscore"
+
+
+@dataclass(frozen=True)
 class ScoringOptions:
     """How rows become model inputs and scores; shared by every command."""
 
@@ -80,6 +101,8 @@ class ScoringOptions:
     threads: int | None = None
     batch_size: int = 4096
     reject_nan: bool = False
+    remote: RemoteSettings | None = None  # when MODEL is a URL: headers, TLS, retries…
+    registry: RegistryOptions = RegistryOptions()
 
     def __post_init__(self) -> None:
         if self.batch_size <= 0:
@@ -118,6 +141,28 @@ READ_ROWS = 65_536
 
 
 @dataclass(frozen=True)
+class RayOptions:
+    """``batch --ray``: score on a Ray cluster instead of in this process.
+
+    ``address`` is what ``ray.init`` takes (``auto``, ``ray://HOST:PORT``, ``HOST:PORT`` of
+    the GCS), or None to start a local cluster for the run. ``workers`` (default: as many as
+    the cluster's CPUs, or GPUs with ``--provider cuda``, allow) each load the model once.
+    Files with more than ``part_rows`` rows are split at row-group boundaries into parts of
+    about that many rows, scored in parallel and joined into one output file.
+    """
+
+    address: str | None = None
+    workers: int | None = None
+    part_rows: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        if self.workers is not None and self.workers <= 0:
+            raise UsageError(f"--workers must be positive, got {self.workers}")
+        if self.part_rows <= 0:
+            raise UsageError(f"part_rows must be positive, got {self.part_rows}")
+
+
+@dataclass(frozen=True)
 class BatchOptions:
     """``streamscore batch``: score Parquet files under ``input`` into ``output``."""
 
@@ -129,6 +174,7 @@ class BatchOptions:
     prune: bool = False  # delete outputs whose input file is gone
     row_group_rows: int = ROW_GROUP_ROWS  # at most; the sink also cuts row groups by size
     read_rows: int = READ_ROWS
+    ray: RayOptions | None = None  # score on a Ray cluster
 
     def __post_init__(self) -> None:
         if self.row_group_rows <= 0:

@@ -233,6 +233,9 @@ def format_tail_status(status: Mapping[str, Any]) -> Table:
     errors = status.get("errors") or {}
     if errors:
         table.add_row("errors", ", ".join(f"{k}={v:,}" for k, v in errors.items()))
+    servers = status.get("model_servers") or {}
+    if servers:  # a remote model: its server's circuit breaker
+        table.add_row("model server", ", ".join(f"{s} {state}" for s, state in servers.items()))
     return table
 
 
@@ -278,7 +281,9 @@ def format_summary(summary: Mapping[str, Any], title: str) -> Table:
     for key, value in summary.items():
         if key == "event":
             continue
-        if isinstance(value, bool):  # before int: True is an int to Python
+        if value is None:  # e.g. no summary error
+            shown = "-"
+        elif isinstance(value, bool):  # before int: True is an int to Python
             shown = "yes" if value else "no"
         elif isinstance(value, float):
             shown = f"{value:,.2f}"
@@ -358,7 +363,7 @@ def format_bench_results(report: Mapping[str, Any]) -> Table:
             "★" if r["key"] == best else "",
             c["provider"]
             + ("" if r["provider_used"] == c["provider"] else f"→{r['provider_used']}"),
-            _threads(c["threads"]),
+            "-" if c["provider"] == "remote" else _threads(c["threads"]),
             f"{c['batch_size']:,}",
             str(c["concurrency"]),
         ]
@@ -413,6 +418,34 @@ def format_bench_pipeline(report: Mapping[str, Any]) -> Table:
             f"{p['pipeline_rows_per_s']:,.0f}",
             f"{p['bare_rows_per_s']:,.0f}",
             f"{p['ratio']:.2f}",
+        )
+    return table
+
+
+def format_bench_remote(report: Mapping[str, Any]) -> Table:
+    """``bench MODEL URL``: each embedded configuration against the served model."""
+    table = Table(
+        title=f"embedded vs served ({report.get('served')}), same inputs, same run",
+        title_justify="left",
+        caption="ratio: served rows/s over embedded rows/s; remote share: part of the served "
+        "p50 the embedded model does not pay, split into the client's serialization (encode "
+        "+ decode, timed apart) and the rest (network and server framework)",
+        caption_justify="left",
+    )
+    headers = ["embedded", "embedded rows/s", "served rows/s", "ratio", "p50 ms", "served p50"]
+    for header in [*headers, "remote share", "serialization", "network+server"]:
+        table.add_column(header, justify="left" if header == "embedded" else "right")
+    for c in report.get("remote_comparison") or []:
+        table.add_row(
+            c["embedded_key"],
+            _num(c["embedded_rows_per_s"], ",.0f"),
+            _num(c["remote_rows_per_s"], ",.0f"),
+            f"{c['ratio']:.3g}x",
+            _num(c["embedded_p50_ms"]),
+            _num(c["remote_p50_ms"]),
+            f"{c['remote_overhead']:.0%}",
+            f"{c.get('serialization_share', 0):.0%}",
+            f"{c.get('network_share', 0):.0%}",
         )
     return table
 
@@ -523,9 +556,15 @@ def format_compare_top(column: Mapping[str, Any]) -> Table | None:
     if not top:
         return None
     keep = list(top[0].get("keep") or {})
-    table = Table(title=Text(f"{column['name']}: rows that differ most"), title_justify="left")
-    for header in ("key", "A", "B", "A − B", *keep):
-        table.add_column(header, justify="right" if header in ("A", "B", "A − B") else "left")
+    title = f"{column['name']}: rows that differ most"
+    table = Table(title=Text(title), title_justify="left", min_width=len(title))
+    # The key says which row it is, so it is never cut; kept columns give way first.
+    key_width = max(len(str(row.get("key"))) for row in top)
+    table.add_column("key", no_wrap=True, min_width=min(key_width, 80))
+    for header in ("A", "B", "A − B"):
+        table.add_column(header, justify="right", no_wrap=True)
+    for header in keep:
+        table.add_column(header)
     for row in top:
         table.add_row(
             Text(str(row.get("key"))),

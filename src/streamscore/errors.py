@@ -14,6 +14,10 @@
     ├── RegressionDetected            exit 8   bench: slower than the baseline allows
     ├── ComparisonGateFailed          exit 9   compare: flip rate or PSI beyond the limit
     ├── OutputError                   exit 10  the output cannot be written (full, read-only)
+    ├── ClusterError                  exit 11  Ray cluster unreachable or lost its workers
+    ├── RemoteError                   exit 12  model server refused us or broke the protocol
+    │   └── RemoteUnavailable         exit 12  model server away (down, timeout, 429, 5xx)
+    │                                          after every retry; a rerun resumes
     └── Interrupted                   exit 130 stopped by SIGINT (Ctrl-C); a rerun resumes
         └── Terminated                exit 143 stopped by SIGTERM
 
@@ -128,6 +132,12 @@ def output_error(path: object, exc: OSError) -> OutputError:
     )
 
 
+class ClusterError(StreamscoreError):
+    """The Ray cluster cannot be reached, cannot fit the workers, or lost them for good."""
+
+    exit_code = 11
+
+
 class Interrupted(StreamscoreError):
     """The run was stopped by SIGINT (Ctrl-C) before it finished; a rerun resumes."""
 
@@ -145,3 +155,16 @@ def stopped_by(signum: int | None, what: str) -> Interrupted:
     if signum == 15:  # SIGTERM; the signal module is not needed for one number
         return Terminated(f"terminated by SIGTERM; {what}", hint="rerun to resume")
     return Interrupted(f"interrupted; {what}", hint="rerun to resume")
+
+
+class RemoteError(StreamscoreError):
+    """A model server refused our credentials or answered outside the protocol."""
+
+    exit_code = 12
+
+
+class RemoteUnavailable(RemoteError):
+    """A model server stayed unreachable, slow or overloaded through every retry (an outage).
+
+    Nothing is dead-lettered for it: the rows were never judged, so a rerun scores them.
+    """

@@ -15,6 +15,8 @@ Every :class:`TailMetrics` has its own ``CollectorRegistry`` (never the global o
     streamscore_shadow_compared_total                records scored by primary and shadow
     streamscore_shadow_label_flips_total             of those, records whose label differs
     streamscore_shadow_score_difference              |shadow - primary| score (histogram)
+    streamscore_model_server_breaker{server,state}   1 for a remote model server's circuit
+                                                     breaker state (closed, open, half_open)
 
 (*) The input timestamp is the record's Kafka timestamp: when it was produced, unless its
 producer set another time (an event time makes this the record's age, not the pipeline's
@@ -118,6 +120,7 @@ class TailStatus:
     versions: dict[str, str]  # role -> name:version
     errors: dict[str, int] = field(default_factory=dict)
     shadow: dict[str, float] = field(default_factory=dict)
+    model_servers: dict[str, str] = field(default_factory=dict)  # server -> breaker state
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -195,6 +198,13 @@ class TailMetrics:
             DIFF_BUCKETS,
             registry=r,
         )
+        self.model_server_breaker = Gauge(
+            "streamscore_model_server_breaker",
+            "1 for the circuit breaker state of each remote model server.",
+            ["server", "state"],
+            registry=r,
+        )
+        self._model_servers: dict[str, str] = {}
         self._server: Any = None
         self._counts = {"in": 0, "out": 0, "dead": 0, "compared": 0, "flips": 0}
         self._error_counts: dict[str, int] = {}
@@ -284,6 +294,13 @@ class TailMetrics:
             self.model_info.labels(role, ref.name, ref.version, ref.sha256).set(1)
         self._versions = {role: ref.label for role, ref in models.items()}
 
+    def set_model_servers(self, states: Mapping[str, str]) -> None:
+        """Circuit breaker state (closed, open, half_open) of each remote model server."""
+        for server, state in states.items():
+            for each in ("closed", "open", "half_open"):
+                self.model_server_breaker.labels(server, each).set(1 if each == state else 0)
+        self._model_servers = dict(states)
+
     # --- status ----------------------------------------------------------------------------
 
     def _rate(self) -> float:
@@ -318,6 +335,7 @@ class TailMetrics:
             versions=dict(self._versions),
             errors=dict(self._error_counts),
             shadow=shadow,
+            model_servers=dict(self._model_servers),
         )
 
     def __enter__(self) -> TailMetrics:

@@ -147,7 +147,10 @@ def run_pipeline(
 
     ``on_batch`` runs on the calling thread after each batch is scored, before it is written
     (progress, error policy); an exception there stops the pipeline and aborts the sink.
+    A scorer with an ``in_flight`` attribute (a remote model's concurrency) gets that many
+    prepared batches queued, so that many requests can be out while one is scored.
     """
+    depth = max(depth, getattr(scorer, "in_flight", 0))
     stats = PipelineStats()
     reader: _Stage[tuple[SourceBatch, Any]] = _Stage(depth)
     writer: _Stage[tuple[SourceBatch, ScoredBatch]] = _Stage(depth)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import io
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -88,12 +89,24 @@ def svg_text(figure: Any) -> str:
 
 
 def log_axis(axis: Any) -> None:
-    """Plain numbers (1, 10, 2k, 5M) on a log-scaled axis instead of powers of ten."""
+    """Plain numbers (1, 10, 2k, 5M) on a log-scaled axis instead of powers of ten.
+
+    Ticks are labelled at 1, 2 and 5 times powers of ten; on an axis that spans less than
+    a decade (say 75k to 290k rows/s) at 3, 4, 6 and 8 times as well, so the values
+    plotted are not left between two labels.
+    """
     from matplotlib.ticker import FuncFormatter, LogLocator
+
+    def minor(value: float, _pos: int | None) -> str:
+        low, high = sorted(axis.get_view_interval())
+        if low <= 0 or high / low >= 10:
+            return ""
+        leading = round(value / 10 ** math.floor(math.log10(value) + 1e-9))
+        return short_number(value) if leading in (3, 4, 6, 8) else ""
 
     axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     axis.set_major_formatter(FuncFormatter(lambda value, _pos: short_number(value)))
-    axis.set_minor_formatter(FuncFormatter(lambda _value, _pos: ""))
+    axis.set_minor_formatter(FuncFormatter(minor))
 
 
 def short_number(value: float) -> str:
@@ -123,6 +136,7 @@ def html_page(title: str, body: str) -> str:
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 24px; color: {INK}; max-width: 1400px; }}
 h1 {{ font-size: 22px; }} h2 {{ font-size: 18px; margin-top: 32px; }}
+h3 {{ font-size: 14px; margin: 20px 0 0; }}
 p {{ margin: 2px 0; color: {MUTED}; font-size: 13px; }}
 figure {{ margin: 16px 0; overflow-x: auto; }}
 figure svg {{ max-width: 100%; height: auto; }}

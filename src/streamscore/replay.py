@@ -47,8 +47,7 @@ from streamscore.kafka.offsets import EndOffsets
 from streamscore.kafka.sink import AtLeastOnce, Delivery, ExactlyOnce, KafkaBatch, KafkaSink
 from streamscore.kafka.source import PartitionRangeSource
 from streamscore.kafka.topics import OutputTopics, prepare_output_topics
-from streamscore.model import resolve_model
-from streamscore.model.session import LoadedModel, load_model
+from streamscore.model.base import Model, close_model, open_model
 from streamscore.pipeline import SourceBatch, run_pipeline
 from streamscore.reporting import Reporter, SilentReporter
 from streamscore.scoring import ScoredBatch, Scorer, scorer_for_records
@@ -68,6 +67,8 @@ class ReplaySummary:
     model_version: str
     model_sha256: str
     delivery: str  # exactly-once | at-least-once
+    model_server: str | None = None  # a remote model's server (its base URL)
+    model_lineage: dict[str, str] = field(default_factory=dict)  # registry, alias, run_id
     resumed: bool = False
     records_read: int = 0
     records_scored: int = 0
@@ -79,7 +80,10 @@ class ReplaySummary:
     end_offsets: dict[int, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        payload = asdict(self)
+        if payload["model_server"] is None:  # an embedded model
+            del payload["model_server"]
+        return payload
 
 
 def run_replay(options: ReplayOptions, reporter: Reporter | None = None) -> ReplaySummary:
@@ -87,6 +91,8 @@ def run_replay(options: ReplayOptions, reporter: Reporter | None = None) -> Repl
 
     Raises KafkaError (cluster, topics), MappingError (the model cannot read the records),
     ModelError or UsageError; records that cannot be scored go to the dead-letter topic.
+    With a remote model, a server outage raises RemoteUnavailable: the open transaction is
+    aborted (nothing of it is visible) and a rerun resumes exactly once.
     """
     reporter = reporter or SilentReporter()
     try:
@@ -105,11 +111,24 @@ class ReplayRun:
         self.tasks_added = False
 
     def execute(self) -> ReplaySummary:
-        o, s = self.options, self.options.scoring
+        s = self.options.scoring
         # The model and its input mapping first: a mistake there touches no topic.
-        ref = resolve_model(s.model)
         # No spinning: the reader and writer threads need the cores between model calls.
-        model = load_model(ref, provider=s.provider, threads=s.threads, spin=False)
+        model = open_model(
+            s.model,
+            provider=s.provider,
+            threads=s.threads,
+            spin=False,
+            remote=s.remote,
+            registry=s.registry,
+        )
+        try:
+            return self._execute(model)
+        finally:
+            close_model(model)
+
+    def _execute(self, model: Model) -> ReplaySummary:
+        o, s = self.options, self.options.scoring
         scorer, fields = scorer_for_records(
             model, features=s.features, outputs=s.outputs, reject_nan=s.reject_nan
         )
@@ -135,7 +154,7 @@ class ReplayRun:
             summary.records_per_second = round(summary.records_read / summary.seconds, 1)
         return summary
 
-    def _summary(self, model: LoadedModel) -> ReplaySummary:
+    def _summary(self, model: Model) -> ReplaySummary:
         o, ref = self.options, model.ref
         return ReplaySummary(
             input_topic=o.input_topic,
@@ -146,9 +165,11 @@ class ReplayRun:
             model_version=ref.version,
             model_sha256=ref.sha256,
             delivery="exactly-once" if o.exactly_once else "at-least-once",
+            model_server=ref.server or None,
+            model_lineage=ref.lineage,
         )
 
-    def identity(self, model: LoadedModel) -> str:
+    def identity(self, model: Model) -> str:
         """Digest of what decides the outputs; a resumed replay must match it."""
         o = self.options
         return o.scoring.digest(
@@ -162,7 +183,7 @@ class ReplayRun:
         self,
         admin: Admin,
         topics: OutputTopics,
-        model: LoadedModel,
+        model: Model,
         scorer: Scorer,
         decoder: JsonDecoder,
         summary: ReplaySummary,
@@ -281,7 +302,7 @@ class ReplayRun:
             )
 
     def _take_snapshot(
-        self, admin: Admin, partitions: list[int], model: LoadedModel, delivery: Delivery
+        self, admin: Admin, partitions: list[int], model: Model, delivery: Delivery
     ) -> EndOffsets:
         """Snapshot the end offsets now and commit every start with them, before any output."""
         o = self.options
@@ -297,7 +318,7 @@ class ReplayRun:
         delivery.settle(wait_for_commit=True)  # at-least-once: the snapshot is kept now
         return snapshot
 
-    def _check_identity(self, snapshot: EndOffsets, model: LoadedModel) -> None:
+    def _check_identity(self, snapshot: EndOffsets, model: Model) -> None:
         if snapshot.identity == self.identity(model):
             return
         o = self.options

@@ -32,6 +32,7 @@ from streamscore.kafka.client import KafkaRecord
 from streamscore.kafka.codec import DecodedBatch, JsonDecoder, take_passthrough
 from streamscore.mapping import plan_inputs
 from streamscore.model import ModelRef
+from streamscore.model.base import Model, open_model
 from streamscore.model.session import load_model
 from streamscore.pipeline import SourceBatch
 from streamscore.routing import CanarySpec, record_fallback
@@ -50,9 +51,14 @@ class Arm:
     fields: dict[str, pa.DataType]  # the JSON fields it reads, and as which types
 
 
-def prepare_arm(role: str, ref: ModelRef, scoring: ScoringOptions) -> Arm:
-    """Load ``ref`` and plan its inputs from JSON fields (raises ModelError, MappingError)."""
-    model = load_model(ref, provider=scoring.provider, threads=scoring.threads)
+def prepare_arm(role: str, ref: ModelRef | str, scoring: ScoringOptions) -> Arm:
+    """Load ``ref`` (or open a model URL) and plan its inputs from JSON fields (raises
+    ModelError, MappingError)."""
+    model: Model
+    if isinstance(ref, str):
+        model = open_model(ref, provider=scoring.provider, remote=scoring.remote)
+    else:
+        model = load_model(ref, provider=scoring.provider, threads=scoring.threads)
     scorer, fields = scorer_for_records(
         model,
         features=scoring.features,

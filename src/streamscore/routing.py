@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
+from streamscore.config import RegistryOptions
 from streamscore.errors import UsageError
-from streamscore.model.repository import ModelRef, resolve_model
+from streamscore.model.repository import MLFLOW_SCHEMES, ModelRef, resolve_model
 
 if TYPE_CHECKING:  # scoring imports onnxruntime; routing decisions do not need it
     from streamscore.scoring import ScoredBatch
@@ -72,11 +73,23 @@ def record_fallback(topic: str, partition: int, offset: int) -> bytes:
     return f"{topic}/{partition}/{offset}".encode()
 
 
-def resolve_version(model: str | Path, version: str) -> ModelRef:
-    """A canary or shadow VERSION next to MODEL: a version number in MODEL's repository, or
-    a path to another model (.onnx file or version directory)."""
+def resolve_version(
+    model: str | Path, version: str, registry: RegistryOptions | None = None
+) -> ModelRef:
+    """A canary or shadow VERSION next to MODEL: a version number in MODEL's repository (or
+    of MODEL's registered model, for ``models:/NAME...``), or another MODEL (a path or URI)."""
     if not version.isdigit():
-        return resolve_model(version)
+        return resolve_model(version, registry)
+    if str(model).startswith("models:/"):
+        from streamscore.model.mlflow_registry import MlflowURI
+
+        name = MlflowURI.parse(str(model)).name
+        return resolve_model(f"models:/{name}/{version}", registry)
+    if str(model).startswith(MLFLOW_SCHEMES):
+        raise UsageError(
+            f"version {version} has no meaning next to model {model}",
+            hint="give the canary/shadow model as a models:/ or runs:/ URI or a path",
+        )
     path = Path(model)
     if path.is_file():
         path = path.parent  # REPO/NAME/VERSION/model.onnx

@@ -4,6 +4,10 @@ Every model output becomes columns: a 1-D output keeps its name, a 2-D output of
 becomes ``<output>_0`` … ``<output>_<k-1>``, and a skl2onnx ZipMap output (a list of
 ``{class: probability}`` maps) becomes ``<output>_<class>``. Rows the model cannot take are
 rejected with a reason, never dropped silently; so are rows whose scores come out NaN.
+
+With a remote model (:class:`streamscore.model.base.SubmittingModel`) ``prepare`` also sends
+the request, so several are in flight while earlier batches are written; rows the server
+refuses are rejected with a reason starting ``remote_rejected:`` (:func:`rejection_kind`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import pyarrow as pa
 
 from streamscore.errors import ModelError, UsageError
 from streamscore.mapping import Feeds, InputPlan, build_feeds, plan_inputs, source_fields
-from streamscore.model.session import LoadedModel
+from streamscore.model.base import Model, Pending, SubmittingModel
 
 REASON_COLUMN = "_reject_reason"
 # The fewest rows a sliced model call gets (short tails are padded with copies of their last
@@ -26,6 +30,23 @@ REASON_COLUMN = "_reject_reason"
 # trees of calls of up to 50 rows in another order than larger calls, so the last bit of a
 # row's score would depend on where its batch happened to end.
 MIN_CALL_ROWS = 64
+REJECTED = "rejected"  # a row the mapping or the model could not score
+REMOTE_REJECTED = "remote_rejected"  # a row a model server refused, with its message
+
+
+def rejection_kind(reason: str) -> str:
+    """The dead-letter kind of a rejection reason: ``remote_rejected`` or ``rejected``."""
+    return REMOTE_REJECTED if reason.startswith(REMOTE_REJECTED + ":") else REJECTED
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """Feeds already sent to a remote model, ``step`` rows per request; ``pending`` gives
+    each request's answer, in order."""
+
+    feeds: Feeds
+    pending: tuple[Pending, ...]
+    step: int
 
 
 @dataclass(frozen=True)
@@ -81,7 +102,7 @@ class Scorer:
 
     def __init__(
         self,
-        model: LoadedModel,
+        model: Model,
         plan: InputPlan,
         *,
         outputs: Sequence[str] | None = None,
@@ -108,7 +129,7 @@ class Scorer:
     @classmethod
     def for_schema(
         cls,
-        model: LoadedModel,
+        model: Model,
         schema: pa.Schema,
         *,
         features: Sequence[str] | None = None,
@@ -146,15 +167,63 @@ class Scorer:
         """Score one batch. Bad rows are rejected with a reason; the rest get scores."""
         return self.run(self.prepare(batch))
 
-    def prepare(self, batch: pa.RecordBatch) -> Feeds:
-        """Convert a batch into model feeds (CPU work a reader thread can do ahead)."""
-        return build_feeds(self.plan, batch, reject_nan=self.reject_nan)
+    @property
+    def in_flight(self) -> int:
+        """How many prepared batches may wait for ``run`` (a remote model's concurrency)."""
+        return self.model.in_flight if isinstance(self.model, SubmittingModel) else 0
 
-    def run(self, feeds: Feeds) -> ScoredBatch:
+    def prepare(self, batch: pa.RecordBatch) -> Feeds | Submitted:
+        """Convert a batch into model feeds (CPU work a reader thread can do ahead); a
+        remote model gets them sent now."""
+        feeds = build_feeds(self.plan, batch, reject_nan=self.reject_nan)
+        if isinstance(self.model, SubmittingModel) and len(feeds.accepted):
+            rows = len(feeds.accepted)
+            step = self.batch_size or rows  # one request per --batch-size rows
+            pending = tuple(
+                self.model.submit(
+                    self.outputs.run,
+                    {name: values[start : start + step] for name, values in feeds.arrays.items()},
+                )
+                for start in range(0, rows, step)
+            )
+            return Submitted(feeds, pending, step)
+        return feeds
+
+    def run(self, prepared: Feeds | Submitted) -> ScoredBatch:
         """Run the model on prepared feeds and turn its outputs into score columns."""
+        if isinstance(prepared, Submitted):
+            return self._answered(prepared)
+        feeds = prepared
         if len(feeds.accepted) == 0:
             return ScoredBatch(_EMPTY, feeds.accepted, feeds.rejected, feeds.reasons)
         values = self._run_model(feeds.arrays, len(feeds.accepted))
+        return self._scored(values, feeds.accepted, feeds.rejected, feeds.reasons)
+
+    def _answered(self, submitted: Submitted) -> ScoredBatch:
+        feeds = submitted.feeds
+        answers = [pending.result() for pending in submitted.pending]
+        offsets = [i * submitted.step for i in range(len(answers))]
+        kept = np.concatenate([a.kept + o for a, o in zip(answers, offsets, strict=True)])
+        refused = np.concatenate([a.rejected + o for a, o in zip(answers, offsets, strict=True)])
+        rejected, reasons = feeds.rejected, feeds.reasons
+        if len(refused):
+            more = feeds.accepted[refused.astype(np.int64)]
+            everything = np.concatenate([rejected, more])
+            texts = reasons + [f"{REMOTE_REJECTED}: {m}" for a in answers for m in a.messages]
+            order = np.argsort(everything, kind="stable")
+            rejected, reasons = everything[order], [texts[i] for i in order]
+        accepted = feeds.accepted[kept.astype(np.int64)]
+        if len(accepted) == 0:
+            return ScoredBatch(_EMPTY, accepted, rejected, reasons)
+        answered = [a for a in answers if len(a.kept)]
+        values = [
+            np.concatenate([a.values[o] for a in answered]) for o in range(len(self.outputs.run))
+        ]
+        return self._scored(values, accepted, rejected, reasons)
+
+    def _scored(
+        self, values: Sequence[Any], accepted: np.ndarray, rejected: np.ndarray, reasons: list[str]
+    ) -> ScoredBatch:
         columns = [
             (column, array)
             for name, value in zip(self.outputs.run, values, strict=True)
@@ -165,7 +234,7 @@ class Scorer:
         if missing:
             raise UsageError(f"--outputs names unknown column(s): {', '.join(sorted(missing))}")
         scores = pa.RecordBatch.from_arrays([a for _, a in columns], names=[n for n, _ in columns])
-        return _drop_nan_scores(scores, feeds.accepted, feeds.rejected, feeds.reasons)
+        return _drop_nan_scores(scores, accepted, rejected, reasons)
 
     def _run_model(self, arrays: dict[str, np.ndarray], rows: int) -> list[Any]:
         """The model's outputs for all rows, computed ``batch_size`` rows per call."""
@@ -212,7 +281,7 @@ _EMPTY = pa.RecordBatch.from_pydict({})
 
 
 def scorer_for_records(
-    model: LoadedModel,
+    model: Model,
     *,
     features: Sequence[str] | None = None,
     outputs: Sequence[str] | None = None,

@@ -30,7 +30,10 @@ with three parts of its own:
 A batch that cannot be written (a transaction aborted, outputs not acknowledged) stops the
 pipeline; the owned partitions are read again from their committed offsets and the pipeline
 restarts, a few times at most before the run fails. A fenced producer (another process took
-over) fails at once.
+over) fails at once. A model server that stays away through its retries (RemoteUnavailable)
+is an outage, not bad data: nothing of the batch was written, consumption pauses (the
+member stays in the group) until every remote model answers its readiness probe, then the
+owned partitions are read again from their committed offsets; nothing is dead-lettered.
 
 Stopping: setting ``stop`` (the CLI sets it on SIGINT/SIGTERM with
 :func:`streamscore.shutdown.stop_on_signals`) stops fetching; the batch in flight is finished
@@ -53,7 +56,7 @@ import numpy as np
 import orjson
 
 from streamscore.config import TailOptions
-from streamscore.errors import KafkaError, ProducerFenced
+from streamscore.errors import KafkaError, ProducerFenced, RemoteUnavailable
 from streamscore.kafka.client import Admin, Consumer, Producer
 from streamscore.kafka.dead_letter import DeadLetters
 from streamscore.kafka.group_source import GroupProgress, GroupSource
@@ -68,8 +71,10 @@ from streamscore.kafka.sink import (
 from streamscore.kafka.topics import OutputTopics, prepare_output_topics
 from streamscore.metrics import TailMetrics
 from streamscore.model import ModelRef, resolve_model
-from streamscore.model.watch import ModelWatcher, repository_model_dir
+from streamscore.model.watch import ModelWatcher, reload_source
 from streamscore.pipeline import SourceBatch, run_pipeline
+from streamscore.remote import is_model_url
+from streamscore.remote.breaker import breaker_states
 from streamscore.reporting import Reporter, SilentReporter
 from streamscore.rollout import Arm, RoutedBatch, RoutingScorer, Serving, check_fits, prepare_arm
 from streamscore.routing import compare_scores, resolve_version
@@ -79,6 +84,7 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 MAX_BATCH_ATTEMPTS = 5
 RETRY_BACKOFF_S = 1.0
 STATS_INTERVAL_MS = 1000
+SERVER_PROBE_S = 1.0  # how often a paused tail asks a model server whether it is back
 
 # Defaults for live serving; a -X property of the same name wins.
 CONSUMER_DEFAULTS: dict[str, Any] = {
@@ -104,7 +110,9 @@ class TailSummary:
     batches_retried: int = 0
     reloads: int = 0
     versions_rejected: int = 0
+    outage_pauses: int = 0  # times consumption paused for a model server outage
     serving: dict[str, str] = field(default_factory=dict)
+    model_lineage: dict[str, dict[str, str]] = field(default_factory=dict)  # role: registry...
     seconds: float = 0.0
     records_per_second: float = 0.0
     metrics_port: int | None = None
@@ -238,18 +246,22 @@ class TailRun:
         )
 
     def _first_serving(self) -> Serving:
-        """Load the models; watch MODEL's repository when it names one."""
+        """Load the models; watch MODEL's repository or registry alias when it names one."""
         o, s = self.options, self.options.scoring
-        primary = prepare_arm("primary", resolve_model(s.model), s)
+        primary = prepare_arm(
+            "primary", s.model if is_model_url(s.model) else resolve_model(s.model, s.registry), s
+        )
         canary = shadow = None
         if o.canary is not None:
-            canary = prepare_arm("canary", resolve_version(s.model, o.canary.version), s)
+            canary = prepare_arm(
+                "canary", resolve_version(s.model, o.canary.version, s.registry), s
+            )
         if o.shadow is not None:
-            shadow = prepare_arm("shadow", resolve_version(s.model, o.shadow), s)
-        name_dir = repository_model_dir(s.model)
-        if name_dir is not None:
+            shadow = prepare_arm("shadow", resolve_version(s.model, o.shadow, s.registry), s)
+        watched = reload_source(s.model, s.registry)
+        if watched is not None:
             self.watcher = ModelWatcher(
-                name_dir,
+                watched,
                 primary,
                 primary.ref,
                 self._prepare_new_primary,
@@ -275,7 +287,7 @@ class TailRun:
                 "phase": "started",
                 "message": f"tail: group '{o.group}' scoring '{o.input_topic}' ({partitions} "
                 f"partitions) into '{o.output_topic}' ({self.summary.delivery})",
-                "models": {arm.role: arm.ref.label for arm in self.serving.arms},
+                "models": {arm.role: arm.ref.full_label for arm in self.serving.arms},
                 "metrics_port": self.summary.metrics_port,
             }
         )
@@ -288,7 +300,8 @@ class TailRun:
         summary.seconds = round(seconds, 3)
         if seconds > 0:
             summary.records_per_second = round(counts.records / seconds, 1)
-        summary.serving = {arm.role: arm.ref.label for arm in self.serving.arms}
+        summary.serving = {arm.role: arm.ref.full_label for arm in self.serving.arms}
+        summary.model_lineage = {a.role: a.ref.lineage for a in self.serving.arms if a.ref.lineage}
         return summary
 
     # --- models ------------------------------------------------------------------------------
@@ -334,6 +347,13 @@ class TailRun:
                 return
             except ProducerFenced:
                 raise
+            except RemoteUnavailable as exc:
+                # An outage, not bad data: scoring comes before anything of the batch is
+                # produced, so nothing of it was written. Inside a revocation the barrier is
+                # released at once (the revoked partitions go to their next owner uncommitted);
+                # the ones kept are read again from their committed offsets once it answers.
+                self._wait_for_model_servers(source, exc)
+                rewind = True
             except KafkaError as exc:
                 self._failed_attempts += 1
                 self.summary.batches_retried += 1
@@ -394,6 +414,28 @@ class TailRun:
                 agreement.score_diffs, agreement.rows, agreement.label_flips
             )
 
+    def _wait_for_model_servers(self, source: GroupSource, exc: RemoteUnavailable) -> None:
+        """Pause consumption (memory stays bounded, nothing is skipped) until every remote
+        model answers its readiness probe, then resume."""
+        source.pause()
+        self.summary.outage_pauses += 1
+        self.metrics.error("model_server_outage")
+        self.reporter.event(
+            {"event": "warning", "message": f"{exc.one_line()}; consumption paused"}
+        )
+        models = [arm.scorer.model for arm in self.serving.arms]
+        probes = [probe for m in models if (probe := getattr(m, "probe", None)) is not None]
+        while not self.stop.is_set():
+            source.idle()  # stays in the group meanwhile
+            self._tick()
+            if all(probe() for probe in probes):
+                break
+            self.stop.wait(SERVER_PROBE_S)
+        source.resume()
+        self.reporter.event(
+            {"event": "info", "message": "model server answers again; consumption resumed"}
+        )
+
     # --- group membership, statistics, reporting ---------------------------------------------
 
     def _on_change(self, how: str, partitions: list[int]) -> None:
@@ -429,6 +471,9 @@ class TailRun:
                 self.metrics.error("reload")
                 self.summary.versions_rejected += 1
             self.reporter.event(event)
+        servers = breaker_states()
+        if servers:
+            self.metrics.set_model_servers({url: state.value for url, state in servers.items()})
         now = time.monotonic()
         if force_status or now - self._last_status >= self.options.status_interval_s:
             self._last_status = now

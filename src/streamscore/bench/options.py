@@ -9,7 +9,10 @@ from enum import Enum
 from pathlib import Path
 
 from streamscore.config import PROVIDER_NAMES as PROVIDERS
+from streamscore.config import RegistryOptions
 from streamscore.errors import UsageError
+from streamscore.remote.settings import RemoteSettings
+from streamscore.remote.url import is_model_url
 
 PLOT_SUFFIXES = (".html", ".png", ".svg")
 PIPELINES = ("batch",)
@@ -29,9 +32,14 @@ class BenchOptions:
     Every combination of ``providers`` x ``threads`` x ``batch_sizes`` x ``concurrency``
     (x ``rates`` in open-loop mode) is one configuration. ``threads`` 0 lets ONNX Runtime
     decide. ``shapes`` fixes dynamic dimensions: ``(input_or_dim_name, dims)`` pairs.
+
+    ``model`` may be a model server URL (provider ``remote``; providers and threads do not
+    apply). ``served``, a model server URL, benchmarks it beside the embedded ``model`` on the
+    same inputs and compares them per configuration. ``remote`` holds headers, TLS and timeouts.
     """
 
     model: str
+    registry: RegistryOptions = RegistryOptions()  # for models:/ and runs:/ MODELs
     batch_sizes: tuple[int, ...] = (1, 64, 4096)
     threads: tuple[int, ...] = (0,)
     providers: tuple[str, ...] = ("cpu",)
@@ -52,6 +60,8 @@ class BenchOptions:
     baseline: Path | None = None
     max_regression: float = 0.10
     seed: int = 0
+    served: str | None = None
+    remote: RemoteSettings | None = None
 
     def __post_init__(self) -> None:
         _positive("--batch-sizes", self.batch_sizes)
@@ -66,6 +76,15 @@ class BenchOptions:
             raise UsageError(
                 f"unknown provider(s): {', '.join(unknown)}", hint=f"use {','.join(PROVIDERS)}"
             )
+        if self.served is not None and not is_model_url(self.served):
+            raise UsageError(
+                f"the model to compare with must be a model server URL, not {self.served!r}",
+                hint="streamscore bench MODEL http://HOST:PORT/v2/models/NAME",
+            )
+        if self.remote_only and self.served is not None:
+            raise UsageError("bench MODEL URL compares an embedded MODEL with a served one")
+        if (self.remote_only or self.served) and self.pipeline:
+            raise UsageError("--pipeline runs embedded models only")
         if self.warmup_s < 0 or self.window_s <= 0 or self.max_duration_s <= 0:
             raise UsageError("--warmup must be >= 0; --window and --max-duration must be > 0")
         if not 0 < self.stability < 1:
@@ -84,6 +103,11 @@ class BenchOptions:
                 raise UsageError("--pipeline batch needs real files", hint="add --data DIR")
             if self.rates or self.concurrency != (1,):
                 raise UsageError("--pipeline runs one caller; drop --rate and --concurrency")
+
+    @property
+    def remote_only(self) -> bool:
+        """MODEL itself is on a model server."""
+        return is_model_url(self.model)
 
     @property
     def measured_window_s(self) -> float:

@@ -196,9 +196,10 @@ def _results_table(report: BenchReport) -> str:
     if not report.results:
         return ""
     best = report.best
+    # The same latency columns as the terminal table.
     header = (
-        "configuration", "rows/s", "calls/s", "p50 ms", "p90 ms", "p99 ms", "max ms",
-        "overhead", "stable",
+        "configuration", "rows/s", "calls/s", "min ms", "p50 ms", "p90 ms", "p95 ms", "p99 ms",
+        "max ms", "overhead", "stable",
     )  # fmt: skip
     rows = []
     for r in report.results:
@@ -208,12 +209,14 @@ def _results_table(report: BenchReport) -> str:
                 ("★ " if r.key == best else "") + r.key,
                 f"{r.rows_per_s:,.0f}",
                 f"{r.calls_per_s:,.0f}",
-                *(f"{v:.3g}" for v in (lat.p50, lat.p90, lat.p99, lat.max)),
+                *(f"{v:.3g}" for v in (lat.min, lat.p50, lat.p90, lat.p95, lat.p99, lat.max)),
                 "-" if r.overhead is None else f"{r.overhead:.1%}",
                 "yes" if r.stable else "no",
             ]
         )
-    return plotting.html_table(header, rows)
+    closed = any(not r.open_loop for r in report.results)
+    star = "★ most rows/s" if closed else "★ lowest p99"
+    return plotting.html_table(header, rows) + f"<p>{star}</p>"
 
 
 def to_html(report: BenchReport) -> str:

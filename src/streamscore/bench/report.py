@@ -229,6 +229,28 @@ class PipelineResult:
 
 
 @dataclass(frozen=True)
+class RemoteComparison:
+    """An embedded configuration against the served model at the same batch, concurrency and
+    rate, on the same inputs. ``ratio`` is remote rows/s over embedded rows/s;
+    ``remote_overhead`` is the share of the remote p50 latency that the embedded model does
+    not pay. It splits into ``serialization_share`` (the client encoding the request and
+    decoding the answer, timed apart as ``serialization_ms``) and ``network_share`` (the rest:
+    the network and the server's own framework)."""
+
+    embedded_key: str
+    remote_key: str
+    embedded_rows_per_s: float
+    remote_rows_per_s: float
+    ratio: float
+    embedded_p50_ms: float
+    remote_p50_ms: float
+    remote_overhead: float
+    serialization_ms: float = 0.0
+    serialization_share: float = 0.0
+    network_share: float = 0.0
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     name: str
     version: str
@@ -309,6 +331,8 @@ class BenchReport:
     pipeline: list[PipelineResult] = field(default_factory=list)
     comparison: Comparison | None = None
     schema_version: int = SCHEMA_VERSION
+    served: str | None = None  # bench MODEL URL: the model server URL compared with MODEL
+    remote_comparison: list[RemoteComparison] = field(default_factory=list)
 
     @property
     def best(self) -> str | None:
@@ -336,6 +360,8 @@ class BenchReport:
             "best": self.best,
             "pipeline": [p.to_dict() for p in self.pipeline],
             "comparison": None if self.comparison is None else dataclasses.asdict(self.comparison),
+            "served": self.served,
+            "remote_comparison": [dataclasses.asdict(c) for c in self.remote_comparison],
         }
 
     @classmethod
@@ -352,6 +378,11 @@ class BenchReport:
             pipeline=[_pick(PipelineResult, PipelineResult, p) for p in data.get("pipeline", [])],
             comparison=None if comparison is None else Comparison.from_dict(comparison),
             schema_version=data["schema_version"],
+            served=data.get("served"),
+            remote_comparison=[
+                _pick(RemoteComparison, RemoteComparison, c)
+                for c in data.get("remote_comparison") or []
+            ],
         )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from streamscore.bench.report import (
 )
 from streamscore.errors import ModelError, StreamscoreError, UsageError, output_error
 from streamscore.model import resolve_model
+from streamscore.model.base import Model
 from streamscore.model.repository import ModelRef
 from streamscore.model.session import LoadedModel, load_model, time_device_copies
 from streamscore.reporting import Reporter, SilentReporter
@@ -177,7 +179,7 @@ def _measure(
 
 
 def _check_call(
-    model: LoadedModel, names: list[str], feeds: dict[str, np.ndarray], options: BenchOptions
+    model: Model, names: list[str], feeds: dict[str, np.ndarray], options: BenchOptions
 ) -> None:
     """One checked call, so a model that rejects the inputs fails clearly, before timing."""
     try:
@@ -192,7 +194,7 @@ def _check_call(
 
 
 def _sweep_model(
-    model: LoadedModel,
+    model: Model,
     provider: str,
     threads: int,
     inputs: InputSource,
@@ -204,7 +206,11 @@ def _sweep_model(
     for batch_size in options.batch_sizes:
         feeds = inputs.feeds(batch_size)
         _check_call(model, names, feeds, options)
-        call = functools.partial(model.session.run, names, feeds)
+        # session.run itself for an embedded model; a remote one's run (encode, HTTP, decode)
+        run: Callable[..., object] = (
+            model.session.run if isinstance(model, LoadedModel) else model.run
+        )
+        call: functools.partial[object] = functools.partial(run, names, feeds)
         for concurrency, rate in itertools.product(options.concurrency, options.rates or [None]):
             config = Configuration(
                 provider,
@@ -217,7 +223,7 @@ def _sweep_model(
             measurement = _measure(call, config, options)
             result = _result(config, model.provider, measurement)
             result.warnings.extend(_warnings(measurement, options))
-            if provider in ("cuda", "tensorrt"):
+            if provider in ("cuda", "tensorrt") and isinstance(model, LoadedModel):
                 try:
                     result.transfer_ms = _transfer(model, feeds)
                 except ModelError as exc:
@@ -239,7 +245,7 @@ def _report(reporter: Reporter, result: BenchResult) -> None:
     )
 
 
-def _inputs(options: BenchOptions, model: LoadedModel) -> InputSource:
+def _inputs(options: BenchOptions, model: Model) -> InputSource:
     if options.data is not None:
         limit = max(options.batch_sizes)
         return load_rows(options.data, model.signature, features=options.features, limit=limit)
@@ -284,15 +290,24 @@ def _run_pipelines(
 
 def planned_keys(options: BenchOptions) -> list[str]:
     """The keys of every configuration ``options`` asks for, if every provider loads."""
-    sweep = itertools.product(options.providers, options.threads, options.batch_sizes)
+    providers, threads = list(options.providers), list(options.threads)
+    if options.remote_only:
+        providers, threads = ["remote"], [0]
+    sweep = itertools.product(providers, threads, options.batch_sizes)
     if options.pipeline:
         return [pipeline_key(p, t, b) for p, t, b in sweep]
     rates: list[float | None] = list(options.rates) or [None]
     arrivals = options.arrivals.value
-    return [
+    keys = [
         Configuration(p, t, b, c, r, arrivals if r is not None else None).key
         for (p, t, b), c, r in itertools.product(sweep, options.concurrency, rates)
     ]
+    if options.served is not None:
+        keys += [
+            Configuration("remote", 0, b, c, r, arrivals if r is not None else None).key
+            for b, c, r in itertools.product(options.batch_sizes, options.concurrency, rates)
+        ]
+    return keys
 
 
 def run_bench(options: BenchOptions, reporter: Reporter | None = None) -> BenchReport:
@@ -358,7 +373,11 @@ def _check_writable(path: Path) -> None:
 
 
 def _run(options: BenchOptions, reporter: Reporter) -> BenchReport:
-    ref = resolve_model(options.model)
+    if options.remote_only or options.served is not None:
+        from streamscore.bench.remote import run_with_remote  # httpx: only for a server
+
+        return run_with_remote(options, reporter)
+    ref = resolve_model(options.model, options.registry)
     probe = load_model(ref, provider="cpu")
     available = check_providers(ref, options)
     results: list[BenchResult] = []

@@ -9,10 +9,11 @@ from typer.core import TyperCommand
 
 from streamscore import __version__
 from streamscore.cli import batch, bench, compare, models, replay, tail
-from streamscore.cli.common import Command
+from streamscore.cli.common import Command, Group
 
 app = typer.Typer(
     name="streamscore",
+    cls=Group,
     help="Run ONNX models over Parquet files and Kafka topics: batch, replay, tail, bench, "
     "compare.",
     no_args_is_help=True,

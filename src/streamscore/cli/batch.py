@@ -9,8 +9,8 @@ import typer
 
 from streamscore import console
 from streamscore.cli import options as opt
-from streamscore.cli.common import scoring_options, translate_errors
-from streamscore.config import ROW_GROUP_ROWS, BatchOptions, OnError
+from streamscore.cli.common import remote_settings, scoring_options, translate_errors
+from streamscore.config import ROW_GROUP_ROWS, BatchOptions, OnError, RayOptions
 from streamscore.errors import OutputError, PartialFailure, UsageError, stopped_by
 from streamscore.shutdown import StopSignal, stop_on_signals
 
@@ -19,6 +19,8 @@ EXAMPLE = (
     "--out scored/"
 )
 
+
+LOCAL_RAY = "local"  # --ray local: a cluster of this machine, started for the run
 
 # After a stop signal, the batch in flight finishes and the file is abandoned; this long
 # later (or at a second signal) the process exits at once, as a killed run would.
@@ -36,6 +38,8 @@ def batch(
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (mirrors INPUT).")],
     model: opt.Model,
+    registry_uri: opt.RegistryUri = None,
+    model_cache: opt.ModelCache = None,
     features: opt.Features = None,
     outputs: opt.Outputs = None,
     keep: opt.Keep = None,
@@ -58,6 +62,28 @@ def batch(
         typer.Option(help="Rows per output row group (at most; also cut at 128 MiB of data)."),
     ] = ROW_GROUP_ROWS,
     log_format: opt.LogFormat = "auto",
+    header: opt.Header = None,
+    ca_file: opt.CaFile = None,
+    timeout: opt.Timeout = 30.0,
+    retries: opt.Retries = 5,
+    concurrency: opt.Concurrency = 4,
+    signature: opt.Signature = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Score on a Ray cluster: auto, ray://HOST:PORT, the GCS HOST:PORT, or local "
+            "(a cluster of this machine, started for the run). Needs streamscore[ray].",
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="With --ray: how many Ray workers, each loading the model once (default: as "
+            "many as the cluster's CPUs, or GPUs with --provider cuda, allow)."
+        ),
+    ] = None,
 ) -> None:
     """Score every Parquet file under INPUT with MODEL into OUT, one output file per input.
 
@@ -65,10 +91,12 @@ def batch(
 
     Exit codes: 0 ok (rejected rows included), 2 usage, 3 some files failed (see the summary),
     4 input or mapping error, 5 model, 7 OUT locked by another run, 10 OUT cannot be written,
-    130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+    11 Ray cluster (--ray), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
     """
     if log_format not in ("auto", "json", "text"):
         raise UsageError(f"--log-format must be auto, json or text, not {log_format!r}")
+    if workers is not None and ray is None:
+        raise UsageError("--workers needs --ray", hint="without --ray, batch runs in this process")
     options = BatchOptions(
         input=input,
         output=out,
@@ -81,11 +109,24 @@ def batch(
             threads=threads,
             batch_size=batch_size,
             reject_nan=reject_nan,
+            remote=remote_settings(
+                header=header,
+                ca_file=ca_file,
+                timeout=timeout,
+                retries=retries,
+                concurrency=concurrency,
+                signature=signature,
+            ),
+            registry_uri=registry_uri,
+            model_cache=model_cache,
         ),
         on_error=on_error,
         force=force,
         prune=prune,
         row_group_rows=row_group_rows,
+        ray=None
+        if ray is None
+        else RayOptions(address=None if ray == LOCAL_RAY else ray, workers=workers),
     )
     from streamscore.batch import SUMMARY_NAME, run_batch  # heavy: loaded only when run
 

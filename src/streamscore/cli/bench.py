@@ -17,14 +17,16 @@ from streamscore.bench.options import (
     parse_shapes,
 )
 from streamscore.cli import options as opt
-from streamscore.cli.common import parse_int_list, split_list, translate_errors
+from streamscore.cli.common import parse_int_list, remote_settings, split_list, translate_errors
+from streamscore.config import RegistryOptions
 from streamscore.errors import UsageError
 from streamscore.reporting import Reporter, SilentReporter
 
 EXAMPLE = (
     "Example: streamscore bench sample_data/models/fraud --batch-sizes 1,64,4096 --threads 1,2 "
     "--json bench.json --plot bench.html ; in CI: streamscore bench MODEL --baseline "
-    "bench.json --max-regression 10% (exit 8 when slower)"
+    "bench.json --max-regression 10% (exit 8 when slower); embedded vs served: streamscore "
+    "bench sample_data/models/fraud/2 http://127.0.0.1:8080/v2/models/fraud --data DIR"
 )
 
 
@@ -44,7 +46,16 @@ def _threads(text: str) -> tuple[int, ...]:
 
 @translate_errors
 def bench(
-    model: Annotated[str, typer.Argument(help="An .onnx file, REPO/NAME or REPO/NAME/VERSION.")],
+    model: Annotated[str, typer.Argument(help=opt.MODEL_HELP)],
+    served: Annotated[
+        str | None,
+        typer.Argument(
+            help="A model server URL serving the same model: measured beside MODEL on the "
+            "same inputs, with their ratio per configuration."
+        ),
+    ] = None,
+    registry_uri: opt.RegistryUri = None,
+    model_cache: opt.ModelCache = None,
     batch_sizes: Annotated[str, typer.Option(help="Rows per call to sweep, e.g. 1,8,64,512.")] = (
         "1,64,4096"
     ),
@@ -121,20 +132,30 @@ def bench(
         ),
     ] = None,
     log_format: opt.LogFormat = "auto",
+    header: opt.Header = None,
+    ca_file: opt.CaFile = None,
+    timeout: opt.Timeout = 30.0,
+    retries: opt.Retries = 5,
+    signature: opt.Signature = None,
 ) -> None:
     """Measure MODEL's latency and throughput across batch sizes, threads and providers.
 
     Each configuration warms up, then is measured in windows until stable.
 
+    With SERVED (a model server URL), the served model is measured in the same run on the
+    same inputs, and each configuration's remote/embedded ratio is printed.
+
     Exit codes: 0 ok, 2 bad options, 4 unreadable data or baseline file,
     5 model error or a --require-provider provider that does not really load,
-    8 slower than --baseline allows, 10 --json/--plot cannot be written.
+    8 slower than --baseline allows, 10 --json/--plot cannot be written,
+    12 model server unavailable or answering out of protocol.
     """
     if log_format not in ("auto", "json", "text"):
         raise UsageError(f"--log-format must be auto, json or text, not {log_format!r}")
     to_stdout = json_out == "-"
     options = BenchOptions(
         model=model,
+        registry=RegistryOptions(registry_uri, model_cache),
         batch_sizes=tuple(parse_int_list(batch_sizes, "--batch-sizes")),
         threads=_threads(threads),
         providers=tuple(split_list(providers) or ()),
@@ -153,6 +174,15 @@ def bench(
         plot_path=plot,
         baseline=baseline,
         max_regression=parse_percent(max_regression),
+        served=served,
+        remote=remote_settings(
+            header=header,
+            ca_file=ca_file,
+            timeout=timeout,
+            retries=retries,
+            concurrency=1,  # bench sets it from --concurrency
+            signature=signature,
+        ),
     )
     reporter: Reporter = SilentReporter() if to_stdout else console.make_reporter(log_format)
     from streamscore.bench import dumps_report, regression_error, run_bench  # heavy
@@ -168,6 +198,8 @@ def bench(
         console.json_line({"event": "summary", **shown})
     table = console.format_bench_pipeline if report.pipeline else console.format_bench_results
     console.print_wide(table(shown), stderr=machine)
+    if report.remote_comparison:
+        console.print_wide(console.format_bench_remote(shown), stderr=machine)
     if report.comparison is not None:
         console.print_wide(console.format_bench_comparison(shown["comparison"]), stderr=machine)
     for note in console.format_bench_notes(shown):

@@ -3,25 +3,49 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import signal
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import typer
-from typer.core import TyperArgument, TyperCommand
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from streamscore import console
-from streamscore.config import KeepColumns, ScoringOptions
+from streamscore.config import KeepColumns, RegistryOptions, ScoringOptions
 from streamscore.errors import StreamscoreError, UsageError
+from streamscore.remote.settings import RemoteSettings
 from streamscore.shutdown import signal_of
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
+def _without_bool_type(params: list[Any]) -> list[Any]:
+    """On/off flags take no value: no ``<bool>`` type beside them in help."""
+    for param in params:  # typer's vendored click: only the attributes are public
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+def _unwrapped(text: str | None) -> str | None:
+    """Help paragraphs as flowing text: typer keeps a docstring's line breaks after the first
+    paragraph, which leaves ragged lines in a terminal of another width."""
+    if not text:
+        return text
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(p if p.startswith("\b") else p.replace("\n", " ") for p in paragraphs)
+
+
 class Command(TyperCommand):
-    """Help as Unix tools write it: ``INPUT`` (not ``{input}``) in the usage line, and no
-    ``<bool>`` type beside on/off flags, which take no value."""
+    """Help as Unix tools write it: ``INPUT`` (not ``{input}``) in the usage line, no
+    ``<bool>`` type beside on/off flags, which take no value, and paragraphs that flow."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help = _unwrapped(self.help)
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
@@ -33,11 +57,15 @@ class Command(TyperCommand):
         return pieces
 
     def get_params(self, ctx: Any) -> list[Any]:
-        params: list[Any] = super().get_params(ctx)
-        for param in params:  # typer's vendored click: only the attributes are public
-            if getattr(param, "is_flag", False) and param.metavar is None:
-                param.metavar = ""
-        return params
+        return _without_bool_type(super().get_params(ctx))
+
+
+class Group(TyperGroup):
+    """A command group (``streamscore``, ``streamscore models``) whose help, like
+    :class:`Command`'s, shows no ``<bool>`` beside ``--help`` or ``--version``."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _without_bool_type(super().get_params(ctx))
 
 
 def translate_errors(command: Callable[P, R]) -> Callable[P, R]:
@@ -75,6 +103,9 @@ def scoring_options(
     threads: int | None,
     batch_size: int,
     reject_nan: bool,
+    remote: RemoteSettings | None = None,
+    registry_uri: str | None = None,
+    model_cache: Path | None = None,
 ) -> ScoringOptions:
     """ScoringOptions from the options every scoring command shares (comma lists parsed)."""
     return ScoringOptions(
@@ -86,6 +117,28 @@ def scoring_options(
         threads=threads,
         batch_size=batch_size,
         reject_nan=reject_nan,
+        remote=remote,
+        registry=RegistryOptions(registry_uri, model_cache),
+    )
+
+
+def remote_settings(
+    *,
+    header: list[str] | None,
+    ca_file: Path | None,
+    timeout: float,
+    retries: int,
+    concurrency: int,
+    signature: Path | None,
+) -> RemoteSettings:
+    """RemoteSettings from the remote model options (used when MODEL is a URL)."""
+    return RemoteSettings.build(
+        header,
+        ca_file=ca_file,
+        timeout_s=timeout,
+        retries=retries,
+        concurrency=concurrency,
+        signature=signature,
     )
 
 

@@ -35,7 +35,10 @@ def compare(
     model: Annotated[
         list[str] | None,
         typer.Option(
-            "--model", "-m", help="Model A, then model B: .onnx file, REPO/NAME or REPO/NAME/V."
+            "--model",
+            "-m",
+            help="Model A, then model B: .onnx file, REPO/NAME, REPO/NAME/V or an MLflow URI "
+            "(models:/NAME/VERSION, models:/NAME@ALIAS, runs:/RUN_ID/PATH).",
         ),
     ] = None,
     scored: Annotated[
@@ -93,6 +96,8 @@ def compare(
     threads: opt.Threads = None,
     provider: opt.Provider = "auto",
     reject_nan: opt.RejectNan = False,
+    registry_uri: opt.RegistryUri = None,
+    model_cache: opt.ModelCache = None,
     bootstrap_servers: opt.BootstrapServers = None,
     kafka_property: opt.KafkaProperties = None,
     config: opt.KafkaConfigFile = None,
@@ -138,6 +143,8 @@ def compare(
             threads=threads,
             batch_size=batch_size,
             reject_nan=reject_nan,
+            registry_uri=registry_uri,
+            model_cache=model_cache,
         )
         for name in (model or [])
     ]

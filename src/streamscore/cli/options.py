@@ -9,10 +9,29 @@ import typer
 
 from streamscore.config import PROVIDER_CHOICES
 
-Model = Annotated[
-    str,
+MODEL_HELP = (
+    "An .onnx file, REPO/NAME (highest version), REPO/NAME/VERSION, an MLflow URI "
+    "(models:/NAME/VERSION, models:/NAME@ALIAS, models:/NAME/latest, runs:/RUN_ID/PATH), or a "
+    "model on an Open Inference Protocol server: http(s)://HOST:PORT/v2/models/NAME (or "
+    ".../NAME/versions/V)."
+)
+Model = Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)]
+# Where models:/ and runs:/ MODELs come from (turned into config.RegistryOptions).
+RegistryUri = Annotated[
+    str | None,
     typer.Option(
-        "--model", "-m", help="An .onnx file, REPO/NAME (highest version) or REPO/NAME/VERSION."
+        "--registry-uri",
+        help="MLflow tracking/registry URI for models:/ and runs:/ MODELs, e.g. "
+        "sqlite:///mlflow.db or http://host:5000 (default: $MLFLOW_TRACKING_URI, else "
+        "sqlite:///mlflow.db).",
+    ),
+]
+ModelCache = Annotated[
+    Path | None,
+    typer.Option(
+        "--model-cache",
+        help="Folder for models downloaded from a registry (default: "
+        "$XDG_CACHE_HOME/streamscore, else ~/.cache/streamscore).",
     ),
 ]
 Features = Annotated[
@@ -82,4 +101,38 @@ KafkaConfigFile = Annotated[
 ConnectTimeout = Annotated[
     float,
     typer.Option(help="Seconds to wait for the Kafka cluster to answer before giving up."),
+]
+
+# Remote model options (MODEL is an http(s):// URL): turned into RemoteSettings.
+Header = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--header",
+        help="HTTP header 'Name: value' for the model server, repeatable (e.g. 'Authorization: "
+        "Bearer TOKEN'; or set $STREAMSCORE_REMOTE_TOKEN). Values are never printed.",
+    ),
+]
+CaFile = Annotated[
+    Path | None,
+    typer.Option(help="PEM file of CA certificates to trust for an https model server."),
+]
+Timeout = Annotated[
+    float, typer.Option("--timeout", help="Seconds a model server may take per request.")
+]
+Retries = Annotated[
+    int,
+    typer.Option(
+        help="Retries of a request through a model server outage (down, timeout, 429, 5xx), "
+        "with exponential backoff and jitter; then the run stops with exit 12."
+    ),
+]
+Concurrency = Annotated[
+    int, typer.Option("--concurrency", help="Requests in flight to a model server.")
+]
+Signature = Annotated[
+    Path | None,
+    typer.Option(
+        help="A local .onnx copy of a served model whose server publishes no signature "
+        "(inputs and outputs are read from it)."
+    ),
 ]

@@ -9,7 +9,7 @@ import typer
 
 from streamscore import console
 from streamscore.cli import options as opt
-from streamscore.cli.common import scoring_options, translate_errors
+from streamscore.cli.common import remote_settings, scoring_options, translate_errors
 from streamscore.config import ReplayOptions
 from streamscore.errors import PartialFailure, UsageError
 from streamscore.kafka.settings import KafkaSettings
@@ -58,6 +58,8 @@ def replay(
         ),
     ],
     model: opt.Model,
+    registry_uri: opt.RegistryUri = None,
+    model_cache: opt.ModelCache = None,
     bootstrap_servers: opt.BootstrapServers = None,
     dlq_topic: Annotated[
         str | None,
@@ -114,6 +116,12 @@ def replay(
     config: opt.KafkaConfigFile = None,
     connect_timeout: opt.ConnectTimeout = 10.0,
     log_format: opt.LogFormat = "auto",
+    header: opt.Header = None,
+    ca_file: opt.CaFile = None,
+    timeout: opt.Timeout = 30.0,
+    retries: opt.Retries = 5,
+    concurrency: opt.Concurrency = 4,
+    signature: opt.Signature = None,
 ) -> None:
     """Score every record of a topic, up to its end offsets at start, into another topic.
 
@@ -146,6 +154,16 @@ def replay(
             threads=threads,
             batch_size=batch_size,
             reject_nan=reject_nan,
+            remote=remote_settings(
+                header=header,
+                ca_file=ca_file,
+                timeout=timeout,
+                retries=retries,
+                concurrency=concurrency,
+                signature=signature,
+            ),
+            registry_uri=registry_uri,
+            model_cache=model_cache,
         ),
         dlq_topic=dlq_topic,
         group=group,

@@ -9,7 +9,7 @@ import typer
 
 from streamscore import console
 from streamscore.cli import options as opt
-from streamscore.cli.common import scoring_options, translate_errors
+from streamscore.cli.common import remote_settings, scoring_options, translate_errors
 from streamscore.config import TailOptions
 from streamscore.errors import UsageError
 from streamscore.kafka.settings import KafkaSettings
@@ -48,6 +48,8 @@ def tail(
         ),
     ],
     model: opt.Model,
+    registry_uri: opt.RegistryUri = None,
+    model_cache: opt.ModelCache = None,
     bootstrap_servers: opt.BootstrapServers = None,
     dlq_topic: Annotated[
         str | None,
@@ -117,6 +119,12 @@ def tail(
     config: opt.KafkaConfigFile = None,
     connect_timeout: opt.ConnectTimeout = 10.0,
     log_format: opt.LogFormat = "auto",
+    header: opt.Header = None,
+    ca_file: opt.CaFile = None,
+    timeout: opt.Timeout = 30.0,
+    retries: opt.Retries = 5,
+    concurrency: opt.Concurrency = 4,
+    signature: opt.Signature = None,
 ) -> None:
     """Score a live topic with MODEL until stopped; run more processes to share the work.
 
@@ -150,6 +158,16 @@ def tail(
             threads=threads,
             batch_size=max_batch,
             reject_nan=reject_nan,
+            remote=remote_settings(
+                header=header,
+                ca_file=ca_file,
+                timeout=timeout,
+                retries=retries,
+                concurrency=concurrency,
+                signature=signature,
+            ),
+            registry_uri=registry_uri,
+            model_cache=model_cache,
         ),
         dlq_topic=dlq_topic,
         exactly_once=exactly_once,

@@ -157,7 +157,8 @@ def _top_table(column: ColumnResult) -> str:
          *(row["keep"].get(k) for k in keep))
         for row in column.top
     ]  # fmt: skip
-    return f"<p>rows that differ most</p>{plotting.html_table(header, rows)}"
+    title = html.escape(f"{column.name}: rows that differ most")
+    return f"<h3>{title}</h3>{plotting.html_table(header, rows)}"
 
 
 def _gate(report: CompareReport) -> str:

@@ -204,7 +204,12 @@ class ModelPairs(PairSource):
         if not self.inputs:
             raise InputError(f"no .parquet files under {data}")
         self.models = [
-            load_model(resolve_model(s.model), provider=s.provider, threads=s.threads, spin=False)
+            load_model(
+                resolve_model(s.model, s.registry),
+                provider=s.provider,
+                threads=s.threads,
+                spin=False,
+            )
             for s in (scoring_a, scoring_b)
         ]
         self.a, self.b = (
@@ -293,8 +298,9 @@ class ScoredPairs(PairSource):
                     )
             frames.append(frame)
             schemas.append(schema)
+        stamps = (_batch_stamps(dir_a), _batch_stamps(dir_b))
         # By default only the columns batch recorded as scores (not kept input columns).
-        recorded = (None, None) if wanted else (_score_columns(dir_a), _score_columns(dir_b))
+        recorded = (None, None) if wanted else tuple(scores for scores, _ in stamps)
         numeric = [
             [n for n, t in schema.items() if t.is_numeric() and (scores is None or n in scores)]
             for schema, scores in zip(schemas, recorded, strict=True)
@@ -302,7 +308,11 @@ class ScoredPairs(PairSource):
         self.columns = choose_columns(
             numeric[0], numeric[1], wanted, exclude=[key, *self.keep], where=" (--scored)"
         )
-        self.a, self.b = Side(str(dir_a)), Side(str(dir_b))
+        # The model batch recorded, when every output file names the same one.
+        self.a, self.b = (
+            Side(str(root), *(model or (None, None, None)))
+            for root, (_, model) in zip((dir_a, dir_b), stamps, strict=True)
+        )
         self._frames = frames
         for option, frame, root in zip(("A", "B"), frames, (dir_a, dir_b), strict=True):
             _check_unique(frame, key, f"--scored {option} {root}")
@@ -347,18 +357,33 @@ class ScoredPairs(PairSource):
             emit(cols, paired)
 
 
-def _score_columns(root: Path) -> set[str] | None:
-    """The score columns ``batch`` recorded in its outputs' metadata (None if it did not)."""
+Model = tuple[str, str, str]  # name, version, sha256
+
+
+def _batch_stamps(root: Path) -> tuple[set[str] | None, Model | None]:
+    """What ``batch`` recorded in its outputs' metadata: the score columns (None if it did
+    not) and the model (None unless every file names the same one)."""
     from streamscore.sources.parquet import discover_parquet
 
-    found: set[str] = set()
+    found: set[str] | None = set()
+    models: set[Model | None] = set()
     for item in discover_parquet(root):
         metadata = pq.read_metadata(item.path).metadata or {}
         names = metadata.get(b"streamscore.score_columns")
         if names is None:
-            return None
-        found.update(names.decode().split(","))
-    return found
+            found = None
+        elif found is not None:
+            found.update(names.decode().split(","))
+        name, version, sha256 = (
+            metadata.get(f"streamscore.model_{key}".encode())
+            for key in ("name", "version", "sha256")
+        )
+        if name is None or version is None or sha256 is None:
+            models.add(None)
+        else:
+            models.add((name.decode(), version.decode(), sha256.decode()))
+    model = next(iter(models)) if len(models) == 1 else None
+    return found, model
 
 
 def _frame_matrix(frame: Any, names: Sequence[str]) -> np.ndarray:

@@ -69,6 +69,11 @@ class Consumer(KafkaClient):
         with translated(self.settings, f"pausing topic '{topic}'"):
             self.handle.pause([ck.TopicPartition(topic, p) for p in partitions])
 
+    def resume(self, topic: str, partitions: Sequence[int]) -> None:
+        """Fetch these partitions again after :meth:`pause`."""
+        with translated(self.settings, f"resuming topic '{topic}'"):
+            self.handle.resume([ck.TopicPartition(topic, p) for p in partitions])
+
     def consume(
         self, max_records: int, timeout_s: float
     ) -> tuple[list[KafkaRecord], dict[int, int]]:

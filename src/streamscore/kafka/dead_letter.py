@@ -2,8 +2,9 @@
 
 A dead letter has the input record's key, value and timestamp, lands in the same partition
 number when the dead-letter topic has enough partitions, and carries the output headers plus
-``streamscore.error.type`` (a decode failure kind such as ``not_json``, or ``rejected`` for a
-row the model could not take) and ``streamscore.error.message``.
+``streamscore.error.type`` (a decode failure kind such as ``not_json``, ``rejected`` for a
+row the model could not take, ``remote_rejected`` for a row a model server refused) and
+``streamscore.error.message``.
 """
 
 from __future__ import annotations
@@ -11,8 +12,12 @@ from __future__ import annotations
 from streamscore.errors import KafkaError
 from streamscore.kafka.client import TIMESTAMP_NOT_AVAILABLE, KafkaRecord, Producer
 from streamscore.kafka.headers import HeaderStamp
+from streamscore.scoring import REJECTED, REMOTE_REJECTED
 
-REJECTED = "rejected"  # decoded, but the input mapping or the model rejected the row
+__all__ = ["OUTPUT_TOO_LARGE", "REJECTED", "REMOTE_REJECTED", "VALUE_OMITTED", "DeadLetters"]
+
+# REJECTED: decoded, but the input mapping or the model rejected the row; REMOTE_REJECTED:
+# a model server refused the row (see streamscore.scoring.rejection_kind).
 OUTPUT_TOO_LARGE = "output_too_large"  # scored, but the output exceeds the producer's limit
 VALUE_OMITTED = "streamscore.value.omitted"
 

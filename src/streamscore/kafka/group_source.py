@@ -115,6 +115,7 @@ class GroupSource(Source):
         self._pending: list[KafkaRecord] = []
         self._first: dict[int, int] = {}  # first offset handed on per partition since assigned
         self._closed_at = 0.0  # when the last micro-batch closed (monotonic)
+        self._paused = False  # consumption paused (a model server outage)
 
     def subscribe(self) -> None:
         self.consumer.subscribe(
@@ -145,6 +146,28 @@ class GroupSource(Source):
             if partition not in offsets and partition in self._first:
                 offsets[partition] = self._first[partition]
         self.consumer.seek(self.topic, offsets)
+
+    def pause(self) -> None:
+        """Between pipeline runs (a model server is away): stop fetching every owned
+        partition, and those assigned meanwhile, until :meth:`resume`. Records fetched before
+        are dropped: :meth:`rewind` reads them again."""
+        self._paused = True
+        self._pending = []
+        owned = sorted(self.progress.owned)
+        if owned:
+            self.consumer.pause(self.topic, owned)
+
+    def idle(self) -> None:
+        """While paused: poll once, so the group's callbacks run and membership is kept."""
+        self.consumer.consume(1, IDLE_POLL_S)
+
+    def resume(self) -> None:
+        """Fetch the owned partitions again after :meth:`pause`."""
+        self._paused = False
+        self._pending = []
+        owned = sorted(self.progress.owned)
+        if owned:
+            self.consumer.resume(self.topic, owned)
 
     # --- one micro-batch ---------------------------------------------------------------------
 
@@ -204,6 +227,8 @@ class GroupSource(Source):
 
     def _on_assign(self, partitions: list[int]) -> None:
         self.progress.owned.update(partitions)
+        if self._paused:  # through a model server outage, new partitions wait too
+            self.consumer.pause(self.topic, partitions)
         self.on_change("assigned", partitions)
 
     def _on_revoke(self, partitions: list[int]) -> None:

@@ -53,12 +53,30 @@ def find_hanging(admin: Admin, partitions: Mapping[str, Sequence[int]]) -> list[
     """Partitions whose LSO is below their high watermark: an open transaction holds them."""
     found: list[HangingPartition] = []
     for topic, numbers in partitions.items():
-        stable = admin.list_offsets(topic, numbers, "latest")
-        ends = admin.list_offsets(topic, numbers, "latest", committed=False)
+        stable = _offsets_once_led(admin, topic, numbers, committed=True)
+        ends = _offsets_once_led(admin, topic, numbers, committed=False)
         found += [
             HangingPartition(topic, p, stable[p], ends[p]) for p in numbers if stable[p] < ends[p]
         ]
     return found
+
+
+# A topic created a moment ago may have no leader yet for some partitions.
+_LEADERLESS = {"NOT_LEADER_FOR_PARTITION", "LEADER_NOT_AVAILABLE", "UNKNOWN_TOPIC_OR_PART"}
+
+
+def _offsets_once_led(
+    admin: Admin, topic: str, partitions: Sequence[int], *, committed: bool
+) -> dict[int, int]:
+    """``admin.list_offsets(topic, …, "latest")``, retried while partitions elect a leader."""
+    deadline = time.monotonic() + admin.settings.connect_timeout_s
+    while True:
+        try:
+            return admin.list_offsets(topic, partitions, "latest", committed=committed)
+        except KafkaError as exc:
+            if exc.code not in _LEADERLESS or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.1)
 
 
 def abort_hanging_transactions(

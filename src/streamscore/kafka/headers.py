@@ -1,7 +1,8 @@
 """Headers stamped on every record streamscore writes: which model scored it, from where.
 
-Outputs carry the model (name, version, sha256) and the source record (topic, partition,
-offset); dead letters carry the same plus the error type and message. Values are UTF-8.
+Outputs carry the model (name, version, sha256; the server for a remote model; for a registry
+model also the registry, alias and run id) and the source record (topic, partition, offset);
+dead letters carry the same plus the error type and message. Values are UTF-8.
 """
 
 from __future__ import annotations
@@ -12,6 +13,11 @@ from streamscore.model.repository import ModelRef
 MODEL = "streamscore.model"
 MODEL_VERSION = "streamscore.model.version"
 MODEL_SHA256 = "streamscore.model.sha256"
+MODEL_SERVER = "streamscore.model.server"  # only for a model on a server: its base URL
+MODEL_REGISTRY = "streamscore.model.registry"
+MODEL_ALIAS = "streamscore.model.alias"
+MODEL_RUN_ID = "streamscore.model.run_id"
+_LINEAGE = {"registry": MODEL_REGISTRY, "alias": MODEL_ALIAS, "run_id": MODEL_RUN_ID}
 SOURCE_TOPIC = "streamscore.source.topic"
 SOURCE_PARTITION = "streamscore.source.partition"
 SOURCE_OFFSET = "streamscore.source.offset"
@@ -31,8 +37,11 @@ class HeaderStamp:
             (MODEL, model.name.encode()),
             (MODEL_VERSION, model.version.encode()),
             (MODEL_SHA256, model.sha256.encode()),
+            *((_LINEAGE[key], value.encode()) for key, value in model.lineage.items()),
             (SOURCE_TOPIC, source_topic.encode()),
         ]
+        if model.server:
+            self._base.append((MODEL_SERVER, model.server.encode()))
         self._partitions: dict[int, bytes] = {}
 
     def output(self, partition: int, offset: int) -> Headers:

@@ -42,12 +42,12 @@ from streamscore.kafka.client import (
     Producer,
 )
 from streamscore.kafka.codec import DecodedBatch, encode_values
-from streamscore.kafka.dead_letter import OUTPUT_TOO_LARGE, REJECTED, DeadLetters
+from streamscore.kafka.dead_letter import OUTPUT_TOO_LARGE, DeadLetters
 from streamscore.kafka.headers import HeaderStamp
 from streamscore.model.repository import ModelRef
 from streamscore.pipeline import Sink, SourceBatch
 from streamscore.rollout import RoutedBatch
-from streamscore.scoring import ScoredBatch
+from streamscore.scoring import ScoredBatch, rejection_kind
 
 # Overlapped at-least-once commits acknowledged offsets this often (and when partitions move
 # or the run ends); a crash repeats at most this much work. Fewer commits leave the broker
@@ -303,7 +303,9 @@ class KafkaSink(Sink):
         written = self._produce_scores(self.output_topic, context, decoded, scored, stamp, kinds)
         index = decoded.index.tolist()
         for row, reason in zip(scored.rejected.tolist(), scored.reasons, strict=True):
-            self._dead_letter(context.records[index[row]], stamp, REJECTED, reason, kinds)
+            self._dead_letter(
+                context.records[index[row]], stamp, rejection_kind(reason), reason, kinds
+            )
         dead = sum(kinds.values()) - before
         return PartWritten(stamp.model, decoded.rows.num_rows, written, dead)
 

@@ -5,6 +5,10 @@ Layout of a repository::
     REPO/NAME/VERSION/model.onnx      VERSION is a folder named with ASCII digits only
 
 ``REPO/NAME`` means the highest version; ``REPO/NAME/VERSION`` one given version.
+
+MODEL may also be a URI of another model source; :func:`resolve_model` hands those to their
+module (``models:/`` and ``runs:/``: :mod:`streamscore.model.mlflow_registry`), which returns
+the same :class:`ModelRef` for a local file.
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from streamscore.config import RegistryOptions
 from streamscore.errors import ModelError
 
 MODEL_FILENAME = "model.onnx"
+MLFLOW_SCHEMES = ("models:/", "runs:/")
 _VERSION = re.compile(r"[0-9]+", re.ASCII)
 
 
@@ -28,18 +34,48 @@ def is_version(name: str) -> bool:
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A resolved model file: who it is (name, version) and what it is (sha256)."""
+    """A resolved model: who it is (name, version) and what it is (sha256).
+
+    A model file has its ``path``; a model on a server (:mod:`streamscore.remote`) has its
+    ``server`` base URL instead, and ``sha256`` digests the server, name, version and signature.
+    """
 
     name: str
     version: str
     path: Path
     sha256: str
     size: int
+    server: str = ""
+
+    @property
+    def full_label(self) -> str:
+        """``name:version``, and ``@ server`` for a model on a server; for summaries."""
+        return f"{self.label} @ {self.server}" if self.server else self.label
+
+    @property
+    def location(self) -> str:
+        """Where the model lives: its file, or its URL on a server."""
+        if not self.server:
+            return str(self.path)
+        version = f"/versions/{self.version}" if self.version else ""
+        return f"{self.server}/v2/models/{self.name}{version}"
+
+    # Lineage of a model from a registry (empty for files and folders): the registry URI
+    # (credentials removed), the alias MODEL named (e.g. "champion") and the training run.
+    registry: str = ""
+    alias: str = ""
+    run_id: str = ""
 
     @property
     def label(self) -> str:
         """``name:version`` (or just the name when unversioned), for logs and headers."""
         return f"{self.name}:{self.version}" if self.version else self.name
+
+    @property
+    def lineage(self) -> dict[str, str]:
+        """``registry``, ``alias`` and ``run_id``, those that are set."""
+        found = {"registry": self.registry, "alias": self.alias, "run_id": self.run_id}
+        return {key: value for key, value in found.items() if value}
 
 
 def _ref_for_file(path: Path, name: str, version: str) -> ModelRef:
@@ -67,8 +103,18 @@ def numeric_versions(name_dir: Path) -> list[str]:
     )
 
 
-def resolve_model(spec: str | Path) -> ModelRef:
-    """Resolve MODEL as given on the command line to one model file."""
+def resolve_model(spec: str | Path, registry: RegistryOptions | None = None) -> ModelRef:
+    """Resolve MODEL as given on the command line to one model file.
+
+    ``registry`` says where ``models:/``/``runs:/`` URIs are looked up (default: MLflow's).
+    """
+    # Model sources other than the file system, by URI scheme; each module is imported only
+    # when its scheme is used, so no heavy client loads for plain files.
+    text = str(spec)
+    if text.startswith(MLFLOW_SCHEMES):
+        from streamscore.model.mlflow_registry import resolve_mlflow_model
+
+        return resolve_mlflow_model(text, registry or RegistryOptions())
     try:
         return _resolve(Path(spec))
     except OSError as exc:  # e.g. a path component over 255 characters

@@ -1,12 +1,16 @@
 """Hot model reload: keep the newest version of a repository model serving.
 
 When MODEL names a repository model (``REPO/NAME``), a :class:`ModelWatcher` polls
-``REPO/NAME`` every interval for a new highest version. The candidate is prepared off the
-serving path (loaded, and checked against the input plan by the caller's ``prepare``); if
-that works it becomes :attr:`ModelWatcher.current`, which the serving loop reads once per
-batch, so the switch always falls between batches. A candidate that fails to load or does
-not fit the input is rejected with an event and not retried until its file changes; the
-version already serving keeps serving.
+``REPO/NAME`` every interval for a new highest version; when it names a registry alias or
+``latest`` (``models:/NAME@champion``), it polls the registry for the version the alias
+points to now (:class:`streamscore.model.mlflow_registry.RegistryFeed`).
+
+The candidate is prepared off the serving path (loaded, and checked against the input plan
+by the caller's ``prepare``); if that works it becomes :attr:`ModelWatcher.current`, which
+the serving loop reads once per batch, so the switch always falls between batches. A
+candidate that fails to load or does not fit the input is rejected with an event and not
+retried until its file changes (or the alias moves to another version); the version already
+serving keeps serving. A registry that cannot be reached is a warning, not a rejection.
 
 Put a new version in place atomically (write ``REPO/NAME/.tmp-7/`` and rename it to
 ``REPO/NAME/7/``); a file still being written is skipped until it has been quiet for
@@ -17,13 +21,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
+from streamscore.config import RegistryOptions
 from streamscore.errors import StreamscoreError
 from streamscore.model.repository import (
+    MLFLOW_SCHEMES,
     MODEL_FILENAME,
     ModelRef,
     is_version,
@@ -34,6 +40,37 @@ from streamscore.model.repository import (
 T = TypeVar("T")
 
 EventSink = Callable[[Mapping[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A version a feed offers: ``stamp`` tells it apart from the one serving."""
+
+    stamp: Hashable
+    version: str
+    resolve: Callable[[], ModelRef]
+
+
+class VersionFeed(Protocol):
+    """Where a watcher looks for the version that should serve."""
+
+    @property
+    def name(self) -> str: ...
+
+    def candidate(self) -> Candidate | None:
+        """The version that should serve now, or None when there is none (yet)."""
+
+    def stamp_of(self, ref: ModelRef) -> Hashable | None:
+        """The stamp ``candidate`` would give ``ref``'s version."""
+
+
+def reload_source(spec: str | Path, registry: RegistryOptions) -> Path | VersionFeed | None:
+    """What to watch for MODEL: ``REPO/NAME``, a registry alias or ``latest``; else None."""
+    if str(spec).startswith(MLFLOW_SCHEMES):
+        from streamscore.model.mlflow_registry import registry_feed
+
+        return registry_feed(str(spec), registry)
+    return repository_model_dir(spec)
 
 
 def repository_model_dir(spec: str | Path) -> Path | None:
@@ -64,8 +101,32 @@ def _stamp(name_dir: Path, version: str) -> _FileStamp | None:
     return _FileStamp(version, stat.st_size, stat.st_mtime_ns)
 
 
+class _FolderFeed:
+    """The highest version of ``REPO/NAME`` whose file has been quiet for ``settle_s``."""
+
+    def __init__(self, name_dir: Path, settle_s: float) -> None:
+        self.name_dir = name_dir
+        self.settle_s = settle_s
+
+    @property
+    def name(self) -> str:
+        return self.name_dir.name
+
+    def candidate(self) -> Candidate | None:
+        versions = numeric_versions(self.name_dir)
+        stamp = _stamp(self.name_dir, versions[-1]) if versions else None
+        if stamp is None or time.time_ns() - stamp.mtime_ns < self.settle_s * 1e9:
+            return None  # nothing there, or probably still being written: look again later
+        path = self.name_dir / stamp.version
+        return Candidate(stamp, stamp.version, lambda: resolve_model(path))
+
+    def stamp_of(self, ref: ModelRef) -> Hashable | None:
+        return _stamp(self.name_dir, ref.version) if is_version(ref.version) else None
+
+
 class ModelWatcher(Generic[T]):
-    """Serves the newest version of ``REPO/NAME`` that loads and fits; see the module doc.
+    """Serves the newest version of ``REPO/NAME`` (or of a feed, such as a registry alias)
+    that loads and fits; see the module doc.
 
     ``prepare(ref)`` turns a model reference into what the serving loop uses (for tail: a
     loaded, checked scorer) and raises a StreamscoreError when the version is unusable.
@@ -73,7 +134,7 @@ class ModelWatcher(Generic[T]):
 
     def __init__(
         self,
-        name_dir: Path,
+        source: Path | VersionFeed,
         initial: T,
         initial_ref: ModelRef,
         prepare: Callable[[ModelRef], T],
@@ -82,21 +143,17 @@ class ModelWatcher(Generic[T]):
         settle_s: float = 1.0,
         on_event: EventSink | None = None,
     ) -> None:
-        self.name_dir = name_dir
+        self.feed = _FolderFeed(source, settle_s) if isinstance(source, Path) else source
         self.interval_s = interval_s
-        self.settle_s = settle_s
         self._prepare = prepare
         self._on_event = on_event or (lambda payload: None)
         self._current = initial
         self._current_ref = initial_ref
-        self._served = self._stamp_of(initial_ref)
-        self._rejected: set[_FileStamp] = set()
+        self._served = self.feed.stamp_of(initial_ref)
+        self._rejected: set[Hashable] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one check at a time (poll thread or check_now)
-
-    def _stamp_of(self, ref: ModelRef) -> _FileStamp | None:
-        return _stamp(self.name_dir, ref.version) if is_version(ref.version) else None
 
     @property
     def current(self) -> T:
@@ -108,37 +165,33 @@ class ModelWatcher(Generic[T]):
         return self._current_ref
 
     def check_now(self) -> bool:
-        """Look for a new highest version once; True when a new one now serves."""
+        """Look for a new version once; True when a new one now serves."""
         with self._lock:
-            versions = numeric_versions(self.name_dir)
-            if not versions:
+            candidate = self.feed.candidate()
+            if candidate is None:
                 return False
-            stamp = _stamp(self.name_dir, versions[-1])
-            if stamp is None or stamp == self._served or stamp in self._rejected:
+            if candidate.stamp == self._served or candidate.stamp in self._rejected:
                 return False
-            if time.time_ns() - stamp.mtime_ns < self.settle_s * 1e9:
-                return False  # probably still being written; look again next time
-            return self._try(stamp)
+            return self._try(candidate)
 
-    def _try(self, stamp: _FileStamp) -> bool:
-        path = self.name_dir / stamp.version
+    def _try(self, candidate: Candidate) -> bool:
         try:
-            ref = resolve_model(path)
+            ref = candidate.resolve()
             prepared = self._prepare(ref)
         except StreamscoreError as exc:
-            self._rejected.add(stamp)
+            self._rejected.add(candidate.stamp)
             self._on_event(
                 {
                     "event": "model_rejected",
-                    "model": self.name_dir.name,
-                    "version": stamp.version,
+                    "model": self.feed.name,
+                    "version": candidate.version,
                     "serving": self._current_ref.version,
                     "reason": exc.one_line(),
                 }
             )
             return False
         previous = self._current_ref
-        self._current, self._current_ref, self._served = prepared, ref, stamp
+        self._current, self._current_ref, self._served = prepared, ref, candidate.stamp
         self._on_event(
             {
                 "event": "model_loaded",

@@ -99,18 +99,30 @@ class ParquetSource(Source):
 
     Columns are decoded on the calling (reader) thread only: Arrow's thread pool would spend
     ~20% more CPU per row and take the cores the model and the writer run on.
+    ``row_groups`` reads only those row groups (a part of a file split among workers).
     """
 
-    def __init__(self, path: Path, columns: Sequence[str], chunk_rows: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        columns: Sequence[str],
+        chunk_rows: int,
+        *,
+        row_groups: Sequence[int] | None = None,
+    ) -> None:
         self.path = path
         self.columns = list(columns)
         self.chunk_rows = chunk_rows
+        self.row_groups = None if row_groups is None else list(row_groups)
 
     def batches(self) -> Iterator[SourceBatch]:
         parquet = open_parquet(self.path)
         try:
             for chunk in parquet.iter_batches(
-                batch_size=self.chunk_rows, columns=self.columns, use_threads=False
+                batch_size=self.chunk_rows,
+                row_groups=self.row_groups,
+                columns=self.columns,
+                use_threads=False,
             ):
                 yield SourceBatch(chunk)
         except (OSError, pa.ArrowException) as exc:

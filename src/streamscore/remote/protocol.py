@@ -1,0 +1,159 @@
+"""The Open Inference Protocol's JSON: datatypes, metadata -> signature, requests, responses.
+
+Pure functions, no network. A response is checked against what was asked and what the
+metadata promised (row count, every output present, datatype, shape); any difference is a
+:class:`RemoteError` naming the server, never scores shifted onto the wrong rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+
+from streamscore.errors import ModelError, RemoteError
+from streamscore.model.signature import Dim, ModelSignature, TensorSpec
+
+# OIP datatype <-> ONNX element type (TensorSpec.type is ONNX Runtime's "tensor(float)").
+_ELEMENTS = {
+    "BOOL": "bool",
+    "UINT8": "uint8",
+    "UINT16": "uint16",
+    "UINT32": "uint32",
+    "UINT64": "uint64",
+    "INT8": "int8",
+    "INT16": "int16",
+    "INT32": "int32",
+    "INT64": "int64",
+    "FP16": "float16",
+    "FP32": "float",
+    "FP64": "double",
+    "BYTES": "string",
+}
+_DATATYPES = {element: datatype for datatype, element in _ELEMENTS.items()}
+
+
+def datatype_of(spec: TensorSpec) -> str:
+    """The OIP datatype of a tensor spec (``FP32`` for ``tensor(float)``)."""
+    datatype = _DATATYPES.get(spec.element_type)
+    if datatype is None:
+        raise ModelError(f"model tensor '{spec.name}' has type {spec.type}, which OIP cannot carry")
+    return datatype
+
+
+def _spec(tensor: Mapping[str, Any], where: str) -> TensorSpec:
+    try:
+        name, datatype, shape = str(tensor["name"]), str(tensor["datatype"]), tensor["shape"]
+        dims: tuple[Dim, ...] = tuple(None if int(d) < 0 else int(d) for d in shape)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RemoteError(f"{where}: metadata tensor {tensor!r:.80} is malformed") from exc
+    element = _ELEMENTS.get(datatype)
+    if element is None:
+        raise ModelError(f"{where}: tensor '{name}' has datatype {datatype}, unknown to OIP")
+    return TensorSpec(name, f"tensor({element})", dims)
+
+
+def signature_from_metadata(metadata: Mapping[str, Any], where: str) -> ModelSignature:
+    """A :class:`ModelSignature` from ``GET /v2/models/NAME``; empty lists stay empty."""
+    inputs = tuple(_spec(t, where) for t in metadata.get("inputs") or ())
+    outputs = tuple(_spec(t, where) for t in metadata.get("outputs") or ())
+    platform = str(metadata.get("platform") or "")
+    # Servers that publish model parameters (Triton does) may carry feature_names there.
+    parameters = metadata.get("parameters")
+    described = (
+        {str(k): v for k, v in parameters.items() if isinstance(v, str)}
+        if isinstance(parameters, dict)
+        else {}
+    )
+    return ModelSignature(inputs=inputs, outputs=outputs, metadata=described, producer=platform)
+
+
+def encode_request(
+    signature: ModelSignature, arrays: Mapping[str, np.ndarray], outputs: Sequence[str]
+) -> bytes:
+    """``POST …/infer`` body for ``arrays`` (model feeds), asking for ``outputs``."""
+    inputs = []
+    for name, array in arrays.items():
+        spec = signature.input(name)
+        data: Any = array.ravel() if array.dtype != object else array.ravel().tolist()
+        inputs.append(
+            {"name": name, "shape": list(array.shape), "datatype": datatype_of(spec), "data": data}
+        )
+    body = {"inputs": inputs, "outputs": [{"name": name} for name in outputs]}
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def decode_response(
+    body: bytes,
+    signature: ModelSignature,
+    outputs: Sequence[str],
+    rows: int,
+    where: str,
+) -> tuple[list[np.ndarray], str]:
+    """The requested outputs, in order, as arrays of ``rows`` rows; and the model_version.
+
+    Raises RemoteError when the answer does not match the request or the metadata.
+    """
+    try:
+        answer = orjson.loads(body)
+        tensors = {str(t["name"]): t for t in answer["outputs"]}
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise RemoteError(f"{where} answered something that is not an OIP response") from exc
+    missing = [name for name in outputs if name not in tensors]
+    if missing:
+        raise RemoteError(f"{where} left out output(s) {', '.join(missing)} from its answer")
+    values = [_decode_tensor(tensors[name], signature, rows, where) for name in outputs]
+    return values, str(answer.get("model_version") or "")
+
+
+def _decode_tensor(
+    tensor: Mapping[str, Any], signature: ModelSignature, rows: int, where: str
+) -> np.ndarray:
+    name = str(tensor["name"])
+    spec = next((s for s in signature.outputs if s.name == name), None)
+    expected = datatype_of(spec) if spec is not None else None
+    datatype = str(tensor.get("datatype"))
+    if expected is not None and datatype != expected:
+        raise RemoteError(
+            f"{where} answered output '{name}' as {datatype}; metadata says {expected}"
+        )
+    try:
+        shape = [int(d) for d in tensor["shape"]]
+        if datatype == "BYTES":
+            array = np.array(tensor["data"], dtype=object)
+        else:
+            array = np.asarray(tensor["data"], dtype=_numpy_dtype(datatype))
+        array = array.reshape(shape)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RemoteError(f"{where} answered output '{name}' with data that fits no shape") from exc
+    if not shape or shape[0] != rows:
+        got = shape[0] if shape else 0
+        raise RemoteError(f"{where} answered {got} row(s) of output '{name}' for {rows} sent")
+    if spec is not None and len(spec.shape) == 1 and len(shape) == 2 and shape[1] == 1:
+        array = array.reshape(shape[0])  # MLServer answers [N] outputs as [N, 1]
+    if spec is not None and spec.shape and array.ndim != len(spec.shape):
+        raise RemoteError(
+            f"{where} answered output '{name}' with {array.ndim} dimensions; "
+            f"metadata says {len(spec.shape)}"
+        )
+    return array
+
+
+def _numpy_dtype(datatype: str) -> np.dtype[np.generic]:
+    dtype = TensorSpec("x", f"tensor({_ELEMENTS.get(datatype, '?')})").dtype
+    if dtype is None:
+        raise ValueError(datatype)
+    return dtype
+
+
+def error_message(body: bytes) -> str:
+    """The server's own message from an error answer (``{"error": …}``), one line, short."""
+    try:
+        answer = orjson.loads(body)
+        text = answer.get("error") or answer.get("detail") or answer
+    except (orjson.JSONDecodeError, AttributeError):
+        text = body.decode(errors="replace")
+    line = str(text).strip().splitlines()[0] if str(text).strip() else "no message"
+    return line[:300]
