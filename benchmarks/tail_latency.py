@@ -4,7 +4,8 @@ One run against one local broker (started here with scripts/kafka-local in its o
 KAFKA_LOCAL_HOME, or an existing one with --bootstrap). For each scorer, each in its
 own process, reading its own 3-partition input topic:
 
-* tail         - ``streamscore tail`` (at-least-once, --max-wait 10 ms, --max-batch 1000);
+* tail         - ``streamscore tail`` with its defaults (at-least-once, --max-wait 5 ms,
+                 --max-batch 1000);
 * per-message  - poll one record, parse it, score one row, produce one (auto-commit), the
                  shape of most published examples;
 * pipe         - no scorer: the reader reads the input topic itself. Its latency is the
@@ -42,7 +43,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 import polars as pl
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DAY = ROOT / "sample_data" / "transactions" / "date=2026-11-04" / "part-0.parquet"
 MODEL = ROOT / "sample_data" / "models" / "fraud"
 KAFKA_LOCAL = ROOT / "scripts" / "kafka-local"
+PER_MESSAGE = Path(__file__).resolve().parent / "per_message.py"  # the reference consumer
 PARTITIONS = 3
 WARMUP_RATE, WARMUP_S = 2000, 3.0
 BROKER_WARMUP_RATE, BROKER_WARMUP_S = 5000, 20.0
@@ -143,47 +144,6 @@ def read_outputs(
     results.put({tag: (values, last_read[tag]) for tag, values in latencies.items()})
 
 
-# --- the per-message baseline (its own process) ---------------------------------------------------
-
-
-def per_message_worker(bootstrap: str, source: str, out: str) -> None:
-    """poll one, parse, score one row, produce one; auto-commit (at-most/at-least-once mix)."""
-    from streamscore.model import resolve_model
-    from streamscore.model.session import load_model
-
-    model = load_model(resolve_model(MODEL), provider="cpu", threads=1)
-    names = model.signature.metadata["feature_names"].split(",")
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"per-message-{uuid.uuid4().hex}",
-            "auto.offset.reset": "latest",
-        }
-    )
-    producer = Producer({"bootstrap.servers": bootstrap})
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    consumer.subscribe([source], on_assign=lambda c, ps: print("assigned", flush=True))
-    while not stop.is_set():
-        message = consumer.poll(0.1)
-        if message is None or message.error() is not None:
-            continue
-        record = orjson.loads(message.value())
-        features = np.array([[record[name] for name in names]], dtype=np.float32)
-        label, probabilities = model.run(["label", "probabilities"], {"input": features})
-        record.update(label=int(label[0]), probabilities_1=float(probabilities[0][1]))
-        producer.produce(
-            out,
-            orjson.dumps(record),
-            message.key(),
-            partition=message.partition(),
-            timestamp=message.timestamp()[1],
-        )
-        producer.poll(0)
-    producer.flush(30)
-    consumer.close()
-
-
 # --- one scorer, all phases ------------------------------------------------------------------
 
 
@@ -192,11 +152,11 @@ def start_scorer(kind: str, bootstrap: str, source: str, out: str) -> subprocess
         command = [
             sys.executable, "-m", "streamscore", "tail", "-b", bootstrap, "-i", source,
             "-o", out, "-g", f"bench-{uuid.uuid4().hex[:8]}", "-m", str(MODEL),
-            "--threads", "1", "--provider", "cpu", "--max-wait", "10", "--max-batch", "1000",
+            "--threads", "1", "--provider", "cpu",
             "--log-format", "json", "--status-interval", "3600",
         ]  # fmt: skip
     else:
-        command = [sys.executable, __file__, "--per-message-worker", bootstrap, source, out]
+        command = [sys.executable, str(PER_MESSAGE), "serve", bootstrap, source, out]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
     deadline = time.monotonic() + 60
@@ -311,6 +271,25 @@ def print_table(reports: Sequence[dict[str, Any]], rates: Sequence[int]) -> None
             )
 
 
+def print_speed_up(reports: Sequence[dict[str, Any]], rates: Sequence[int]) -> None:
+    """streamscore tail against the per-message reference consumer (benchmarks/per_message.py),
+    and beside the floor the broker sets (pipe), when they ran."""
+    by_kind = {report["scorer"]: report for report in reports}
+    tail, loop, pipe = by_kind.get("tail"), by_kind.get("per-message"), by_kind.get("pipe")
+    if tail is None:
+        return
+    if loop is not None and tail["max"].get("records_per_s") and loop["max"].get("records_per_s"):
+        ratio = tail["max"]["records_per_s"] / loop["max"]["records_per_s"]
+        print(f"tail drains {ratio:.1f}x as fast as the per-message consumer")
+    for rate in rates:
+        tag, parts = f"rate{rate}", []
+        for name, report in (("tail", tail), ("per-message", loop), ("broker floor", pipe)):
+            if report is not None and "p50_ms" in report[tag]:
+                entry = report[tag]
+                parts.append(f"{name} {entry['p50_ms']:.1f}/{entry['p99_ms']:.1f}")
+        print(f"p50/p99 ms at {rate}/s: " + ", ".join(parts))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="per fixed-rate phase")
@@ -339,13 +318,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"tail latency, {os.cpu_count()} CPUs, model {MODEL.relative_to(ROOT)} (highest "
           f"version), {PARTITIONS} partitions, {args.seconds:g} s per rate")  # fmt: skip
     print_table(reports, args.rates)
+    print_speed_up(reports, args.rates)
     if args.json:
         print(json.dumps(reports))
     return 0
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 5 and sys.argv[1] == "--per-message-worker":
-        per_message_worker(*sys.argv[2:])
-        sys.exit(0)
     sys.exit(main())

@@ -226,3 +226,107 @@ def test_every_good_record_decodes_whatever_surrounds_it(items: list[Any]) -> No
         assert {k: v for k, v in orjson.loads(value).items() if k not in ("label", "p")} == (
             items[i]
         )
+
+
+# Passthrough read column-wise must give exactly what the per-record path gives: the same
+# fields and values (last of duplicate keys, integers stay integers, strings stay strings).
+passthrough_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.integers(min_value=2**63, max_value=2**64 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=6),
+    st.sampled_from(["7", "true", 'q"uote', "{}", "[1]"]),
+    st.lists(st.integers(0, 3), max_size=2),
+    st.fixed_dictionaries({"x": st.integers(0, 3)}),
+)
+model_fields = {"a": st.floats(-1e6, 1e6), "b": st.integers(-1000, 1000)}
+plain_fields = st.fixed_dictionaries(  # what the column-wise path takes, mostly
+    {**model_fields, "id": st.integers(-(2**63), 2**63 - 1), "note": st.text(max_size=6)},
+    optional={"on": st.booleans()},
+)
+wild_fields = st.fixed_dictionaries(
+    model_fields,
+    optional={"id": passthrough_values, "note": passthrough_values, "on": st.booleans()},
+)
+batch_records = st.lists(
+    st.tuples(
+        st.one_of(plain_fields, wild_fields),
+        st.sampled_from(["compact"] * 12 + ["spaced", "duplicate", "reordered"]),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+def raw_record(fields: dict[str, Any], form: str) -> bytes:
+    if form == "spaced":
+        return json.dumps(fields).encode()  # ", " and ": " separators, \u escapes
+    if form == "reordered":
+        return orjson.dumps(dict(reversed(list(fields.items()))))
+    raw = orjson.dumps(fields)
+    if form == "duplicate":  # a repeated key: the last value counts, as orjson reads it
+        return raw[:-1] + b',"note":"second"}'
+    return raw
+
+
+@settings(max_examples=150, deadline=None)
+@given(batch_records, st.sampled_from([None, "id,note", "note"]))
+def test_passthrough_fields_are_the_same_whichever_path_reads_them(
+    items: list[tuple[dict[str, Any], str]], keep: str | None
+) -> None:
+    values = [raw_record(fields, form) for fields, form in items]
+    mode = KeepColumns.parse(keep)
+
+    decoded = JsonDecoder(FIELDS, mode, small_batch=0).decode(values)
+    out = encode_values(decoded.passthrough, np.arange(len(values)), scores(len(values)))
+
+    assert decoded.failures == []
+    for raw, value in zip(values, out, strict=True):
+        source = orjson.loads(raw)
+        if mode.mode == "list":
+            expected = {name: source.get(name) for name in mode.names}
+        else:
+            expected = {k: v for k, v in source.items() if k not in FIELDS}
+        found = orjson.loads(value)
+        assert {k: found[k] for k in found if k not in ("label", "p")} == expected
+        kept = {k: found[k] for k in expected}
+        assert {k: type(v) for k, v in kept.items()} == {k: type(v) for k, v in expected.items()}
+
+
+def test_plain_passthrough_fields_are_read_column_wise() -> None:
+    values = [record(note=f"n{i}", ok=i % 2 == 0) for i in range(5)]
+
+    decoded = JsonDecoder(FIELDS, small_batch=0).decode(values)
+    out = encode_values(decoded.passthrough, np.array([1, 3]), scores(2))
+
+    assert decoded.passthrough is not None and not isinstance(decoded.passthrough, list)
+    assert [orjson.loads(v) for v in out] == [
+        {"id": 7, "note": "n1", "ok": False, "label": 0, "p": 0.0},
+        {"id": 7, "note": "n3", "ok": False, "label": 1, "p": 1.0},
+    ]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.one_of(st.tuples(st.one_of(plain_fields, wild_fields), st.just("compact")),
+             st.tuples(good_records, st.sampled_from(["compact", "spaced", "duplicate"])),
+             bad_values), max_size=20),
+    st.sampled_from([None, "all", "none", "note"]),
+)  # fmt: skip
+def test_a_small_batch_decodes_exactly_as_a_large_one(items: list[Any], keep: str | None) -> None:
+    values = [raw_record(*item) if isinstance(item, tuple) else item for item in items]
+    mode = KeepColumns.parse(keep)
+
+    small = JsonDecoder(FIELDS, mode).decode(values)  # record by record where it can
+    large = JsonDecoder(FIELDS, mode, small_batch=0).decode(values)  # polars
+
+    assert small.index.tolist() == large.index.tolist()
+    assert small.rows.to_pydict() == large.rows.to_pydict()
+    assert small.rows.schema == large.rows.schema
+    assert small.failures == large.failures
+    n = len(small.index)
+    found = encode_values(small.passthrough, np.arange(n), scores(n))
+    expected = encode_values(large.passthrough, np.arange(n), scores(n))
+    assert [orjson.loads(v) for v in found] == [orjson.loads(v) for v in expected]

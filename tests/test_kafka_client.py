@@ -10,7 +10,13 @@ from pathlib import Path
 import confluent_kafka as ck
 import pytest
 
-from streamscore.errors import KafkaAuthError, KafkaError, TransactionAborted, UsageError
+from streamscore.errors import (
+    KafkaAuthError,
+    KafkaError,
+    ProducerFenced,
+    TransactionAborted,
+    UsageError,
+)
 from streamscore.kafka.client import (
     BOOTSTRAP_ENV,
     Admin,
@@ -150,7 +156,7 @@ def test_properties_parsing_follows_java_rules() -> None:
         (ck.KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaAuthError),
         (ck.KafkaError._AUTHENTICATION, KafkaAuthError),
         (ck.KafkaError._INVALID_ARG, UsageError),
-        (ck.KafkaError.PRODUCER_FENCED, KafkaError),
+        (ck.KafkaError.PRODUCER_FENCED, ProducerFenced),
     ],
 )
 def test_librdkafka_errors_become_ours_keeping_the_code(
@@ -274,12 +280,20 @@ def test_a_record_too_large_to_produce_is_returned_not_raised(
     assert too_large == [1]
 
 
+def test_outputs_are_compressed_unless_x_says_otherwise() -> None:
+    default = Producer(KafkaSettings("b:1"))
+    overridden = Producer(KafkaSettings("b:1", (("compression.type", "zstd"),)))
+
+    assert default._config["compression.type"] == "lz4"
+    assert overridden._config["compression.type"] == "zstd"
+
+
 FENCED_CODES = {"_FENCED", "PRODUCER_FENCED", "INVALID_PRODUCER_EPOCH"}
 
 
 def assert_fenced(error: KafkaError, action: str) -> None:
     """``error`` is our one-line report of a producer that a newer instance fenced."""
-    assert type(error) is KafkaError
+    assert type(error) is ProducerFenced  # a KafkaError callers can catch by type
     assert error.code in FENCED_CODES
     assert error.message.startswith(
         f"{action}: another process with the same transactional id took over: "

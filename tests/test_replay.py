@@ -339,7 +339,9 @@ def test_a_transaction_the_broker_refuses_is_rolled_back_and_retried_then_report
     rows = sample_rows(12)
     rows[9]["note"] = "x" * 30_000
     produce_rows(kafka_bootstrap, source, rows)
-    settings = KafkaSettings.resolve(kafka_bootstrap, ["message.max.bytes=5000000"])
+    # Uncompressed, so the broker sees the record at its full size.
+    overrides = ["message.max.bytes=5000000", "compression.type=none"]
+    settings = KafkaSettings.resolve(kafka_bootstrap, overrides)
     reporter = RecordingReporter()
     run = options(kafka_bootstrap, source, target, keep="all", batch_size=4)
     run = dataclasses.replace(run, kafka=settings)  # the producer no longer knows OUT's limit

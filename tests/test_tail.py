@@ -555,3 +555,32 @@ def test_tail_rides_out_a_broker_restart_without_losing_records(
     assert {o.source for o in outputs} == expected
     assert len(expected) > 260  # records were produced across the restart
     assert tail.stop() == 0
+
+
+def test_an_output_over_the_output_topics_limit_is_a_dead_letter_as_in_replay(
+    kafka_bootstrap: str, unique_topic: Callable[..., str], tails: list[TailProcess]
+) -> None:
+    source = unique_topic(partitions=1)
+    out = f"{source}.out"
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    created = NewTopic(out, 1, 1, config={"max.message.bytes": "2000"})
+    admin.create_topics([created])[out].result(timeout=30)
+    values = sample_values(6)
+    big = json.loads(values[3])
+    big["note"] = "x" * 2500  # fits the input topic; its scored output does not fit OUT
+    values[3] = json.dumps(big).encode()
+    tail = TailProcess(
+        kafka_bootstrap, "-i", source, "-o", out, "-g", f"{source}-g",
+        "-m", str(MODELS / "fraud" / "1"), "--keep", "all",
+    )  # fmt: skip
+    tails.append(tail)
+    tail.wait_for(lambda e: e["event"] == "assigned", "its partitions")
+    produce(kafka_bootstrap, source, values, [f"k{i}".encode() for i in range(6)])
+
+    outputs = read_topic(kafka_bootstrap, out, expected=5)
+    (letter,) = read_topic(kafka_bootstrap, f"{out}.dlq", expected=1)
+    assert tail.stop() == 0
+
+    assert sorted(o.source for o in outputs) == [(0, i) for i in (0, 1, 2, 4, 5)]
+    assert letter.source == (0, 3)
+    assert letter.headers["streamscore.error.type"] == "output_too_large"

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import threading
@@ -192,15 +191,7 @@ def output_lock(output: Path, run_id: str) -> Iterator[None]:
 
 def options_digest(options: BatchOptions) -> str:
     """Identifies everything besides model and input that changes an output file."""
-    s = options.scoring
-    described = {
-        "features": s.features,
-        "outputs": s.outputs,
-        "keep": [s.keep.mode, list(s.keep.names)],
-        "reject_nan": s.reject_nan,
-        "on_error": options.on_error.value,
-    }
-    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
+    return options.scoring.digest(on_error=options.on_error.value)
 
 
 def _output_metadata(path: Path) -> dict[str, str]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from streamscore.errors import UsageError
 
@@ -109,6 +111,23 @@ class ScoringOptions:
             raise UsageError(
                 f"--threads must be 0 (ONNX Runtime decides) or more, got {self.threads}"
             )
+
+    def digest(self, **context: Any) -> str:
+        """The run identity: a digest of every option that changes the scores written, plus
+        what the command adds (``context``: model, topics, error policy…).
+
+        Batch stamps it on output files and replay on its offsets snapshot, so an output made
+        with other options is never taken for this run's. A new option that changes outputs
+        belongs here, once, for every command.
+        """
+        described = {
+            "features": self.features,
+            "outputs": self.outputs,
+            "keep": [self.keep.mode, list(self.keep.names)],
+            "reject_nan": self.reject_nan,
+            **context,
+        }
+        return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # Output row groups: large enough for readers (polars writes this size too) and for the
@@ -241,7 +260,7 @@ class TailOptions:
     dlq_topic: str | None = None  # default: OUT.dlq
     exactly_once: bool = False
     max_batch: int = 1000
-    max_wait_ms: int = 10
+    max_wait_ms: int = 5
     start_from: str = "latest"
     reload_interval_s: float = 30.0
     canary: CanarySpec | None = None

@@ -8,7 +8,8 @@
     ├── ModelError                    exit 5   model missing, unreadable or unsupported
     ├── KafkaError                    exit 6   broker unreachable, topic missing or incompatible
     │   ├── KafkaAuthError            exit 6   authentication or authorization refused
-    │   └── TransactionAborted        exit 6   a transaction was rolled back; rerun resumes
+    │   ├── TransactionAborted        exit 6   a transaction was rolled back; rerun resumes
+    │   └── ProducerFenced            exit 6   another process took over our transactional id
     ├── LockedError                   exit 7   another run holds the output's lock
     ├── RegressionDetected            exit 8   bench: slower than the baseline allows
     ├── ComparisonGateFailed          exit 9   compare: flip rate or PSI beyond the limit
@@ -92,6 +93,10 @@ class KafkaAuthError(KafkaError):
 
 class TransactionAborted(KafkaError):
     """A Kafka transaction had to be rolled back; nothing of it is visible, a rerun resumes."""
+
+
+class ProducerFenced(KafkaError):
+    """Another process registered our transactional id: this one must stop writing."""
 
 
 class LockedError(StreamscoreError):

@@ -14,7 +14,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import pyarrow as pa
 
@@ -27,7 +27,8 @@ T = TypeVar("T")
 class BatchScorer(Protocol):
     """Scores in two steps: ``prepare`` (any thread) then ``run`` (the scoring thread).
 
-    :class:`streamscore.scoring.Scorer` is one; routing scorers (canary, shadow) are others.
+    :class:`streamscore.scoring.Scorer` is one; a scorer that needs more than the rows
+    is a :class:`SourceBatchScorer`.
     """
 
     def prepare(self, batch: pa.RecordBatch) -> Any: ...
@@ -41,6 +42,17 @@ class SourceBatch:
 
     rows: pa.RecordBatch
     context: Any = None
+
+
+@runtime_checkable
+class SourceBatchScorer(Protocol):
+    """A scorer that prepares from the whole source batch, context included: one that
+    routes rows by their source record (canary keys), :class:`streamscore.rollout.RoutingScorer`.
+    """
+
+    def prepare_batch(self, batch: SourceBatch) -> Any: ...
+
+    def run(self, prepared: Any) -> ScoredBatch: ...
 
 
 class Source(ABC):
@@ -125,7 +137,7 @@ class _Stage(Generic[T]):
 
 def run_pipeline(
     source: Source,
-    scorer: BatchScorer,
+    scorer: BatchScorer | SourceBatchScorer,
     sink: Sink,
     *,
     on_batch: Callable[[SourceBatch, ScoredBatch], None] | None = None,
@@ -144,10 +156,15 @@ def run_pipeline(
     writer: _Stage[tuple[SourceBatch, ScoredBatch]] = _Stage(depth)
     errors: list[BaseException] = []
 
+    def prepare(batch: SourceBatch) -> Any:
+        if isinstance(scorer, SourceBatchScorer):
+            return scorer.prepare_batch(batch)
+        return scorer.prepare(batch.rows)
+
     def read() -> None:
         try:
             for batch in source.batches():
-                if not reader.put((batch, scorer.prepare(batch.rows))):
+                if not reader.put((batch, prepare(batch))):
                     return
         except BaseException as exc:  # handed to the calling thread
             reader.put(_Failure(exc))

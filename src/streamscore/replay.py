@@ -20,16 +20,15 @@ topic; then the run exits. How a run goes:
 5. A transaction that had to be aborted leaves the consumer ahead of the committed offsets,
    so the run starts over from step 3 with fresh clients (a few times at most).
 
-With ``exactly_once=False`` there are no transactions: outputs are flushed, then offsets
-committed; a crash in between repeats that batch on restart.
+With ``exactly_once=False`` there are no transactions: offsets are committed once outputs
+are acknowledged (the wait overlaps the next batch); a crash in between repeats those
+batches on restart.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
-import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -38,7 +37,7 @@ from typing import Any
 import orjson
 
 from streamscore.config import ReplayOptions
-from streamscore.errors import KafkaError, MappingError, TransactionAborted, UsageError
+from streamscore.errors import MappingError, TransactionAborted, UsageError
 from streamscore.kafka.client import Admin, Consumer, Producer
 from streamscore.kafka.codec import MISSING_FIELD, JsonDecoder
 from streamscore.kafka.dead_letter import DeadLetters
@@ -47,6 +46,7 @@ from streamscore.kafka.headers import HeaderStamp
 from streamscore.kafka.offsets import EndOffsets
 from streamscore.kafka.sink import AtLeastOnce, Delivery, ExactlyOnce, KafkaBatch, KafkaSink
 from streamscore.kafka.source import PartitionRangeSource
+from streamscore.kafka.topics import OutputTopics, prepare_output_topics
 from streamscore.model.base import Model, close_model, open_model
 from streamscore.pipeline import SourceBatch, run_pipeline
 from streamscore.reporting import Reporter, SilentReporter
@@ -109,8 +109,6 @@ class ReplayRun:
         self.reporter = reporter
         self.started = time.perf_counter()
         self.tasks_added = False
-        self.max_message_bytes: int | None = None  # the output topics' limit, once known
-        self.output_partitions: dict[str, list[int]] = {}  # OUT and dead letters, once known
 
     def execute(self) -> ReplaySummary:
         s = self.options.scoring
@@ -138,12 +136,12 @@ class ReplayRun:
         summary = self._summary(model)
         with Admin(o.kafka) as admin:
             admin.check_reachable()
-            partitions, dlq_same_partitions = self._prepare_topics(admin)
+            topics = prepare_output_topics(
+                admin, o.input_topic, [o.output_topic], o.dead_letter_topic
+            )
             for attempt in range(1, MAX_ATTEMPTS + 1):
                 try:
-                    self._attempt(
-                        admin, partitions, dlq_same_partitions, model, scorer, decoder, summary
-                    )
+                    self._attempt(admin, topics, model, scorer, decoder, summary)
                     break
                 except TransactionAborted as exc:
                     if attempt == MAX_ATTEMPTS:
@@ -171,61 +169,20 @@ class ReplayRun:
             model_lineage=ref.lineage,
         )
 
-    def _prepare_topics(self, admin: Admin) -> tuple[list[int], bool]:
-        """IN's partitions, after creating or checking OUT and the dead-letter topic; and
-        whether dead letters can keep their partition number."""
-        o = self.options
-        count = admin.input_partition_count(o.input_topic)
-        # Outputs keep their input's timestamps, so new topics keep the input's retention:
-        # with the broker's default, replayed history older than 7 days would be deleted.
-        inherited = admin.topic_config(o.input_topic, ["retention.ms", "cleanup.policy"])
-        out = admin.partition_count(o.output_topic)
-        if out is None:
-            admin.create_topic(o.output_topic, count, inherited)
-        elif out < count:
-            raise KafkaError(
-                f"output topic '{o.output_topic}' has {out} partition(s) but input topic "
-                f"'{o.input_topic}' has {count}; each output goes to its input's partition",
-                hint="add partitions to the output topic or replay into a new one",
-            )
-        if admin.partition_count(o.dead_letter_topic) is None:
-            retention = {k: v for k, v in inherited.items() if k == "retention.ms"}
-            admin.create_topic(o.dead_letter_topic, count, retention)
-        dlq_partitions = admin.partition_count(o.dead_letter_topic) or 0
-        self.output_partitions = {
-            o.output_topic: list(range(max(out or 0, count))),
-            o.dead_letter_topic: list(range(dlq_partitions)),
-        }
-        # Records over a topic's limit are refused by the broker, which fails the whole
-        # transaction; with the limit known here, the producer refuses them first and they
-        # become dead letters instead.
-        limits = [
-            int(admin.topic_config(topic, ["max.message.bytes"]).get("max.message.bytes", 0))
-            for topic in (o.output_topic, o.dead_letter_topic)
-        ]
-        self.max_message_bytes = min((limit for limit in limits if limit > 0), default=None)
-        return list(range(count)), dlq_partitions >= count
-
     def identity(self, model: Model) -> str:
         """Digest of what decides the outputs; a resumed replay must match it."""
-        s = self.options.scoring
-        described = {
-            "output_topic": self.options.output_topic,
-            "dead_letter_topic": self.options.dead_letter_topic,
-            "model_sha256": model.ref.sha256,
-            "features": s.features,
-            "outputs": s.outputs,
-            "keep": [s.keep.mode, list(s.keep.names)],
-            "reject_nan": s.reject_nan,
-            "from_timestamp_ms": self.options.from_timestamp_ms,
-        }
-        return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
+        o = self.options
+        return o.scoring.digest(
+            output_topic=o.output_topic,
+            dead_letter_topic=o.dead_letter_topic,
+            model_sha256=model.ref.sha256,
+            from_timestamp_ms=o.from_timestamp_ms,
+        )
 
     def _attempt(
         self,
         admin: Admin,
-        partitions: list[int],
-        dlq_same_partitions: bool,
+        topics: OutputTopics,
         model: Model,
         scorer: Scorer,
         decoder: JsonDecoder,
@@ -233,15 +190,15 @@ class ReplayRun:
     ) -> None:
         o = self.options
         transactional_id = o.group_id if o.exactly_once else None
-        limit = self.max_message_bytes
-        defaults = {"message.max.bytes": limit} if limit else {}
+        defaults = topics.producer_defaults()
+        partitions = list(range(topics.partitions))
         with (
             Producer(o.kafka, transactional_id=transactional_id, defaults=defaults) as producer,
             Consumer(o.kafka, o.group_id) as consumer,
         ):
             if o.exactly_once:
                 producer.init_transactions()  # before reading offsets: fences a zombie first
-                self._abort_hanging(admin, producer, consumer, partitions)
+                self._abort_hanging(admin, producer, consumer, topics, partitions)
             committed = consumer.committed(o.input_topic, partitions)
             snapshot = EndOffsets.from_committed(committed, o.group_id)
             delivery: Delivery = (
@@ -280,7 +237,11 @@ class ReplayRun:
                 producer,
                 delivery,
                 o.output_topic,
-                DeadLetters(producer, o.dead_letter_topic, same_partitions=dlq_same_partitions),
+                DeadLetters(
+                    producer,
+                    o.dead_letter_topic,
+                    same_partitions=topics.dead_letters_same_partitions,
+                ),
                 HeaderStamp(model.ref, o.input_topic),
             )
             try:
@@ -297,7 +258,12 @@ class ReplayRun:
                     kinds[kind] = kinds.get(kind, 0) + count
 
     def _abort_hanging(
-        self, admin: Admin, producer: Producer, consumer: Consumer, partitions: list[int]
+        self,
+        admin: Admin,
+        producer: Producer,
+        consumer: Consumer,
+        topics: OutputTopics,
+        partitions: list[int],
     ) -> None:
         """Abort what a broker crash left open on the outputs, before reading offsets."""
         o = self.options
@@ -305,7 +271,7 @@ class ReplayRun:
         # offset commit of the crashed run with them.
         offsets = {p: (0, "") for p in partitions}
         aborted = abort_hanging_transactions(
-            admin, producer, self.output_partitions, o.input_topic, offsets,
+            admin, producer, topics.output_partitions, o.input_topic, offsets,
             consumer.group_metadata(),
         )  # fmt: skip
         for stuck in aborted:
@@ -349,6 +315,7 @@ class ReplayRun:
             o.input_topic,
             snapshot.commit_offsets({p: r.start for p, r in snapshot.ranges.items()}),
         )
+        delivery.settle(wait_for_commit=True)  # at-least-once: the snapshot is kept now
         return snapshot
 
     def _check_identity(self, snapshot: EndOffsets, model: Model) -> None:

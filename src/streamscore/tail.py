@@ -1,44 +1,49 @@
 """``streamscore tail``: score a live topic in a consumer group until stopped.
 
-Every process of the group reads the partitions the group gives it (cooperative-sticky
-assignment, so a rebalance moves only the partitions it must) and loops: collect a
-micro-batch (``max_batch`` records, or ``max_wait_ms`` after its first record), decode,
-score, write, commit. Decoding, output values, headers and dead letters are replay's
-(:mod:`streamscore.kafka`: JsonDecoder, KafkaSink, DeadLetters, HeaderStamp).
+``tail`` runs the pipeline every command runs (:func:`streamscore.pipeline.run_pipeline`),
+with three parts of its own:
 
-Delivery:
+* source: :class:`~streamscore.kafka.group_source.GroupSource`, a consumer group member
+  (cooperative-sticky assignment) yielding micro-batches of ``max_batch`` records, or what
+  came within ``max_wait_ms`` of a batch's first record. When the group revokes partitions,
+  the batches already handed on are written and committed before they move (the revocation
+  barrier); records of partitions *lost* are dropped uncommitted;
+* scorer: :class:`~streamscore.rollout.RoutingScorer`, the primary model (hot-reloaded when
+  MODEL is ``REPO/NAME``, :mod:`streamscore.model.watch`; a new version is checked against
+  recent input records before it serves), a ``canary`` scoring a stable share of keys and a
+  ``shadow`` scoring every record into its own topic (:mod:`streamscore.routing`);
+* sink: replay's :class:`~streamscore.kafka.sink.KafkaSink` (same output values, headers and
+  dead letters; topics prepared by :func:`streamscore.kafka.topics.prepare_output_topics`,
+  so an output over the topic's size limit is an ``output_too_large`` dead letter), with one
+  of two delivery policies:
 
-* at-least-once (default): a batch's offsets are committed only once its outputs are
-  acknowledged by the broker. That wait overlaps the next batch (collected, decoded and
-  scored meanwhile), and offsets are committed asynchronously every half second, so
-  neither adds to latency; a crash before a commit scores those records again (duplicates,
-  no loss);
-* exactly-once: one transaction per batch holds outputs, dead letters, shadow results and
-  the offsets (send_offsets_to_transaction with the group's current generation, which fences
-  a member that lost its partitions). A crashed process's open transaction is aborted by the
-  broker after ``transaction.timeout.ms`` (10 s here unless set with -X).
+  - at-least-once (default, :class:`~streamscore.kafka.sink.AtLeastOnce`): offsets are
+    committed once the outputs are acknowledged, every half second for all batches produced
+    since, so no batch waits for the one before; a crash before a commit scores those
+    records again (duplicates, no loss);
+  - exactly-once (:class:`~streamscore.kafka.sink.GroupExactlyOnce`): one transaction per
+    batch holds outputs, dead letters, shadow results and the offsets, sent with the group's
+    current generation (which fences a member that lost its partitions). A crashed process's
+    open transaction is aborted by the broker after ``transaction.timeout.ms`` (10 s here
+    unless set with -X).
 
-A batch that cannot be written (a transaction aborted, outputs not acknowledged) is read
-again from its first offsets, a few times at most before the run fails. When the group
-revokes partitions, the records already collected are scored and committed first; records of
-partitions *lost* (another member may own them) are dropped uncommitted.
-
-Rollout: the primary model serves most records and is hot-reloaded when MODEL is
-``REPO/NAME`` (:mod:`streamscore.model.watch`); a new version is checked against recent input
-records before it serves. ``canary`` scores a stable share of keys; ``shadow`` scores every
-record into its own topic and reports agreement (:mod:`streamscore.routing`).
+A batch that cannot be written (a transaction aborted, outputs not acknowledged) stops the
+pipeline; the owned partitions are read again from their committed offsets and the pipeline
+restarts, a few times at most before the run fails. A fenced producer (another process took
+over) fails at once. A model server that stays away through its retries (RemoteUnavailable)
+is an outage, not bad data: nothing of the batch was written, consumption pauses (the
+member stays in the group) until every remote model answers its readiness probe, then the
+owned partitions are read again from their committed offsets; nothing is dead-lettered.
 
 Stopping: setting ``stop`` (the CLI sets it on SIGINT/SIGTERM with
 :func:`streamscore.shutdown.stop_on_signals`) stops fetching; the batch in flight is finished
 and committed, the group left, and the run returns.
-
-How a batch is written and committed lives in :mod:`streamscore.tail_writer`; the models
-serving, in :mod:`streamscore.rollout`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 import time
 import uuid
@@ -47,23 +52,35 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 
 from streamscore.config import TailOptions
-from streamscore.errors import KafkaError, RemoteUnavailable, StreamscoreError
-from streamscore.kafka.client import Admin, Consumer, KafkaRecord, Producer
+from streamscore.errors import KafkaError, ProducerFenced, RemoteUnavailable
+from streamscore.kafka.client import Admin, Consumer, Producer
+from streamscore.kafka.dead_letter import DeadLetters
+from streamscore.kafka.group_source import GroupProgress, GroupSource
+from streamscore.kafka.sink import (
+    AtLeastOnce,
+    Delivery,
+    GroupExactlyOnce,
+    KafkaBatch,
+    KafkaSink,
+    PartWritten,
+)
+from streamscore.kafka.topics import OutputTopics, prepare_output_topics
 from streamscore.metrics import TailMetrics
 from streamscore.model import ModelRef, resolve_model
 from streamscore.model.watch import ModelWatcher, reload_source
+from streamscore.pipeline import SourceBatch, run_pipeline
 from streamscore.remote import is_model_url
 from streamscore.remote.breaker import breaker_states
 from streamscore.reporting import Reporter, SilentReporter
-from streamscore.rollout import Arm, Serving, check_fits, prepare_arm
-from streamscore.routing import resolve_version
-from streamscore.tail_writer import BatchWriter
+from streamscore.rollout import Arm, RoutedBatch, RoutingScorer, Serving, check_fits, prepare_arm
+from streamscore.routing import compare_scores, resolve_version
+from streamscore.scoring import ScoredBatch
 
-IDLE_POLL_S = 0.1  # consume() is not interruptible by signals: keep each wait short
-RECENT_RECORDS = 200  # input values a new model version is tried on before it serves
+GIL_SWITCH_INTERVAL_S = 0.0005
 MAX_BATCH_ATTEMPTS = 5
 RETRY_BACKOFF_S = 1.0
 STATS_INTERVAL_MS = 1000
@@ -76,7 +93,6 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
 }
 PRODUCER_DEFAULTS: dict[str, Any] = {"linger.ms": 1}
 TRANSACTIONAL_DEFAULTS: dict[str, Any] = {"transaction.timeout.ms": 10000}
-FENCED_CODES = frozenset({"_FENCED", "PRODUCER_FENCED", "INVALID_PRODUCER_EPOCH"})
 
 
 @dataclass
@@ -114,9 +130,14 @@ def run_tail(
     MappingError or UsageError.
     """
     reporter = reporter or SilentReporter()
+    # The pipeline's threads hand each batch on twice; a thread woken for it may wait for the
+    # GIL up to the switch interval (5 ms by default) while another decodes: keep it short.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     try:
         return TailRun(options, reporter, stop or threading.Event()).execute()
     finally:
+        sys.setswitchinterval(interval)
         reporter.close()
 
 
@@ -141,15 +162,11 @@ class TailRun:
             delivery="exactly-once" if options.exactly_once else "at-least-once",
         )
         self.watcher: ModelWatcher[Arm] | None = None
-        self._pending: list[KafkaRecord] = []
-        self._assigned: set[int] = set()
-        self._recent: list[bytes | None] = []
+        self.progress = GroupProgress()
+        self.scorer = RoutingScorer(options.input_topic, self._current)
         self._events: deque[Mapping[str, Any]] = deque()  # from the watcher thread
         self._last_status = time.monotonic()
         self._failed_attempts = 0
-        self._closed_at = 0.0  # when the last micro-batch closed (monotonic)
-        self._paused = False  # consumption paused through a model server outage
-        self._revoking = False  # inside the revoke callback of a rebalance
 
     # --- set-up ------------------------------------------------------------------------------
 
@@ -158,11 +175,14 @@ class TailRun:
         started = time.perf_counter()
         with Admin(o.kafka) as admin:
             admin.check_reachable()
-            partitions = self._prepare_topics(admin)
-        producer_config = _client_config(o, PRODUCER_DEFAULTS)
+            outputs = [o.output_topic]
+            if o.shadow is not None:
+                outputs.append(o.shadow_output_topic)
+            topics = prepare_output_topics(admin, o.input_topic, outputs, o.dead_letter_topic)
+        defaults = {**PRODUCER_DEFAULTS, **topics.producer_defaults()}
         transactional_id = None
         if o.exactly_once:
-            producer_config.update(_client_config(o, TRANSACTIONAL_DEFAULTS))
+            defaults.update(TRANSACTIONAL_DEFAULTS)
             transactional_id = f"streamscore-tail.{o.group}.{uuid.uuid4().hex[:12]}"
         consumer_config = {
             **_client_config(o, {**CONSUMER_DEFAULTS, "auto.offset.reset": o.start_from}),
@@ -171,32 +191,59 @@ class TailRun:
         }
         with (
             self.metrics,
-            Producer(o.kafka, transactional_id=transactional_id, config=producer_config) as p,
+            Producer(o.kafka, transactional_id=transactional_id, defaults=defaults) as producer,
             Consumer(o.kafka, o.group, config=consumer_config) as consumer,
         ):
-            self.consumer = consumer
-            p.poll()  # connects while the models load: the first batch does not wait for it
+            producer.poll()  # connects while the models load: the first batch does not wait
             self.serving = self._first_serving()
             if o.metrics_port is not None:
                 self.summary.metrics_port = self.metrics.serve(o.metrics_port)
             if o.exactly_once:
-                p.init_transactions()
-            self.writer = BatchWriter(o, p, consumer, self.metrics, self._on_commit_error)
-            consumer.subscribe(
+                producer.init_transactions()
+            sink = self._sink(producer, consumer, topics)
+            source = GroupSource(
+                consumer,
                 o.input_topic,
-                on_assign=self._on_assign,
-                on_revoke=self._on_revoke,
-                on_lost=self._on_lost,
+                self.scorer.decode,
+                self.progress,
+                self.stop,
+                max_batch=o.max_batch,
+                max_wait_ms=o.max_wait_ms,
+                on_change=self._on_change,
             )
-            self._announce(partitions)
+            source.subscribe()
+            self._announce(topics.partitions)
             with self.watcher or contextlib.nullcontext():
-                self._loop()
-                if self._pending:  # collected when the stop came: finish them
-                    self._process(self._take_pending())
-                self.writer.settle(wait_for_commit=True)
+                self._serve(source, sink)
                 self._tick(force_status=True)
             consumer.close()  # leaves the group now, so its partitions move at once
-        return self._summarize(time.perf_counter() - started)
+        return self._summarize(sink, time.perf_counter() - started)
+
+    def _sink(self, producer: Producer, consumer: Consumer, topics: OutputTopics) -> KafkaSink:
+        o = self.options
+        delivery: Delivery
+        if o.exactly_once:
+            delivery = GroupExactlyOnce(producer, consumer)
+        else:
+            delivery = AtLeastOnce(
+                producer,
+                consumer,
+                owned=lambda: self.progress.owned,
+                on_commit_error=self._on_commit_error,
+            )
+        self.progress.settle = lambda: delivery.settle(wait_for_commit=True)
+        dead_letters = DeadLetters(
+            producer, o.dead_letter_topic, same_partitions=topics.dead_letters_same_partitions
+        )
+        return KafkaSink(
+            producer,
+            delivery,
+            o.output_topic,
+            dead_letters,
+            shadow_topic=o.shadow_output_topic if o.shadow is not None else None,
+            progress=self.progress,
+            observe=self._observe,
+        )
 
     def _first_serving(self) -> Serving:
         """Load the models; watch MODEL's repository or registry alias when it names one."""
@@ -232,25 +279,6 @@ class TailRun:
         self.metrics.set_models({arm.role: arm.ref for arm in serving.arms})
         return serving
 
-    def _prepare_topics(self, admin: Admin) -> int:
-        """IN's partition count; OUT, the dead-letter and shadow topics created or checked."""
-        o = self.options
-        count = admin.input_partition_count(o.input_topic)
-        outputs = [o.output_topic, o.dead_letter_topic]
-        if o.shadow is not None:
-            outputs.append(o.shadow_output_topic)
-        for topic in outputs:
-            found = admin.partition_count(topic)
-            if found is None:
-                admin.create_topic(topic, count)
-            elif found < count:
-                raise KafkaError(
-                    f"topic '{topic}' has {found} partition(s) but input topic "
-                    f"'{o.input_topic}' has {count}; each output goes to its input's partition",
-                    hint="add partitions to it or choose another topic",
-                )
-        return count
-
     def _announce(self, partitions: int) -> None:
         o = self.options
         self.reporter.event(
@@ -264,15 +292,14 @@ class TailRun:
             }
         )
 
-    def _summarize(self, seconds: float) -> TailSummary:
-        summary, counts = self.summary, self.writer.counts
-        summary.records_read = counts.records_read
-        summary.records_scored = counts.records_scored
-        summary.records_dead_lettered = counts.records_dead_lettered
-        summary.batches = counts.batches
+    def _summarize(self, sink: KafkaSink, seconds: float) -> TailSummary:
+        summary, counts = self.summary, sink.counts
+        summary.records_read = counts.records
+        summary.records_scored = counts.scored
+        summary.records_dead_lettered = counts.dead_lettered
         summary.seconds = round(seconds, 3)
         if seconds > 0:
-            summary.records_per_second = round(counts.records_read / seconds, 1)
+            summary.records_per_second = round(counts.records / seconds, 1)
         summary.serving = {arm.role: arm.ref.full_label for arm in self.serving.arms}
         summary.model_lineage = {a.role: a.ref.lineage for a in self.serving.arms if a.ref.lineage}
         return summary
@@ -283,7 +310,7 @@ class TailRun:
         """Runs on the watcher thread: load, then check against recent input records."""
         arm = prepare_arm("primary", ref, self.options.scoring)
         features = self.options.scoring.features
-        check_fits(arm, list(self._recent), self.serving.primary.fields, features)
+        check_fits(arm, list(self.scorer.recent), self.serving.primary.fields, features)
         return arm
 
     def _current(self) -> Serving:
@@ -303,114 +330,94 @@ class TailRun:
             self.metrics.set_models({arm.role: arm.ref for arm in serving.arms})
         return serving
 
-    # --- the loop ----------------------------------------------------------------------------
+    # --- the pipeline ------------------------------------------------------------------------
 
-    def _loop(self) -> None:
-        while not self.stop.is_set():
-            records = self._collect()
-            if records:
-                self._process(records)
-            else:  # a quiet moment: commit what was written
-                self._settle_or_retry()
-            self._tick()
-
-    def _take_pending(self) -> list[KafkaRecord]:
-        records, self._pending = self._pending, []
-        return records
-
-    def _collect(self) -> list[KafkaRecord]:
-        """One micro-batch: up to max_batch records, or what came within max_wait of the
-        first. Empty when nothing came for a moment (so the loop can report and stop).
-
-        A first record that was already waiting came after the previous batch closed, so its
-        wait counts from then: no record waits for more than about max_wait plus one batch.
-        """
-        o = self.options
-        deadline: float | None = None
-        while not self.stop.is_set():
-            room = o.max_batch - len(self._pending)
-            if room <= 0:
-                break
-            final = False
-            if deadline is None:  # consume() waits for all it asks for: ask for one first
-                asked = time.monotonic()
-                got, _ = self.consumer.consume(1, IDLE_POLL_S)
-                arrived = time.monotonic()
-                if arrived - asked < 0.001:  # it was waiting already
-                    arrived = self._closed_at
-            else:
-                wait = deadline - time.monotonic()
-                final = wait < 0.001  # librdkafka counts whole milliseconds
-                got, _ = self.consumer.consume(room, 0 if final else min(wait, IDLE_POLL_S))
-            self._pending.extend(got)  # a rebalance inside consume() may have taken the rest
-            if not self._pending:
-                if not got:
-                    return []
-                continue
-            if deadline is None:
-                deadline = arrived + o.max_wait_ms / 1000
-            elif final:
-                break
-        self._closed_at = time.monotonic()
-        return self._take_pending()
-
-    def _process(self, records: list[KafkaRecord]) -> None:
-        """Score and write one batch, reading it again if it cannot be written."""
-        first: dict[int, int] = {}
-        commit: dict[int, tuple[int, str]] = {}
-        for record in records:
-            partition, offset = record.partition() or 0, record.offset() or 0
-            first.setdefault(partition, offset)
-            commit[partition] = (offset + 1, "")
-        self._recent = [record.value() for record in records[-RECENT_RECORDS:]]
-        try:
-            self.writer.write(self._current(), records, first, commit)
-        except RemoteUnavailable as exc:
-            # An outage, not bad data: scoring comes before anything of the batch is
-            # produced, so nothing was written; read it again once the server answers.
-            if self._revoking:  # no waiting inside a rebalance: read them again later (the
-                # partitions kept) or leave them to their next owner (those revoked)
-                self.consumer.seek(self.options.input_topic, first)
-                self.reporter.event({"event": "warning", "message": exc.one_line()})
+    def _serve(self, source: GroupSource, sink: KafkaSink) -> None:
+        """Run the pipeline until stopped; after a batch that could not be written, read the
+        owned partitions again from their committed offsets (reading those offsets needs the
+        cluster too: a failure there counts as one more attempt)."""
+        rewind = False
+        while True:
+            self.progress.restart()
+            try:
+                if rewind:
+                    source.rewind()
+                    rewind = False
+                run_pipeline(source, self.scorer, sink, on_batch=self._on_batch)
                 return
-            self._wait_for_model_servers(first, exc)
-            return
-        except KafkaError as exc:
-            if exc.code in FENCED_CODES:
+            except ProducerFenced:
                 raise
-            self.writer.abort()
-            # The batch written before may not be acknowledged either: read both again.
-            rewind = {**first, **self.writer.take_unacked_starts()}
-            self._retry_later(rewind, exc)
-            return
+            except RemoteUnavailable as exc:
+                # An outage, not bad data: scoring comes before anything of the batch is
+                # produced, so nothing of it was written. Inside a revocation the barrier is
+                # released at once (the revoked partitions go to their next owner uncommitted);
+                # the ones kept are read again from their committed offsets once it answers.
+                self._wait_for_model_servers(source, exc)
+                rewind = True
+            except KafkaError as exc:
+                self._failed_attempts += 1
+                self.summary.batches_retried += 1
+                self.metrics.error("batch_retry")
+                if self._failed_attempts >= MAX_BATCH_ATTEMPTS or self.stop.is_set():
+                    raise
+                self.reporter.event(
+                    {"event": "warning", "message": f"{exc.one_line()}; reading the batch again"}
+                )
+                self.stop.wait(RETRY_BACKOFF_S * self._failed_attempts)
+                rewind = True
+
+    def _on_batch(self, batch: SourceBatch, scored: ScoredBatch) -> None:
+        """On the scoring thread, between batches: reload events and the status."""
+        self._tick()
+
+    def _observe(self, context: KafkaBatch, scored: ScoredBatch, parts: list[PartWritten]) -> None:
+        """On the writer thread, once a batch is written: metrics and counts."""
+        m, records = self.metrics, context.records
         self._failed_attempts = 0
+        self.summary.batches += 1
+        m.observe_batch(len(records))
+        routed = scored.parts if isinstance(scored, RoutedBatch) else ()
+        stamps: list[int] = []
+        for written, part in zip(parts, routed, strict=True):
+            m.observe_scored(
+                written.model.version, written.rows, written.written, written.dead_lettered,
+                part.seconds,
+            )  # fmt: skip
+            if written.dead_lettered:
+                m.error("rejected", written.dead_lettered)
+            for i in part.part.index[part.scored.accepted].tolist():
+                kind, stamp = records[i].timestamp()
+                if kind and stamp > 0:
+                    stamps.append(stamp)
+        failures = context.decoded.failures
+        if failures:
+            m.observe_undecodable(len(failures))
+            for failure in failures:
+                m.error(failure.kind)
+        if isinstance(scored, RoutedBatch) and scored.shadow is not None:
+            self._compare(scored)
+        if stamps:  # output time: produced (at-least-once) or committed (exactly-once)
+            m.observe_end_to_end(time.time() - np.asarray(stamps, dtype=np.float64) / 1000)
 
-    def _settle_or_retry(self, *, wait_for_commit: bool = False) -> None:
-        try:
-            self.writer.settle(wait_for_commit=wait_for_commit)
-        except KafkaError as exc:
-            self._retry_later(self.writer.take_unacked_starts(), exc)
+    def _compare(self, routed: RoutedBatch) -> None:
+        """Shadow agreement with what was published, on the rows both scored."""
+        shadow = routed.shadow
+        assert shadow is not None
+        self.metrics.inference.labels(shadow.arm.ref.version).observe(shadow.seconds)
+        for part in routed.parts:
+            published = part.scored
+            on_rows = ScoredBatch(
+                published.scores, part.rows[published.accepted], part.rows[published.rejected], []
+            )
+            agreement = compare_scores(on_rows, shadow.scored)
+            self.metrics.observe_shadow(
+                agreement.score_diffs, agreement.rows, agreement.label_flips
+            )
 
-    def _retry_later(self, first: dict[int, int], exc: StreamscoreError) -> None:
-        """Nothing of the batch counts: read it again from its first offsets."""
-        self._failed_attempts += 1
-        self.summary.batches_retried += 1
-        self.metrics.error("batch_retry")
-        if self._failed_attempts >= MAX_BATCH_ATTEMPTS:
-            raise exc
-        self.reporter.event(
-            {"event": "warning", "message": f"{exc.one_line()}; reading the batch again"}
-        )
-        self.consumer.seek(self.options.input_topic, first)
-        self.stop.wait(RETRY_BACKOFF_S * self._failed_attempts)
-
-    def _wait_for_model_servers(self, first: dict[int, int], exc: RemoteUnavailable) -> None:
+    def _wait_for_model_servers(self, source: GroupSource, exc: RemoteUnavailable) -> None:
         """Pause consumption (memory stays bounded, nothing is skipped) until every remote
-        model answers its readiness probe, then resume from the failed batch."""
-        topic = self.options.input_topic
-        self.consumer.seek(topic, first)
-        self.consumer.pause(topic, sorted(self._assigned))
-        self._paused = True
+        model answers its readiness probe, then resume."""
+        source.pause()
         self.summary.outage_pauses += 1
         self.metrics.error("model_server_outage")
         self.reporter.event(
@@ -419,52 +426,24 @@ class TailRun:
         models = [arm.scorer.model for arm in self.serving.arms]
         probes = [probe for m in models if (probe := getattr(m, "probe", None)) is not None]
         while not self.stop.is_set():
-            got, _ = self.consumer.consume(1, IDLE_POLL_S)  # stays in the group meanwhile
-            self._pending.extend(got)
+            source.idle()  # stays in the group meanwhile
             self._tick()
             if all(probe() for probe in probes):
                 break
             self.stop.wait(SERVER_PROBE_S)
-        self._paused = False
-        self.consumer.resume(topic, sorted(self._assigned))
+        source.resume()
         self.reporter.event(
             {"event": "info", "message": "model server answers again; consumption resumed"}
         )
 
     # --- group membership, statistics, reporting ---------------------------------------------
 
-    def _on_assign(self, partitions: list[int]) -> None:
-        self._assigned.update(partitions)
-        if self._paused:  # through a model server outage, new partitions wait too
-            self.consumer.pause(self.options.input_topic, partitions)
-        self.reporter.event(
-            {"event": "assigned", "partitions": sorted(partitions), "owned": sorted(self._assigned)}
-        )
-
-    def _on_revoke(self, partitions: list[int]) -> None:
-        """Finish and commit what was collected before the partitions move."""
-        if self._pending:
-            self._revoking = True
-            try:
-                self._process(self._take_pending())
-            finally:
-                self._revoking = False
-        self._settle_or_retry(wait_for_commit=True)
-        self._forget(partitions, "revoked")
-
-    def _on_lost(self, partitions: list[int]) -> None:
-        """Another member may own these already: drop their records uncommitted."""
-        lost = set(partitions)
-        self._pending = [r for r in self._pending if (r.partition() or 0) not in lost]
-        self.writer.forget(lost)
-        self._forget(partitions, "lost")
-
-    def _forget(self, partitions: list[int], how: str) -> None:
-        self._assigned.difference_update(partitions)
-        self.metrics.forget_partitions((self.options.input_topic, p) for p in partitions)
-        self.reporter.event(
-            {"event": how, "partitions": sorted(partitions), "owned": sorted(self._assigned)}
-        )
+    def _on_change(self, how: str, partitions: list[int]) -> None:
+        if how != "assigned":
+            topic = self.options.input_topic
+            self.metrics.forget_partitions((topic, p) for p in partitions)
+        owned = sorted(self.progress.owned)
+        self.reporter.event({"event": how, "partitions": sorted(partitions), "owned": owned})
 
     def _on_commit_error(self, exc: KafkaError) -> None:
         self.metrics.error("commit")
@@ -479,7 +458,7 @@ class TailRun:
             partitions = stats["topics"][self.options.input_topic]["partitions"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
             return
-        for partition in list(self._assigned):
+        for partition in list(self.progress.owned):
             lag = partitions.get(str(partition), {}).get("consumer_lag", -1)
             if isinstance(lag, int) and lag >= 0:
                 self.metrics.set_lag(self.options.input_topic, partition, lag)
@@ -492,8 +471,6 @@ class TailRun:
                 self.metrics.error("reload")
                 self.summary.versions_rejected += 1
             self.reporter.event(event)
-        if self.watcher is not None:
-            self._current()  # a reload shows in the status and metrics even when idle
         servers = breaker_states()
         if servers:
             self.metrics.set_model_servers({url: state.value for url, state in servers.items()})

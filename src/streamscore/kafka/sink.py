@@ -7,19 +7,33 @@ offsets. How those offsets are committed is the delivery guarantee:
 
 * :class:`ExactlyOnce`: the batch is one Kafka transaction; outputs, dead letters and offsets
   become visible to read_committed consumers together, or (after a crash or abort) not at all.
-* :class:`AtLeastOnce`: outputs are flushed (acknowledged by the broker), then the consumer
-  commits the offsets. A crash in between re-sends that batch on restart: duplicates, no loss.
+* :class:`GroupExactlyOnce`: the same in a consumer group (``tail``): the offsets go in with
+  the group's *current* generation, which fences a member that lost its partitions.
+* :class:`AtLeastOnce`: offsets are committed once the batch's outputs are acknowledged by
+  the broker. Batches are produced without waiting; every COMMIT_INTERVAL_S the producer is
+  flushed (every record acknowledged) and the offsets of the batches produced so far are
+  committed asynchronously, so no batch waits for the one before; :meth:`Delivery.settle`
+  commits synchronously when partitions move or the run ends. A crash before a commit
+  re-sends those batches on restart: duplicates, no loss.
 
-The sink runs on the pipeline's writer thread, so commits never wait on the reader.
+A batch scored by several model versions (``tail``'s canary and shadow,
+:class:`streamscore.rollout.RoutedBatch`) writes each version's rows with headers naming it,
+and shadow scores to their own topic. The sink runs on the pipeline's writer thread, so
+commits never wait on the reader.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
+
+from streamscore.errors import KafkaError
 from streamscore.kafka.client import (
     TIMESTAMP_NOT_AVAILABLE,
     Consumer,
@@ -30,8 +44,17 @@ from streamscore.kafka.client import (
 from streamscore.kafka.codec import DecodedBatch, encode_values
 from streamscore.kafka.dead_letter import OUTPUT_TOO_LARGE, DeadLetters
 from streamscore.kafka.headers import HeaderStamp
+from streamscore.model.repository import ModelRef
 from streamscore.pipeline import Sink, SourceBatch
+from streamscore.rollout import RoutedBatch
 from streamscore.scoring import ScoredBatch, rejection_kind
+
+# Overlapped at-least-once commits acknowledged offsets this often (and when partitions move
+# or the run ends); a crash repeats at most this much work. Fewer commits leave the broker
+# more CPU.
+COMMIT_INTERVAL_S = 0.5
+
+_NO_ROWS = np.empty(0, dtype=np.int64)
 
 
 @dataclass
@@ -60,6 +83,10 @@ class Delivery(ABC):
     def abort(self) -> None:
         """Give up the batch in progress (after a failure)."""
 
+    def settle(self, *, wait_for_commit: bool = False) -> None:
+        """Between batches: make what was written durable (nothing to do unless deferred)."""
+        return None
+
 
 class ExactlyOnce(Delivery):
     """One transaction per batch; offsets go into it with send_offsets_to_transaction."""
@@ -80,23 +107,79 @@ class ExactlyOnce(Delivery):
         self.producer.abort_transaction()
 
 
-class AtLeastOnce(Delivery):
-    """Outputs acknowledged first, offsets committed after: nothing lost, maybe repeated."""
+class GroupExactlyOnce(ExactlyOnce):
+    """Exactly-once in a consumer group: offsets go in with the group's *current* generation."""
 
     def __init__(self, producer: Producer, consumer: Consumer) -> None:
-        self.producer = producer
+        super().__init__(producer, None)
         self.consumer = consumer
 
+    def commit(self, topic: str, offsets: Mapping[int, tuple[int, str]]) -> None:
+        self.group_metadata = self.consumer.group_metadata()
+        super().commit(topic, offsets)
+
+
+class AtLeastOnce(Delivery):
+    """Outputs acknowledged first, offsets committed after (see the module docstring).
+
+    ``owned()`` names the partitions this member may commit (a group member must not commit
+    partitions it lost); ``on_commit_error`` hears of a failed commit, which a later one
+    covers. :meth:`settle` may run on another thread than the writes (a revocation).
+    """
+
+    def __init__(
+        self,
+        producer: Producer,
+        consumer: Consumer,
+        *,
+        owned: Callable[[], Collection[int]] | None = None,
+        on_commit_error: Callable[[KafkaError], None] = lambda exc: None,
+        commit_interval_s: float = COMMIT_INTERVAL_S,
+    ) -> None:
+        self.producer = producer
+        self.consumer = consumer
+        self.owned = owned
+        self.on_commit_error = on_commit_error
+        self.commit_interval_s = commit_interval_s
+        self._lock = threading.RLock()
+        self._produced: dict[int, tuple[int, str]] = {}  # offsets of batches not committed
+        self._last_commit = time.monotonic()
+
     def begin(self) -> None:
-        pass
+        self.settle()  # every COMMIT_INTERVAL_S, between two batches
 
     def commit(self, topic: str, offsets: Mapping[int, tuple[int, str]]) -> None:
-        self.producer.flush()
-        if offsets:
-            self.consumer.commit(topic, offsets)
+        """The batch is produced: its offsets wait for the next settle."""
+        self.topic = topic
+        with self._lock:
+            self.producer.poll()
+            self._produced.update(offsets)
+
+    def settle(self, *, wait_for_commit: bool = False) -> None:
+        """When due (or now, synchronously, with ``wait_for_commit``): wait until every
+        record produced is acknowledged (KafkaError if any could not be delivered), then
+        commit the offsets of the batches they came from."""
+        with self._lock:
+            due = time.monotonic() - self._last_commit >= self.commit_interval_s
+            if not self._produced or not (due or wait_for_commit):
+                return
+            self.producer.flush()
+            offsets, self._produced = self._produced, {}
+            if self.owned is not None:
+                owned = set(self.owned())
+                offsets = {p: c for p, c in offsets.items() if p in owned}
+            self._last_commit = time.monotonic()
+            if not offsets:
+                return
+            try:
+                self.consumer.commit(self.topic, offsets, asynchronous=not wait_for_commit)
+            except KafkaError as exc:
+                self.on_commit_error(exc)
 
     def abort(self) -> None:
-        pass  # what was sent stays sent; uncommitted offsets make a restart send it again
+        """Give up what is not acknowledged yet: its offsets are never committed."""
+        with self._lock:
+            self._produced = {}
 
 
 @dataclass
@@ -109,8 +192,35 @@ class SinkCounts:
     dead_letter_kinds: dict[str, int] = field(default_factory=dict)
 
 
+class WriteProgress(Protocol):
+    """Hears of each batch the sink wrote, and of its failure (a group source's barrier)."""
+
+    def written(self) -> None: ...
+
+    def abandon(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class PartWritten:
+    """What came of one model version's rows in a batch."""
+
+    model: ModelRef
+    rows: int  # rows it scored
+    written: int  # outputs produced
+    dead_lettered: int  # rejected or too large
+
+
+# Called after each batch is committed: its context, its scores, and per part what came of it.
+BatchObserver = Callable[[KafkaBatch, ScoredBatch, list[PartWritten]], None]
+
+
 class KafkaSink(Sink):
-    """Scores to ``output_topic`` and failures to the dead letters, committed per batch."""
+    """Scores to ``output_topic`` and failures to the dead letters, committed per batch.
+
+    ``stamp`` names the model of a single-model run (replay); a :class:`RoutedBatch` names
+    its own. ``shadow_topic`` receives a routed batch's shadow scores; ``progress`` hears of
+    every batch written (a group source's revocation barrier); ``observe`` of what came of it.
+    """
 
     def __init__(
         self,
@@ -118,42 +228,101 @@ class KafkaSink(Sink):
         delivery: Delivery,
         output_topic: str,
         dead_letters: DeadLetters,
-        stamp: HeaderStamp,
+        stamp: HeaderStamp | None = None,
+        *,
+        shadow_topic: str | None = None,
+        progress: WriteProgress | None = None,
+        observe: BatchObserver | None = None,
     ) -> None:
         self.producer = producer
         self.delivery = delivery
         self.output_topic = output_topic
         self.dead_letters = dead_letters
         self.stamp = stamp
+        self.shadow_topic = shadow_topic
+        self.progress = progress
+        self.observe = observe
         self.counts = SinkCounts()
+        self._stamps: dict[tuple[str, str], HeaderStamp] = {}
 
     def write(self, batch: SourceBatch, scored: ScoredBatch) -> None:
         context: KafkaBatch = batch.context
         records, decoded = context.records, context.decoded
+        if not records:  # a quiet moment: commit what was written
+            self.delivery.settle()
+            return
         kinds: dict[str, int] = {}
         self.delivery.begin()
-        written = self._produce_scores(context, scored, kinds)
-        index = decoded.index.tolist()
-        for row, reason in zip(scored.rejected.tolist(), scored.reasons, strict=True):
-            self._dead_letter(records[index[row]], rejection_kind(reason), reason, kinds)
+        parts: list[PartWritten] = []
+        if isinstance(scored, RoutedBatch):
+            for part in scored.parts:
+                stamp = self._stamp_for(part.arm.ref, context.topic)
+                parts.append(self._write_part(context, part.part, part.scored, stamp, kinds))
+            if scored.shadow is not None and self.shadow_topic is not None:
+                shadow = scored.shadow  # its scores only: its rejections are not dead letters
+                only = ScoredBatch(shadow.scored.scores, shadow.scored.accepted, _NO_ROWS, [])
+                stamp = self._stamp_for(shadow.arm.ref, context.topic)
+                self._produce_scores(self.shadow_topic, context, shadow.part, only, stamp, kinds)
+            failure_stamp = self._stamp_for(scored.parts[0].arm.ref, context.topic)
+        else:
+            assert self.stamp is not None, "a single-model sink needs its stamp"
+            failure_stamp = self.stamp
+            parts.append(self._write_part(context, decoded, scored, failure_stamp, kinds))
         for failure in decoded.failures:
-            self._dead_letter(records[failure.index], failure.kind, failure.message, kinds)
+            record = records[failure.index]
+            self._dead_letter(record, failure_stamp, failure.kind, failure.message, kinds)
         self.delivery.commit(context.topic, context.commit)
         counts = self.counts
         counts.records += len(records)
-        counts.scored += written
+        counts.scored += sum(part.written for part in parts)
         for kind, count in kinds.items():
             counts.dead_lettered += count
             counts.dead_letter_kinds[kind] = counts.dead_letter_kinds.get(kind, 0) + count
+        if self.progress is not None:
+            self.progress.written()
+        if self.observe is not None:
+            self.observe(context, scored, parts)
+
+    def _stamp_for(self, model: ModelRef, topic: str) -> HeaderStamp:
+        key = (model.sha256, topic)
+        stamp = self._stamps.get(key)
+        if stamp is None:
+            stamp = self._stamps[key] = HeaderStamp(model, topic)
+        return stamp
+
+    def _write_part(
+        self,
+        context: KafkaBatch,
+        decoded: DecodedBatch,
+        scored: ScoredBatch,
+        stamp: HeaderStamp,
+        kinds: dict[str, int],
+    ) -> PartWritten:
+        """One model version's outputs, and dead letters for the rows it rejected."""
+        before = sum(kinds.values())
+        written = self._produce_scores(self.output_topic, context, decoded, scored, stamp, kinds)
+        index = decoded.index.tolist()
+        for row, reason in zip(scored.rejected.tolist(), scored.reasons, strict=True):
+            self._dead_letter(
+                context.records[index[row]], stamp, rejection_kind(reason), reason, kinds
+            )
+        dead = sum(kinds.values()) - before
+        return PartWritten(stamp.model, decoded.rows.num_rows, written, dead)
 
     def _produce_scores(
-        self, context: KafkaBatch, scored: ScoredBatch, kinds: dict[str, int]
+        self,
+        topic: str,
+        context: KafkaBatch,
+        decoded: DecodedBatch,
+        scored: ScoredBatch,
+        stamp: HeaderStamp,
+        kinds: dict[str, int],
     ) -> int:
         if not len(scored.accepted):
             return 0
-        values = encode_values(context.decoded.passthrough, scored.accepted, scored.scores)
-        records, index = context.records, context.decoded.index.tolist()
-        headers_for = self.stamp.output
+        values = encode_values(decoded.passthrough, scored.accepted, scored.scores)
+        records, index = context.records, decoded.index.tolist()
+        headers_for = stamp.output
         sources: list[KafkaRecord] = []
         outgoing: list[OutgoingRecord] = []
         for row, value in zip(scored.accepted.tolist(), values, strict=True):
@@ -165,21 +334,28 @@ class KafkaSink(Sink):
             headers = headers_for(partition, record.offset())
             sources.append(record)
             outgoing.append((value, record.key(), partition, timestamp, headers))
-        too_large = self.producer.produce_many(self.output_topic, outgoing)
+        too_large = self.producer.produce_many(topic, outgoing)
         for position in too_large:
             size = len(outgoing[position][0] or b"")
             message = f"scored output of {size:,} bytes is too large to produce"
-            self._dead_letter(sources[position], OUTPUT_TOO_LARGE, message, kinds)
+            self._dead_letter(sources[position], stamp, OUTPUT_TOO_LARGE, message, kinds)
         return len(outgoing) - len(too_large)
 
     def _dead_letter(
-        self, record: KafkaRecord, kind: str, message: str, kinds: dict[str, int]
+        self,
+        record: KafkaRecord,
+        stamp: HeaderStamp,
+        kind: str,
+        message: str,
+        kinds: dict[str, int],
     ) -> None:
-        self.dead_letters.send(record, self.stamp, kind, message)
+        self.dead_letters.send(record, stamp, kind, message)
         kinds[kind] = kinds.get(kind, 0) + 1
 
     def close(self) -> None:
-        pass  # every batch was committed in write()
+        self.delivery.settle(wait_for_commit=True)
 
     def abort(self) -> None:
         self.delivery.abort()
+        if self.progress is not None:
+            self.progress.abandon()
