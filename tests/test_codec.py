@@ -330,3 +330,15 @@ def test_a_small_batch_decodes_exactly_as_a_large_one(items: list[Any], keep: st
     found = encode_values(small.passthrough, np.arange(n), scores(n))
     expected = encode_values(large.passthrough, np.arange(n), scores(n))
     assert [orjson.loads(v) for v in found] == [orjson.loads(v) for v in expected]
+
+
+def test_a_kept_field_repeated_after_a_non_string_value_passes_its_last_value() -> None:
+    # Found by the property above: `"note":false,"note":"second"` holds `"note":"` once.
+    values = [
+        orjson.dumps({"a": 0.0, "b": 0, "id": 0, "note": ""}),
+        b'{"a":0.0,"b":0,"note":false,"note":"second"}',
+    ]
+    decoded = JsonDecoder(FIELDS, KeepColumns.parse("note"), small_batch=0).decode(values)
+    out = encode_values(decoded.passthrough, np.arange(2), scores(2))
+
+    assert [orjson.loads(value)["note"] for value in out] == ["", "second"]

@@ -527,10 +527,10 @@ class JsonDecoder:
             key = orjson.dumps(name) + b':"'
             if any(value.count(key) != 1 for value in present):
                 return None  # a number or boolean among strings (read as text), or repeated
-        if self.keep.mode == "list":
+        if self.keep.mode == "list":  # each kept key once: `"k":false,"k":"x"` passes above
             for name in names:
                 key = orjson.dumps(name) + b":"
-                if name not in strings and any(value.count(key) != 1 for value in present):
+                if any(value.count(key) != 1 for value in present):
                     return None
         else:
             quotes = 2 * (frame.width + len(strings))
