@@ -226,9 +226,10 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def ray_cluster() -> Iterator[Any]:
-    """A real single-node Ray cluster on 127.0.0.1 for the whole session."""
+    """A real single-node Ray cluster on 127.0.0.1 for one test: one that kills Ray processes
+    cannot leave the next with a broken cluster."""
     from helpers.ray_cluster import RayCluster, processes_of, stop_processes
 
     for stale in Path("/tmp").glob("ssray-*-*"):  # clusters of test runs killed hard
