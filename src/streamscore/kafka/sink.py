@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from streamscore.errors import KafkaError
+from streamscore.errors import KafkaError, TransactionAborted
 from streamscore.kafka.client import (
     TIMESTAMP_NOT_AVAILABLE,
     Consumer,
@@ -108,14 +108,35 @@ class ExactlyOnce(Delivery):
 
 
 class GroupExactlyOnce(ExactlyOnce):
-    """Exactly-once in a consumer group: offsets go in with the group's *current* generation."""
+    """Exactly-once in a consumer group: offsets go in with the group's *current* generation.
 
-    def __init__(self, producer: Producer, consumer: Consumer) -> None:
+    ``may_commit()`` (a group source's :meth:`GroupProgress.may_commit`) says whether the
+    batch was read before the member lost partitions: such a batch is aborted, never committed
+    with the generation the member got when it rejoined (another member may have read the same
+    records meanwhile).
+    """
+
+    def __init__(
+        self,
+        producer: Producer,
+        consumer: Consumer,
+        *,
+        may_commit: Callable[[], bool] = lambda: True,
+    ) -> None:
         super().__init__(producer, None)
         self.consumer = consumer
+        self.may_commit = may_commit
 
     def commit(self, topic: str, offsets: Mapping[int, tuple[int, str]]) -> None:
         self.group_metadata = self.consumer.group_metadata()
+        # After reading the generation: a batch of a generation that lost its partitions is
+        # either refused by the coordinator (old generation) or caught here (new one).
+        if not self.may_commit():
+            raise TransactionAborted(
+                f"partitions of topic '{topic}' were lost to the group while a batch of them "
+                "was being written; it is rolled back and read again",
+                code="LOST_PARTITIONS",
+            )
         super().commit(topic, offsets)
 
 
@@ -248,7 +269,7 @@ class KafkaSink(Sink):
     def write(self, batch: SourceBatch, scored: ScoredBatch) -> None:
         context: KafkaBatch = batch.context
         records, decoded = context.records, context.decoded
-        if not records:  # a quiet moment: commit what was written
+        if not records and not context.commit:  # a quiet moment: commit what was written
             self.delivery.settle()
             return
         kinds: dict[str, int] = {}
