@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
-import click
 import typer
 
 from streamscore import console
@@ -49,6 +48,7 @@ def parse_timestamp_ms(text: str) -> int:
 
 @translate_errors
 def replay(
+    ctx: typer.Context,
     input_topic: Annotated[
         str, typer.Option("--input-topic", "-i", help="Topic to replay; values are JSON objects.")
     ],
@@ -201,7 +201,7 @@ def replay(
         member=member if workers is None else member_names(member or default_prefix(), 1)[0],
     )
     if workers is not None:
-        run_workers(options, workers, member or default_prefix(), log_format)
+        run_workers(ctx, options, workers, member or default_prefix(), log_format)
         return
     from streamscore.replay import run_replay  # heavy: loaded only when run
 
@@ -232,10 +232,12 @@ def too_many_dead_letters(read: int, dead: int, max_ratio: float | None) -> Part
     return PartialFailure(message, hint="see streamscore.error.type in the dead letters")
 
 
-def run_workers(options: ReplayOptions, count: int, prefix: str, log_format: str) -> None:
+def run_workers(
+    ctx: typer.Context, options: ReplayOptions, count: int, prefix: str, log_format: str
+) -> None:
     """``--workers N``: the same command in N child processes, one worker each; their JSON
     lines relayed (their summaries as ``worker_summary``), then one summary of them all."""
-    arguments = child_arguments(click.get_current_context(), {"workers", "member", "log_format"})
+    arguments = child_arguments(ctx, {"workers", "member", "log_format"})
     as_json = console.machine_readable(log_format)
 
     def on_event(member: str, payload: Mapping[str, Any]) -> None:
@@ -298,24 +300,25 @@ def workers_summary(options: ReplayOptions, outcome: WorkersOutcome) -> dict[str
     }
 
 
-def child_arguments(ctx: click.Context, drop: set[str]) -> list[str]:
+def child_arguments(ctx: typer.Context, drop: set[str]) -> list[str]:
     """The options given on this command line, as arguments again (minus ``drop``): what each
     worker of ``--workers`` runs. Options from the environment reach the children anyway."""
     arguments: list[str] = []
     for param in ctx.command.params:
         name = param.name
-        if not isinstance(param, click.Option) or name is None or name in drop:
+        if param.param_type_name != "option" or name is None or name in drop:
             continue
-        if ctx.get_parameter_source(name) is not click.core.ParameterSource.COMMANDLINE:
+        source = ctx.get_parameter_source(name)
+        if source is None or source.name != "COMMANDLINE":
             continue
         value = ctx.params[name]
         flag = max(param.opts, key=len)
-        if param.is_flag:
+        if getattr(param, "is_flag", False):
             if value:
                 arguments.append(flag)
             elif param.secondary_opts:
                 arguments.append(param.secondary_opts[0])
             continue
-        for item in value if param.multiple else [value]:
+        for item in value if getattr(param, "multiple", False) else [value]:
             arguments += [flag, str(item)]
     return arguments
