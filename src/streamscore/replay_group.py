@@ -125,7 +125,6 @@ class GroupReplayRun(ReplayRun):
                 self._finished_already(found, summary)
                 return
             progress = GroupProgress()
-            delivery = GroupExactlyOnce(producer, consumer, may_commit=progress.may_commit)
             source = GroupRangeSource(
                 consumer,
                 o.input_topic,
@@ -134,6 +133,9 @@ class GroupReplayRun(ReplayRun):
                 threading.Event(),
                 batch_size=o.scoring.batch_size,
                 on_change=self._on_change,
+            )
+            delivery = GroupExactlyOnce(
+                producer, consumer, may_commit=progress.may_commit, metadata=source.group_metadata
             )
             source.subscribe()
             snapshot, positions, taken = self._agree_on_snapshot(
@@ -181,12 +183,12 @@ class GroupReplayRun(ReplayRun):
             admin, producer, topics.output_partitions, o.input_topic,
             {p: (0, "") for p in partitions}, reader.group_metadata(), wait_s=wait_s,
         )  # fmt: skip
-        for stuck in aborted:
+        for stuck in aborted:  # a peer's transaction in progress, or ours a crash left open
             self.reporter.event(
                 {
-                    "event": "warning",
-                    "message": f"aborted a transaction left open on {stuck} (offsets "
-                    f"{stuck.stable}-{stuck.end - 1}) before starting",
+                    "event": "info",
+                    "message": f"a transaction was open on {stuck} (offsets {stuck.stable}-"
+                    f"{stuck.end - 1}): a peer's, or one a crash left (aborted); it ended",
                 }
             )
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from streamscore.errors import KafkaError
 from streamscore.kafka.client import Consumer, KafkaRecord
@@ -78,6 +79,7 @@ class GroupRangeSource(GroupSource):
         self._last_progress = time.monotonic()
         self._check_failures = 0
         self._paused = True  # until start(): partitions assigned meanwhile are paused
+        self._metadata: Any = None
 
     # --- before the snapshot -----------------------------------------------------------------
 
@@ -85,6 +87,20 @@ class GroupRangeSource(GroupSource):
         """Before :meth:`start`: poll once (partitions stay paused), so the group's callbacks
         run and this member joins and keeps its membership."""
         self.idle()
+
+    def idle(self) -> None:
+        self._consume(1)
+
+    def group_metadata(self) -> Any:
+        """The group metadata as of the last poll, for the writer's commits: read on this
+        (the polling) thread, outside rebalance callbacks. A batch committed with it after a
+        rebalance is refused (ILLEGAL_GENERATION) and read again: never committed twice."""
+        return self._metadata if self._metadata is not None else self.consumer.group_metadata()
+
+    def _consume(self, count: int) -> tuple[list[KafkaRecord], dict[int, int]]:
+        found = self.consumer.consume(count, IDLE_POLL_S)
+        self._metadata = self.consumer.group_metadata()  # callbacks are over: answered at once
+        return found
 
     def start(self, snapshot: EndOffsets) -> None:
         """Read the owned partitions, from their committed offsets, up to ``snapshot``."""
@@ -124,7 +140,7 @@ class GroupRangeSource(GroupSource):
             if room <= 0:
                 break
             # Callbacks run inside consume(): a revocation drops _pending/_next of its partitions.
-            got, at_end = self.consumer.consume(room if self.remaining else 1, IDLE_POLL_S)
+            got, at_end = self._consume(room if self.remaining else 1)
             for record in got:
                 partition, offset = record.partition(), record.offset()
                 if partition not in self.remaining:

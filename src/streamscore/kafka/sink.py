@@ -113,7 +113,10 @@ class GroupExactlyOnce(ExactlyOnce):
     ``may_commit()`` (a group source's :meth:`GroupProgress.may_commit`) says whether the
     batch was read before the member lost partitions: such a batch is aborted, never committed
     with the generation the member got when it rejoined (another member may have read the same
-    records meanwhile).
+    records meanwhile). ``metadata()``, when given, returns the group metadata the reading
+    thread saw last: librdkafka answers ``consumer.group_metadata()`` from another thread only
+    once a rebalance callback in progress returned, so a writer asking for it would wait out a
+    revocation barrier that waits for that writer.
     """
 
     def __init__(
@@ -122,13 +125,15 @@ class GroupExactlyOnce(ExactlyOnce):
         consumer: Consumer,
         *,
         may_commit: Callable[[], bool] = lambda: True,
+        metadata: Callable[[], Any] | None = None,
     ) -> None:
         super().__init__(producer, None)
         self.consumer = consumer
         self.may_commit = may_commit
+        self.metadata = metadata or consumer.group_metadata
 
     def commit(self, topic: str, offsets: Mapping[int, tuple[int, str]]) -> None:
-        self.group_metadata = self.consumer.group_metadata()
+        self.group_metadata = self.metadata()
         # After reading the generation: a batch of a generation that lost its partitions is
         # either refused by the coordinator (old generation) or caught here (new one).
         if not self.may_commit():
