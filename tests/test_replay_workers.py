@@ -235,14 +235,16 @@ def test_workers_option_runs_local_worker_processes_stopped_and_resumed(
     total = 2400
     produce_rows(kafka_bootstrap, source, sample_rows(total))
     argv = command(kafka_bootstrap, source, target, "--batch-size", "10", "--workers", "2")
-    parent = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    parent = Worker(argv)
+    wait_until(lambda: parent.started() is not None)  # OUT exists by now
     counter = CommittedCounter(kafka_bootstrap, target)
     counter.wait_for(total // 5)
     counter.consumer.close()
-    parent.send_signal(signal.SIGTERM)  # forwarded to both workers
-    _, stderr = parent.communicate(timeout=60)
-    assert parent.returncode == 143, stderr
+    parent.process.send_signal(signal.SIGTERM)  # forwarded to both workers
+    code, stderr = parent.finish(timeout_s=60)
+    assert code == 143, stderr
     assert stderr.splitlines()[-1] == "error: terminated"
+    assert sum(line.endswith("] error: terminated") for line in stderr.splitlines()) == 2
 
     finished = subprocess.run(argv, capture_output=True, text=True, timeout=180)
 

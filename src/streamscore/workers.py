@@ -64,8 +64,11 @@ class WorkersOutcome:
         return worst_exit_code([w.exit_code for w in self.workers])
 
     def first_failure(self) -> WorkerOutcome | None:
+        """The worker whose status is the run's (None when every worker succeeded)."""
         code = self.exit_code
-        return next((w for w in self.workers if code != EXIT_OK and w.exit_code != 0), None)
+        if code == EXIT_OK:
+            return None
+        return next(w for w in self.workers if worst_exit_code([w.exit_code]) == code)
 
 
 def run_local_workers(
@@ -93,6 +96,7 @@ def run_local_workers(
                 stderr=subprocess.PIPE,
                 text=True,
                 start_new_session=True,  # a terminal's Ctrl-C reaches the parent only
+                preexec_fn=_stop_with_parent,
             )
             processes.append(process)
             assert process.stdout is not None and process.stderr is not None
@@ -105,6 +109,18 @@ def run_local_workers(
         for thread in threads:
             thread.join()
     return WorkersOutcome(outcomes)
+
+
+def _stop_with_parent() -> None:
+    """In the child, before exec: on Linux, SIGTERM it when this process dies (even by
+    SIGKILL), so no worker outlives the command that started it."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _wait(process: subprocess.Popen[str]) -> int:

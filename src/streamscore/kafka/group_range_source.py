@@ -241,6 +241,10 @@ class GroupRangeSource(GroupSource):
     def _on_assign(self, partitions: list[int]) -> None:
         if self.snapshot is not None:
             self.remaining.update(partitions)
+        if not self._paused and partitions:
+            # A partition this member read to its end before is paused still (librdkafka
+            # keeps the flag across assignments): it must be read again up to its end.
+            self.consumer.resume(self.topic, partitions)
         super()._on_assign(partitions)
 
     def _drop(self, partitions: list[int]) -> None:

@@ -62,7 +62,13 @@ def find_hanging(admin: Admin, partitions: Mapping[str, Sequence[int]]) -> list[
 
 
 # A topic created a moment ago may have no leader yet for some partitions.
-_LEADERLESS = {"NOT_LEADER_FOR_PARTITION", "LEADER_NOT_AVAILABLE", "UNKNOWN_TOPIC_OR_PART"}
+# (UNKNOWN_LEADER_EPOCH: this broker has not caught up yet with a topic a peer just created.)
+_LEADERLESS = {
+    "NOT_LEADER_FOR_PARTITION",
+    "LEADER_NOT_AVAILABLE",
+    "UNKNOWN_TOPIC_OR_PART",
+    "UNKNOWN_LEADER_EPOCH",
+}
 
 
 def _offsets_once_led(
