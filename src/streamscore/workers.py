@@ -84,8 +84,9 @@ def run_local_workers(
     processes: list[subprocess.Popen[str]] = []
     lock = threading.Lock()  # one line at a time, whichever child wrote it
     threads: list[threading.Thread] = []
+    parent_death = _parent_death_signal()
     with _forwarding_signals(processes):
-        for outcome in outcomes:
+        for outcome in outcomes:  # every child first: no relay thread runs while forking
             command = [
                 sys.executable, "-m", "streamscore", "replay", *arguments,
                 "--member", outcome.member, "--log-format", "json",
@@ -96,9 +97,10 @@ def run_local_workers(
                 stderr=subprocess.PIPE,
                 text=True,
                 start_new_session=True,  # a terminal's Ctrl-C reaches the parent only
-                preexec_fn=_stop_with_parent,
+                preexec_fn=parent_death,
             )
             processes.append(process)
+        for outcome, process in zip(outcomes, processes, strict=True):
             assert process.stdout is not None and process.stderr is not None
             threads += [
                 _relay(process.stdout, functools.partial(_event, outcome, on_event, lock)),
@@ -111,16 +113,19 @@ def run_local_workers(
     return WorkersOutcome(outcomes)
 
 
-def _stop_with_parent() -> None:
-    """In the child, before exec: on Linux, SIGTERM it when this process dies (even by
-    SIGKILL), so no worker outlives the command that started it."""
+def _parent_death_signal() -> Callable[[], None] | None:
+    """On Linux, what makes a child get SIGTERM when this process dies (even by SIGKILL), so
+    no worker outlives the command that started it; resolved here, not in the forked child."""
     if sys.platform != "linux":
-        return
+        return None
     import ctypes
 
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
     pr_set_pdeathsig = 1
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    return lambda: prctl(pr_set_pdeathsig, int(signal.SIGTERM))
 
 
 def _wait(process: subprocess.Popen[str]) -> int:
