@@ -22,6 +22,7 @@ import pytest
 from confluent_kafka import Producer
 
 from streamscore.errors import worst_exit_code
+from streamscore.kafka.group_source import GroupProgress
 from streamscore.replay import run_replay
 from test_replay import (
     MODEL,
@@ -152,24 +153,24 @@ def test_two_workers_starting_together_agree_on_one_snapshot(
     kafka_bootstrap: str, six_partitions: tuple[str, str]
 ) -> None:
     source, target = six_partitions
-    produce_rows(kafka_bootstrap, source, sample_rows(3000))
+    produce_rows(kafka_bootstrap, source, sample_rows(900))
     appending = threading.Event()
 
     def append() -> None:  # the end offsets move all along: two snapshots would differ
         producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 1})
-        row = 3000
+        row = 1000
         while not appending.is_set():
             for value in sample_rows(6, start=row):
                 producer.produce(source, orjson.dumps(value), str(row).encode())
             producer.poll(0)
-            row = 3000 + (row + 6) % 3000
+            row = 1000 + (row + 6) % 3000
             time.sleep(0.005)
         producer.flush(10)
 
     appender = threading.Thread(target=append, daemon=True)
     appender.start()
     try:
-        argv = command(kafka_bootstrap, source, target, "--batch-size", "20")
+        argv = command(kafka_bootstrap, source, target, "--batch-size", "10")
         first, second = (Worker([*argv, "--member", name]) for name in ("a", "b"))
         outcomes = [first.finish(), second.finish()]
     finally:
@@ -192,7 +193,7 @@ def test_a_finished_worker_exits_0_only_once_the_whole_replay_is_complete(
     kafka_bootstrap: str, six_partitions: tuple[str, str]
 ) -> None:
     source, target = six_partitions
-    total = 1200
+    total = 600
     produce_rows(kafka_bootstrap, source, sample_rows(total))
     argv = command(kafka_bootstrap, source, target, "--batch-size", "10")
     stuck = Worker([*argv, "--member", "stuck"])
@@ -232,7 +233,7 @@ def test_workers_option_runs_local_worker_processes_stopped_and_resumed(
     kafka_bootstrap: str, six_partitions: tuple[str, str]
 ) -> None:
     source, target = six_partitions
-    total = 2400
+    total = 1200
     produce_rows(kafka_bootstrap, source, sample_rows(total))
     argv = command(kafka_bootstrap, source, target, "--batch-size", "10", "--workers", "2")
     parent = Worker(argv)
@@ -259,6 +260,20 @@ def test_workers_option_runs_local_worker_processes_stopped_and_resumed(
     produced = sorted(source_of(m) for m in read_topic(kafka_bootstrap, target))
     assert produced == expected_sources(kafka_bootstrap, source, ends)
     assert len(produced) == total
+
+
+def test_batches_read_before_partitions_were_lost_are_never_committed() -> None:
+    progress = GroupProgress()
+    progress.yielded()
+    progress.written()  # batch 1 committed
+    progress.yielded()  # batch 2 handed on...
+    progress.yielded()
+    progress.lost()  # ...then the group went on without this member
+
+    assert not progress.may_commit()  # batch 2 would commit with the next generation
+    progress.restart()  # read again from the committed offsets
+    progress.yielded()
+    assert progress.may_commit()
 
 
 @pytest.mark.parametrize(

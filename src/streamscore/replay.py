@@ -20,6 +20,9 @@ topic; then the run exits. How a run goes:
 5. A transaction that had to be aborted leaves the consumer ahead of the committed offsets,
    so the run starts over from step 3 with fresh clients (a few times at most).
 
+With ``options.member`` set, the run is one worker of a replay several processes share
+through a consumer group: :mod:`streamscore.replay_group`.
+
 With ``exactly_once=False`` there are no transactions: offsets are committed once outputs
 are acknowledged (the wait overlaps the next batch); a crash in between repeats those
 batches on restart.

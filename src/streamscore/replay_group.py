@@ -282,8 +282,8 @@ class GroupReplayRun(ReplayRun):
                     raise
                 except TransactionAborted as exc:
                     rewinds += 1
-                    if rewinds > MAX_REWINDS:
-                        raise
+                    if rewinds > MAX_REWINDS or sink.producer.fatal:
+                        raise  # a producer the broker fenced (timed out) starts afresh
                     self.reporter.event(
                         {"event": "warning", "message": f"{exc.one_line()}; reading again"}
                     )
