@@ -36,7 +36,10 @@ from test_replay import (
 
 pytestmark = pytest.mark.kafka
 
-FAST_GROUP = ["-X", "session.timeout.ms=6000", "-X", "transaction.timeout.ms=10000"]
+FAST_GROUP = [
+    *("-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=500"),
+    *("-X", "transaction.timeout.ms=10000"),
+]
 
 
 def command(bootstrap: str, source: str, target: str, *extra: str) -> list[str]:

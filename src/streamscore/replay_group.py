@@ -113,7 +113,9 @@ class GroupReplayRun(ReplayRun):
                 transactional_id=transactional_id(o.group_id, o.member),
                 defaults=topics.producer_defaults(),
             ) as producer,
-            Consumer(o.kafka, o.group_id) as reader,  # not a member: reads offsets
+            # Not a member: reads the offsets as committed, without waiting for the offsets
+            # peers' open transactions hold (a read_committed consumer would: KIP-447).
+            Consumer(o.kafka, o.group_id, read_committed=False) as reader,
             Consumer(o.kafka, o.group_id, config=config) as consumer,
         ):
             producer.init_transactions()  # fences our predecessor, aborts its transaction
@@ -132,6 +134,7 @@ class GroupReplayRun(ReplayRun):
                 progress,
                 threading.Event(),
                 batch_size=o.scoring.batch_size,
+                committed=lambda partitions: reader.committed(o.input_topic, partitions),
                 on_change=self._on_change,
             )
             delivery = GroupExactlyOnce(
@@ -139,7 +142,7 @@ class GroupReplayRun(ReplayRun):
             )
             source.subscribe()
             snapshot, positions, taken = self._agree_on_snapshot(
-                admin, source, consumer, partitions, model, delivery
+                admin, source, consumer, reader, partitions, model, delivery
             )
             summary.resumed = not taken
             summary.start_offsets = {p: r.start for p, r in snapshot.ranges.items()}
@@ -197,6 +200,7 @@ class GroupReplayRun(ReplayRun):
         admin: Admin,
         source: GroupRangeSource,
         consumer: Consumer,
+        reader: Consumer,
         partitions: list[int],
         model: Model,
         delivery: GroupExactlyOnce,
@@ -208,15 +212,18 @@ class GroupReplayRun(ReplayRun):
         waiting_said = False
         while True:
             source.serve()  # joins, keeps the membership, runs the group's callbacks
-            committed = consumer.committed(o.input_topic, partitions)  # stable offsets
+            committed = reader.committed(o.input_topic, partitions)
             found = EndOffsets.from_committed(committed, o.group_id)
+            owner = 0 in source.progress.owned
+            if owner and self._pending_snapshot_landed(consumer, found):
+                continue  # a snapshot commit pending until now: read everything again
             if found is not None:
                 positions = found.positions(committed)
                 untouched = all(positions[p] == r.start for p, r in found.ranges.items())
                 if found.identity == identity or not untouched:
                     self._check_identity(found, model)
                     return found, positions, False
-            if 0 in source.progress.owned:
+            if owner:
                 if found is None and not o.allow_nonempty_output:
                     self._refuse_nonempty_output(admin)
                 try:
@@ -238,6 +245,20 @@ class GroupReplayRun(ReplayRun):
                     }
                 )
             source.stopped.wait(SNAPSHOT_POLL_S)
+
+    def _pending_snapshot_landed(self, consumer: Consumer, found: EndOffsets | None) -> bool:
+        """Whether partition 0's *stable* offset names another snapshot than the committed
+        offsets just read: a snapshot commit (a former owner's) was still pending then.
+
+        Only the owner of partition 0 asks, and only for partition 0: no peer commits there,
+        so the read waits at most for a transaction of a former owner, never starves behind
+        peers' commits of their own partitions (which a stable read of every partition
+        would, with peers committing batch after batch).
+        """
+        o = self.options
+        stable = EndOffsets.from_committed(consumer.committed(o.input_topic, [0]), o.group_id)
+        stable_run = stable.run_id if stable is not None else None
+        return stable_run != (found.run_id if found is not None else None)
 
     def _is_complete(self, snapshot: EndOffsets, positions: dict[int, int]) -> bool:
         return all(positions[p] >= r.end for p, r in snapshot.ranges.items())

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from streamscore.errors import KafkaError
-from streamscore.kafka.client import Consumer, KafkaRecord
+from streamscore.kafka.client import CommittedOffset, Consumer, KafkaRecord
 from streamscore.kafka.codec import JsonDecoder
 from streamscore.kafka.group_source import IDLE_POLL_S, GroupProgress, GroupSource
 from streamscore.kafka.offsets import EndOffsets
@@ -54,8 +54,12 @@ class GroupRangeSource(GroupSource):
         batch_size: int,
         max_wait_s: float = DEFAULT_MAX_WAIT_S,
         check_interval_s: float = CHECK_INTERVAL_S,
+        committed: Callable[[list[int]], Mapping[int, CommittedOffset]] | None = None,
         on_change: Callable[[str, list[int]], None] = lambda how, partitions: None,
     ) -> None:
+        """``committed(partitions)`` reads the committed offsets for the completion check;
+        better not as a read_committed consumer (this one) does: that read waits while any
+        peer's transaction holds offsets, and peers commit batch after batch."""
         super().__init__(
             consumer,
             topic,
@@ -70,6 +74,7 @@ class GroupRangeSource(GroupSource):
         self.remaining: set[int] = set()  # owned partitions not read to their end yet
         self.complete = False  # every partition of the snapshot is committed at its end
         self.check_interval_s = check_interval_s
+        self.committed = committed or (lambda partitions: consumer.committed(topic, partitions))
         self.unreachable_timeout_s = (
             UNREACHABLE_CONNECT_TIMEOUTS * consumer.settings.connect_timeout_s
         )
@@ -216,8 +221,8 @@ class GroupRangeSource(GroupSource):
 
     def _replay_complete(self) -> bool:
         """Whether every partition of the snapshot is committed at its end (asked at most
-        every ``check_interval_s``; the offsets are read as stable: a commit still pending in
-        a peer's transaction is waited for, never taken for done)."""
+        every ``check_interval_s``; an offset still pending in a peer's transaction does not
+        count: done means committed)."""
         snapshot = self.snapshot
         assert snapshot is not None
         now = time.monotonic()
@@ -225,7 +230,7 @@ class GroupRangeSource(GroupSource):
             return False
         self._last_check = now
         try:
-            committed = self.consumer.committed(self.topic, sorted(snapshot.ranges))
+            committed = self.committed(sorted(snapshot.ranges))
         except KafkaError:
             self._check_failures += 1
             if self._check_failures >= CHECK_FAILURES:
