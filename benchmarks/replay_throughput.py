@@ -197,6 +197,7 @@ def replay_workers(
     if done.returncode != 0:
         sys.exit(f"replay --workers {workers} failed:\n{done.stderr[-3000:]}")
     summary = json.loads(done.stdout.splitlines()[-1])
+    print(f"  --workers {workers}: {seconds:.1f}s, {summary['members']}", flush=True)
     return int(summary["records_read"]) / seconds
 
 

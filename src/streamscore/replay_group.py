@@ -41,12 +41,15 @@ offsets, exactly once, into OUT (or the dead letters). How a worker goes:
    partitions moved already is refused (exit 2).
 5. Every owned partition is read from its committed offset up to its end
    (:class:`~streamscore.kafka.group_range_source.GroupRangeSource`); each batch is one
-   transaction holding outputs, dead letters and offsets, sent with the consumer's current
-   group metadata, so a worker fenced by a rebalance cannot commit. When the group revokes
-   partitions, the batches already handed on are written and committed before they move
-   (the revocation barrier); a batch of partitions *lost* is aborted, never committed with a
-   later generation. An aborted batch (a rebalance, a broker rolling back a slow
-   transaction) makes the worker read its partitions again from their committed offsets.
+   transaction holding outputs, dead letters and offsets, sent with the group metadata of
+   the last poll (KIP-447), so a worker fenced by a rebalance cannot commit. When the group
+   revokes or loses partitions, every batch already handed on is rolled back, not committed
+   (the revocation waits briefly for the writer to abort it; committing instead can deadlock
+   with the rebalance, see :meth:`GroupRangeSource._on_revoke`), and the worker reads the
+   partitions it kept again from their committed offsets; likewise after any aborted batch
+   (a broker rolling back a slow transaction). A commit that slipped through with the old
+   generation before the partitions moved is pending, and their next owner's stable offset
+   read waits for it: never read twice, never skipped.
 6. A worker whose partitions are all read up to their ends stays in the group, and stops
    (exit 0) once every partition of the snapshot is committed at its end: until then a dead
    peer's partitions can still move to it (after ``session.timeout.ms``, 45 s unless set
@@ -77,8 +80,12 @@ from streamscore.scoring import ScoredBatch, Scorer
 # Defaults for a worker's consumer; a -X property of the same name wins.
 WORKER_CONSUMER_DEFAULTS: dict[str, Any] = {
     "partition.assignment.strategy": "cooperative-sticky",
+    # A cooperative rebalance takes two rounds; members hear of the second at their next
+    # heartbeat (3 s by default), while the partitions it moves are read by nobody.
+    "heartbeat.interval.ms": 1000,
 }
 DEFAULT_TXN_TIMEOUT_MS = 60_000  # librdkafka's transaction.timeout.ms
+REVOKE_WAIT_S = 2.0  # how long a revocation waits for the writer to abort (see source)
 MAX_REWINDS = 10  # aborted batches in a row (rebalances) before the worker gives up
 SNAPSHOT_POLL_S = 0.2  # how often a member waiting for the snapshot reads the offsets
 
@@ -126,7 +133,7 @@ class GroupReplayRun(ReplayRun):
                 self._check_identity(found, model)
                 self._finished_already(found, summary)
                 return
-            progress = GroupProgress()
+            progress = GroupProgress(timeout_s=REVOKE_WAIT_S)
             source = GroupRangeSource(
                 consumer,
                 o.input_topic,

@@ -243,6 +243,24 @@ class GroupRangeSource(GroupSource):
 
     # --- group membership --------------------------------------------------------------------
 
+    def _on_revoke(self, partitions: list[int]) -> None:
+        """Roll back, rather than commit, what was handed on before the revocation.
+
+        ``tail``'s barrier lets the writer commit the batches in flight before partitions
+        move; here that can deadlock: during the rebalance the coordinator answers a
+        transactional offset commit "rebalance in progress" until this callback returns,
+        and librdkafka retries it. So every batch handed on so far is fenced (the writer
+        aborts it; the pipeline reads the partitions kept again from their committed
+        offsets), and the callback waits briefly for the writer to get there. Exactly once
+        does not depend on that wait: a commit of the old generation is refused once the
+        partitions moved, and one the coordinator accepted before is pending, which the next
+        owner's stable offset read (read_committed, KIP-447) waits for.
+        """
+        self._drop(partitions)
+        self.progress.lost()
+        self.progress.drain()
+        self._forget(partitions, "revoked")
+
     def _on_assign(self, partitions: list[int]) -> None:
         if self.snapshot is not None:
             self.remaining.update(partitions)

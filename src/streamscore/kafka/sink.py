@@ -111,9 +111,10 @@ class GroupExactlyOnce(ExactlyOnce):
     """Exactly-once in a consumer group: offsets go in with the group's *current* generation.
 
     ``may_commit()`` (a group source's :meth:`GroupProgress.may_commit`) says whether the
-    batch was read before the member lost partitions: such a batch is aborted, never committed
-    with the generation the member got when it rejoined (another member may have read the same
-    records meanwhile). ``metadata()``, when given, returns the group metadata the reading
+    batch was read before the member lost partitions (or, for a replay worker, had some
+    revoked): such a batch is aborted, never committed with the generation the member got
+    afterwards (another member may read the same records). It judges one batch per
+    transaction. ``metadata()``, when given, returns the group metadata the reading
     thread saw last: librdkafka answers ``consumer.group_metadata()`` from another thread only
     once a rebalance callback in progress returned, so a writer asking for it would wait out a
     revocation barrier that waits for that writer.
@@ -138,9 +139,9 @@ class GroupExactlyOnce(ExactlyOnce):
         # either refused by the coordinator (old generation) or caught here (new one).
         if not self.may_commit():
             raise TransactionAborted(
-                f"partitions of topic '{topic}' were lost to the group while a batch of them "
-                "was being written; it is rolled back and read again",
-                code="LOST_PARTITIONS",
+                f"the group took partitions of topic '{topic}' from this member while a batch "
+                "was being written; it is rolled back",
+                code="PARTITIONS_MOVED",
             )
         super().commit(topic, offsets)
 
