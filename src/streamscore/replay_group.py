@@ -59,9 +59,10 @@ offsets, exactly once, into OUT (or the dead letters). How a worker goes:
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
-from streamscore.errors import ProducerFenced, TransactionAborted
+from streamscore.errors import KafkaError, ProducerFenced, TransactionAborted
 from streamscore.kafka.client import Admin, Consumer, Producer
 from streamscore.kafka.codec import JsonDecoder
 from streamscore.kafka.dead_letter import DeadLetters
@@ -142,6 +143,7 @@ class GroupReplayRun(ReplayRun):
                 threading.Event(),
                 batch_size=o.scoring.batch_size,
                 committed=lambda partitions: reader.committed(o.input_topic, partitions),
+                pending_wait_s=self._pending_wait_s(),
                 on_change=self._on_change,
             )
             delivery = GroupExactlyOnce(
@@ -187,8 +189,7 @@ class GroupReplayRun(ReplayRun):
         """As a single replay, with the group metadata of a non-member (so the aborted offsets
         need no generation) and, for peers' open transactions, up to the transaction timeout."""
         o = self.options
-        timeout_ms = dict(o.kafka.properties).get("transaction.timeout.ms", DEFAULT_TXN_TIMEOUT_MS)
-        wait_s = o.kafka.connect_timeout_s + float(timeout_ms) / 1000
+        wait_s = self._pending_wait_s()
         aborted = abort_hanging_transactions(
             admin, producer, topics.output_partitions, o.input_topic,
             {p: (0, "") for p in partitions}, reader.group_metadata(), wait_s=wait_s,
@@ -201,6 +202,13 @@ class GroupReplayRun(ReplayRun):
                     f"{stuck.end - 1}): a peer's, or one a crash left (aborted); it ended",
                 }
             )
+
+    def _pending_wait_s(self) -> float:
+        """How long a dead peer's transaction may hold offsets or outputs: until the broker
+        rolls it back (``transaction.timeout.ms``), plus a connect timeout."""
+        o = self.options
+        timeout_ms = dict(o.kafka.properties).get("transaction.timeout.ms", DEFAULT_TXN_TIMEOUT_MS)
+        return o.kafka.connect_timeout_s + float(timeout_ms) / 1000
 
     def _agree_on_snapshot(
         self,
@@ -263,7 +271,15 @@ class GroupReplayRun(ReplayRun):
         would, with peers committing batch after batch).
         """
         o = self.options
-        stable = EndOffsets.from_committed(consumer.committed(o.input_topic, [0]), o.group_id)
+        deadline = time.monotonic() + self._pending_wait_s()
+        while True:  # a former owner that died inside a transaction holds it until rolled back
+            try:
+                offsets = consumer.committed(o.input_topic, [0])
+                break
+            except KafkaError:
+                if time.monotonic() >= deadline:
+                    raise
+        stable = EndOffsets.from_committed(offsets, o.group_id)
         stable_run = stable.run_id if stable is not None else None
         return stable_run != (found.run_id if found is not None else None)
 

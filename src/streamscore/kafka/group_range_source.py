@@ -55,11 +55,14 @@ class GroupRangeSource(GroupSource):
         max_wait_s: float = DEFAULT_MAX_WAIT_S,
         check_interval_s: float = CHECK_INTERVAL_S,
         committed: Callable[[list[int]], Mapping[int, CommittedOffset]] | None = None,
+        pending_wait_s: float = 0.0,
         on_change: Callable[[str, list[int]], None] = lambda how, partitions: None,
     ) -> None:
         """``committed(partitions)`` reads the committed offsets for the completion check;
         better not as a read_committed consumer (this one) does: that read waits while any
-        peer's transaction holds offsets, and peers commit batch after batch."""
+        peer's transaction holds offsets, and peers commit batch after batch.
+        ``pending_wait_s``: how long a stable read of the owned partitions may keep failing
+        (a dead peer's transaction holding their offsets until the broker rolls it back)."""
         super().__init__(
             consumer,
             topic,
@@ -74,6 +77,7 @@ class GroupRangeSource(GroupSource):
         self.remaining: set[int] = set()  # owned partitions not read to their end yet
         self.complete = False  # every partition of the snapshot is committed at its end
         self.check_interval_s = check_interval_s
+        self.pending_wait_s = pending_wait_s
         self.committed = committed or (lambda partitions: consumer.committed(topic, partitions))
         self.unreachable_timeout_s = (
             UNREACHABLE_CONNECT_TIMEOUTS * consumer.settings.connect_timeout_s
@@ -125,8 +129,20 @@ class GroupRangeSource(GroupSource):
 
     def rewind(self) -> None:
         """Read every owned partition again from its committed offset (after an aborted
-        batch), finished ones included: their end may not have been committed."""
-        super().rewind()
+        batch), finished ones included: their end may not have been committed.
+
+        The offsets are read as stable, so a partition just taken over from a worker that
+        died inside a transaction is read once the broker rolled that back (up to
+        ``pending_wait_s``), not from an offset that transaction may still commit.
+        """
+        deadline = time.monotonic() + self.pending_wait_s
+        while True:
+            try:
+                super().rewind()
+                break
+            except KafkaError:
+                if time.monotonic() >= deadline:
+                    raise
         self._next.clear()
         self._position.clear()
         owned = sorted(self.progress.owned)
