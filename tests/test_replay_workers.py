@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 import pytest
 from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
 
 from streamscore.errors import worst_exit_code
 from streamscore.kafka.group_source import GroupProgress
@@ -33,6 +34,7 @@ from test_replay import (
     sample_rows,
     source_of,
 )
+from test_replay_broker_crash import open_transaction_on
 
 pytestmark = pytest.mark.kafka
 
@@ -93,6 +95,13 @@ def expected_sources(bootstrap: str, source: str, ends: dict[str, int]) -> list[
         for m in read_topic(bootstrap, source)
         if m.offset() < ends[str(m.partition())]
     )
+
+
+def wait_until_no_open_transaction(bootstrap: str, topic: str) -> None:
+    """A killed worker's open transaction hides what was written after it from read_committed
+    readers until the broker rolls it back (transaction.timeout.ms): wait for that."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    wait_until(lambda: not open_transaction_on(admin, topic, 6), timeout_s=30)
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float = 60) -> None:
@@ -175,6 +184,7 @@ def test_a_killed_worker_that_never_comes_back_leaves_its_partitions_to_the_othe
     assert code == 0, stderr
     summary = workers["w0"].summary()
     assert summary["complete"] is True
+    wait_until_no_open_transaction(kafka_bootstrap, target)
     produced = sorted(source_of(m) for m in read_topic(kafka_bootstrap, target))
     assert produced == expected_sources(kafka_bootstrap, source, summary["end_offsets"])
 
@@ -247,6 +257,7 @@ def test_a_finished_worker_exits_0_only_once_the_whole_replay_is_complete(
     assert summary["complete"] is True
     stuck.process.send_signal(signal.SIGKILL)
     stuck.finish()
+    wait_until_no_open_transaction(kafka_bootstrap, target)
     ends = summary["end_offsets"]
     produced = sorted(source_of(m) for m in read_topic(kafka_bootstrap, target))
     assert produced == expected_sources(kafka_bootstrap, source, ends)
