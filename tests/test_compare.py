@@ -215,6 +215,42 @@ def test_scored_key_must_be_unique(tmp_path: Path) -> None:
     assert result.exit_code == 4 and "not unique" in result.output and "id" in result.output
 
 
+def _spoil_second_file(side: Path, how: str) -> None:
+    """Spoil side B in a way polars meets only while joining (it reads the first schema)."""
+    if how == "key type":  # text keys on B, integers on A
+        for name in ("1", "2"):
+            scores = pa.table({"id": [f"{name}a", f"{name}b"], "score": [0.1, 0.2]})
+            pq.write_table(scores, side / f"{name}.parquet")
+    elif how == "corrupt":
+        (side / "2.parquet").write_bytes(b"PAR1 not really")
+    else:  # a file without the score column
+        pq.write_table(pa.table({"id": [3, 4]}), side / "2.parquet")
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        ("key type", "cannot join --scored A"),
+        ("corrupt", "2.parquet"),
+        ("missing column", "2.parquet has no column 'score'"),
+    ],
+)
+def test_scored_files_that_cannot_be_joined_are_one_line_errors(
+    tmp_path: Path, how: str, message: str
+) -> None:
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        scores = pa.table({"id": [1, 2], "score": [0.1, 0.7]})
+        pq.write_table(scores, tmp_path / name / "1.parquet")
+    pq.write_table(pa.table({"id": [3, 4], "score": [0.1, 0.2]}), tmp_path / "a" / "2.parquet")
+    _spoil_second_file(tmp_path / "b", how)
+    result = invoke("compare", "--scored", tmp_path / "a", tmp_path / "b", "--key", "id",
+                    "--columns", "score")  # fmt: skip
+    assert result.exit_code == 4, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 # ---------------------------------------------------------------- the CLI, JSON and the gate
 
 
