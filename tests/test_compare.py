@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -557,6 +558,29 @@ def test_an_unwritable_json_path_is_a_one_line_error(tmp_path: Path) -> None:
                     "--json", tmp_path / "taken.json")  # fmt: skip
     assert result.exit_code == 10 and "cannot write" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_report_that_does_not_fit_on_the_disk_leaves_the_old_one_whole(
+    tmp_path: Path,
+) -> None:
+    for name, scores in (("a", [0.1, 0.7]), ("b", [0.2, 0.6])):
+        (tmp_path / name).mkdir()
+        pq.write_table(pa.table({"id": [1, 2], "score": scores}), tmp_path / name / "x.parquet")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)],
+                             capture_output=True, text=True, check=False)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount here (needs root): {mounted.stderr.strip()}")
+    try:
+        (disk / "report.html").write_text("the last good report")  # the page needs ~95 KB
+        result = invoke("compare", "--scored", tmp_path / "a", tmp_path / "b", "--key", "id",
+                        "--report", disk / "report.html")  # fmt: skip
+        assert result.exit_code == 10 and "No space left on device" in result.output
+        assert [p.name for p in disk.iterdir()] == ["report.html"]  # no temporary file left
+        assert (disk / "report.html").read_text() == "the last good report"
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True, check=False)
 
 
 def test_off_a_terminal_stdout_holds_one_json_line_and_the_tables_go_to_stderr(

@@ -40,12 +40,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from streamscore.atomic import write_atomically
 
 SCHEMA = "streamscore.compare"
 SCHEMA_VERSION = 1
@@ -178,6 +179,4 @@ def dumps_report(report: CompareReport) -> str:
 
 def save_report(report: CompareReport, path: Path) -> None:
     """Write the JSON report atomically (a temporary file renamed into place)."""
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(dumps_report(report), encoding="utf-8")
-    os.replace(temp, path)
+    write_atomically(path, dumps_report(report))
