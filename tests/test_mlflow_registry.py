@@ -257,6 +257,18 @@ def test_credentials_in_a_registry_uri_never_reach_lineage() -> None:
     assert display_uri("sqlite:////data/mlflow.db") == "sqlite:////data/mlflow.db"
 
 
+def test_credentials_in_a_registry_uri_never_reach_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    uri = f"http://alice:s3cret@127.0.0.1:{free_port()}"  # nothing listens there
+    inspect = ["models", "inspect", "models:/fraud/1", "--model-cache", str(tmp_path)]
+    for args in (inspect, ["models", "list", "models:/"]):
+        result = invoke(*args, "--registry-uri", uri)
+        assert_one_line_error(result, "127.0.0.1")
+        assert "s3cret" not in result.output and "alice" not in result.output
+
+
 def test_only_an_alias_or_latest_is_followed_and_a_vanished_alias_is_a_warning(
     mlflow_registry: RegistryFixture, tmp_path: Path
 ) -> None:

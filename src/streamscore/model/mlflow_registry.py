@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import uuid
@@ -125,6 +126,15 @@ def display_uri(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def _without_credentials(text: str) -> str:
+    """``text`` with the ``user:password@`` of every URL in it removed (MLflow's errors quote
+    the URL they called, credentials included)."""
+    return _URL_CREDENTIALS.sub(r"\1", text)
+
+
+_URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]*@")
+
+
 def _path_part(text: str) -> str:
     """``text`` as one safe folder name: no separators, never ``.`` or ``..``."""
     quoted = quote(text, safe="")
@@ -145,7 +155,7 @@ def _translated(what: str) -> Iterator[None]:
     except Exception as exc:
         text = str(getattr(exc, "message", None) or exc).strip()
         first = text.splitlines()[0] if text else type(exc).__name__
-        raise ModelError(f"{what}: {first}") from exc
+        raise ModelError(_without_credentials(f"{what}: {first}")) from exc
 
 
 class Registry:
