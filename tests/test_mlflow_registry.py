@@ -269,6 +269,12 @@ def test_credentials_in_a_registry_uri_never_reach_errors(
         assert "s3cret" not in result.output and "alice" not in result.output
 
 
+def test_a_registry_uri_mlflow_cannot_open_is_a_one_line_error(tmp_path: Path) -> None:
+    uri = (tmp_path / "mlruns").as_uri()  # MLflow 3 refuses its old file store
+    result = invoke("models", "list", "models:/", "--registry-uri", uri)
+    assert_one_line_error(result, uri)
+
+
 def test_only_an_alias_or_latest_is_followed_and_a_vanished_alias_is_a_warning(
     mlflow_registry: RegistryFixture, tmp_path: Path
 ) -> None:

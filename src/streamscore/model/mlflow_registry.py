@@ -177,7 +177,8 @@ class Registry:
                 )
         for key, value in MLFLOW_DEFAULTS.items():  # read by MLflow at each call
             os.environ.setdefault(key, value)
-        self.client = mlflow.MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.uri)
+        with _translated(f"cannot open the MLflow registry {self.shown}"):
+            self.client = mlflow.MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.uri)
         self.cache = options.cache_root() / "mlflow" / _digest(self.uri, 12)
 
     # --- looking up -----------------------------------------------------------------------
