@@ -151,6 +151,20 @@ def test_a_model_is_downloaded_once_and_a_damaged_cache_entry_is_fetched_again(
     assert repaired.sha256 == sha256(FRAUD_1) and downloads
 
 
+@pytest.mark.parametrize("lost", ["model.onnx", "streamscore-entry.json"])
+def test_a_cache_entry_that_lost_a_file_is_fetched_again(
+    mlflow_registry: RegistryFixture, tmp_path: Path, lost: str
+) -> None:
+    options = RegistryOptions(mlflow_registry.uri, tmp_path)
+    entry = resolve_model("models:/fraud/2", options).path
+    while entry.parent.name != "2":  # .../models/fraud/2/FINGERPRINT/...
+        entry = entry.parent
+    next(entry.rglob(lost)).unlink()  # e.g. a cache cleaner that deletes old files
+
+    assert resolve_model("models:/fraud/2", options).sha256 == sha256(FRAUD_2)
+    assert [p.name for p in entry.parent.iterdir()] == [entry.name]  # nothing set aside left
+
+
 def test_a_download_killed_midway_leaves_nothing_behind_on_the_next_fetch(
     mlflow_registry: RegistryFixture, tmp_path: Path
 ) -> None:

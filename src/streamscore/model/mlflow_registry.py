@@ -24,6 +24,7 @@ with one complete entry.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -305,8 +306,10 @@ class Registry:
             try:
                 temp.rename(entry)
             except OSError:  # another process put the entry in place first: use theirs
-                if _entry_model(entry) is None:
-                    raise
+                if _entry_model(entry) is None:  # unless it is damaged (file or record lost)
+                    _set_aside(entry)
+                    with contextlib.suppress(OSError):  # lost to another process: theirs
+                        temp.rename(entry)
         except OSError as exc:
             raise ModelError(
                 f"cannot store {label} in the model cache {entry.parent}: {exc.strerror or exc}",
@@ -388,6 +391,19 @@ def _remove_abandoned_downloads(folder: Path) -> None:
             shutil.rmtree(child, ignore_errors=True)
         except OSError:  # alive, another user's
             continue
+
+
+def _set_aside(entry: Path) -> None:
+    """Remove a damaged cache entry: renamed first (atomic, so no process sees it half
+    removed), then deleted; a folder left by a crash here is cleaned like a killed download."""
+    aside = entry.parent / (
+        f"{TEMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    )
+    try:
+        entry.rename(aside)
+    except FileNotFoundError:  # another process set it aside first
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _entry_record(entry: Path) -> dict[str, Any]:
