@@ -317,6 +317,7 @@ def test_report_without_matplotlib_is_a_one_line_error_naming_the_extra(
         (["-m", str(V1), "-m", str(V2), "--columns", "nope"], "--columns nope"),
         (["-m", str(V1), "-m", str(V2), "--max-flip-rate", "lots"], "--max-flip-rate"),
         (["-m", str(V1), "-m", str(V2), "--key", "id"], "--key goes with --scored"),
+        (["-m", str(V1), "-m", "http://127.0.0.1:1/v2/models/fraud"], "model server URL"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(day: Path, args: list[str], message: str) -> None:
