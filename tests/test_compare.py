@@ -504,6 +504,30 @@ def test_topics_that_are_missing_or_not_written_by_streamscore_are_one_line_erro
     assert "Traceback" not in unheaded.output
 
 
+@pytest.mark.kafka
+def test_outputs_of_two_different_input_topics_are_refused(
+    kafka_bootstrap: str, unique_topic: Callable[..., str]
+) -> None:
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    outputs = [unique_topic(partitions=1, prefix="compare-out") for _ in range(2)]
+    for output, scored in zip(outputs, ("payments", "refunds"), strict=True):
+        headers = [
+            ("streamscore.source.topic", scored.encode()),
+            ("streamscore.source.partition", b"0"),
+            ("streamscore.source.offset", b"0"),
+        ]
+        producer.produce(output, b'{"score": 0.5}', headers=headers)
+    assert producer.flush(10) == 0
+    for output in outputs:
+        wait_for_records(kafka_bootstrap, output, 1)
+    result = invoke("compare", "--topics", *outputs, "-b", kafka_bootstrap)
+    assert result.exit_code == 4, result.output
+    assert "'refunds'" in result.output and "'payments'" in result.output
+    assert "same input topic" in result.output and "Traceback" not in result.output
+
+
 def test_scored_compares_the_score_columns_batch_recorded_not_kept_inputs(
     tmp_path: Path,
 ) -> None:
