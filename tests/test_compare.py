@@ -633,6 +633,7 @@ def test_a_gate_fails_when_no_row_matched(tmp_path: Path) -> None:
     assert data["columns"][0]["a"]["mean"] is None  # nothing compared: no statistic
     gated = invoke(*args, "--max-psi", "0.2")
     assert gated.exit_code == 9 and "no row was scored by both sides" in gated.output
+    assert "differ" not in gated.output and "top rows" not in gated.output  # nothing to show
 
 
 def test_the_top_rows_table_never_cuts_the_key_on_a_narrow_terminal() -> None:
