@@ -360,6 +360,22 @@ def test_reservoir_is_uniform_and_bounded() -> None:
     assert 40_000 < kept.mean() < 60_000  # a uniform sample of 0..99 999
 
 
+def test_a_generous_sample_size_holds_only_the_rows_seen(tmp_path: Path) -> None:
+    reservoir = Reservoir(10**12, 2)  # 16 TB if allocated up front
+    for start in range(0, 300, 100):
+        values = np.arange(start, start + 100, dtype=np.float64)[:, None].repeat(2, axis=1)
+        reservoir.add(values, -values)
+    kept, negated = reservoir.column(1)
+    assert kept.tolist() == list(range(300)) and (negated == -kept).all() and reservoir.exact
+    assert len(reservoir.a) < 1000
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        pq.write_table(pa.table({"id": [1, 2], "score": [0.1, 0.7]}), tmp_path / name / "x.parquet")
+    result = invoke("compare", "--scored", tmp_path / "a", tmp_path / "b", "--key", "id",
+                    "--sample-rows", str(10**12))  # fmt: skip
+    assert result.exit_code == 0, result.output
+
+
 def test_top_rows_keep_only_the_largest() -> None:
     top = TopRows(3)
     rng = np.random.default_rng(0)

@@ -104,13 +104,24 @@ class Reservoir:
     def __init__(self, size: int, columns: int, seed: int = 0) -> None:
         self.size = size
         self.seen = 0
-        self.a = np.empty((size, columns), dtype=np.float64)
-        self.b = np.empty((size, columns), dtype=np.float64)
+        # Grown as rows come (doubling, up to size): --sample-rows is an upper bound, and
+        # a generous one must not allocate it all before the first row.
+        self.a = np.empty((0, columns), dtype=np.float64)
+        self.b = np.empty((0, columns), dtype=np.float64)
         self.rng = np.random.default_rng(seed)
+
+    def _reserve(self, rows: int) -> None:
+        held = len(self.a)
+        if rows <= held:
+            return
+        capacity = min(self.size, max(rows, 2 * held))
+        extra = ((0, capacity - held), (0, 0))
+        self.a, self.b = np.pad(self.a, extra), np.pad(self.b, extra)
 
     def add(self, a: np.ndarray, b: np.ndarray) -> None:
         """Offer rows (2-D: rows x columns) to the sample."""
         m = len(a)
+        self._reserve(min(self.size, self.seen + m))
         free = min(max(self.size - self.seen, 0), m)
         if free:
             self.a[self.seen : self.seen + free] = a[:free]
