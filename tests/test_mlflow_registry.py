@@ -196,6 +196,23 @@ def test_a_cache_that_cannot_be_written_is_a_one_line_error(
     assert_one_line_error(result, "model cache", "--model-cache")
 
 
+def test_a_full_cache_disk_names_the_reason(
+    mlflow_registry: RegistryFixture, tmp_path: Path
+) -> None:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)],
+                             capture_output=True, text=True, check=False)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount here (needs root): {mounted.stderr.strip()}")
+    try:  # the model (110 KB) does not fit
+        result = invoke("models", "inspect", "models:/fraud/1",
+                        "--registry-uri", mlflow_registry.uri, "--model-cache", disk)  # fmt: skip
+        assert_one_line_error(result, "No space left on device")
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True, check=False)
+
+
 CONCURRENT = """
 import json, sys, time
 from pathlib import Path

@@ -154,9 +154,19 @@ def _translated(what: str) -> Iterator[None]:
     except StreamscoreError:
         raise
     except Exception as exc:
-        text = str(getattr(exc, "message", None) or exc).strip()
-        first = text.splitlines()[0] if text else type(exc).__name__
-        raise ModelError(_without_credentials(f"{what}: {first}")) from exc
+        raise ModelError(_without_credentials(f"{what}: {_first_reason(exc)}")) from exc
+
+
+def _first_reason(exc: Exception) -> str:
+    """The first line of an MLflow error, with the first failure it lists when that line
+    only announces a list ("The following failures occurred …:" then "##### File …")."""
+    text = str(getattr(exc, "message", None) or exc).strip()
+    lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    if not lines:
+        return type(exc).__name__
+    if lines[0].endswith(":") and len(lines) > 1:
+        return f"{lines[0]} {lines[1]}"
+    return lines[0]
 
 
 class Registry:
