@@ -384,7 +384,8 @@ class _Stamps:
 
     def check_columns(self, needed: Sequence[str], where: str) -> None:
         for path, names in self.files.items():
-            missing = [name for name in needed if name not in set(names)]
+            present = set(names)
+            missing = [name for name in needed if name not in present]
             if missing:
                 raise InputError(
                     f"{where} {path} has no column {', '.join(repr(m) for m in missing)}",
