@@ -360,6 +360,23 @@ def test_reservoir_is_uniform_and_bounded() -> None:
     assert 40_000 < kept.mean() < 60_000  # a uniform sample of 0..99 999
 
 
+def test_infinite_scores_count_as_missing_and_leave_the_statistics_finite(
+    tmp_path: Path,
+) -> None:
+    inf = float("inf")
+    for name, scores in (("a", [inf, -inf, 0.3, 0.6]), ("b", [inf, 0.2, 0.3, 0.4])):
+        (tmp_path / name).mkdir()
+        pq.write_table(pa.table({"id": [1, 2, 3, 4], "s": scores}), tmp_path / name / "x.parquet")
+    report = run_compare(
+        CompareOptions(CompareMode.scored, scored=(tmp_path / "a", tmp_path / "b"), key="id")
+    )
+    column = report.column("s")
+    assert (column.compared, column.missing) == (2, 2)
+    assert column.a.mean == pytest.approx(0.45) and column.delta.max_abs == pytest.approx(0.2)
+    assert [row["key"] for row in column.top] == [4, 3]  # rows with an infinity are not ranked
+    assert column.classifier and column.flips == 1
+
+
 def test_a_generous_sample_size_holds_only_the_rows_seen(tmp_path: Path) -> None:
     reservoir = Reservoir(10**12, 2)  # 16 TB if allocated up front
     for start in range(0, 300, 100):

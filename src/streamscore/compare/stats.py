@@ -151,7 +151,7 @@ class ColumnStats:
     name: str
     threshold: float
     moments: _Moments = field(default_factory=_Moments)
-    missing: int = 0  # matched rows where either side is null/NaN in this column
+    missing: int = 0  # matched rows where either side is null, NaN or infinite here
     min_a: float = math.inf
     max_a: float = -math.inf
     min_b: float = math.inf
@@ -162,8 +162,9 @@ class ColumnStats:
     table: np.ndarray = field(default_factory=lambda: np.zeros((2, 2), dtype=np.int64))
 
     def add(self, a: np.ndarray, b: np.ndarray) -> None:
-        """Add matched values (float64, same length); NaN on either side counts as missing."""
-        present = ~(np.isnan(a) | np.isnan(b))
+        """Add matched values (float64, same length); a null (NaN) or infinite value on either
+        side counts as missing: no statistic can use it."""
+        present = np.isfinite(a) & np.isfinite(b)
         if not present.all():
             self.missing += int(len(a) - present.sum())
             a, b = a[present], b[present]
@@ -220,8 +221,9 @@ class TopRows:
         """Offer matched rows; ``describe(i)`` gives row i's key and kept columns."""
         if self.size == 0 or len(a) == 0:
             return
-        absolute = np.abs(a - b)
-        absolute = np.where(np.isnan(absolute), -1.0, absolute)
+        with np.errstate(invalid="ignore"):  # inf - inf: skipped below as missing
+            absolute = np.abs(a - b)
+        absolute = np.where(np.isfinite(absolute), absolute, -1.0)
         count = min(self.size, len(a))
         candidates = np.argpartition(-absolute, count - 1)[:count]
         floor = self.heap[0].abs_delta if len(self.heap) == self.size else -math.inf
