@@ -18,7 +18,8 @@
 
 A column::
 
-    name, compared (matched rows with a value on both sides), missing (null/NaN on a side)
+    name, compared (matched rows with a finite value on both sides), missing (null, NaN
+                      or infinite on a side)
     a, b              {mean, min, max, quantiles: {p01, p05, p25, p50, p75, p95, p99}}
     delta             A−B: {mean, mean_abs, max_abs, quantiles}
     pearson           exact, over every compared row
