@@ -342,3 +342,49 @@ def test_a_kept_field_repeated_after_a_non_string_value_passes_its_last_value() 
     out = encode_values(decoded.passthrough, np.arange(2), scores(2))
 
     assert [orjson.loads(value)["note"] for value in out] == ["", "second"]
+
+
+def with_repeat(fields: dict[str, Any], form: str) -> bytes:
+    """A compact record, or one naming a model field twice: plainly, or with a string kept
+    field turned into a number so that its quotes balance the repeated key's."""
+    raw = orjson.dumps(fields)
+    if form == "repeat":
+        return raw[:-1] + b',"a":99.5}'
+    if form == "balanced" and isinstance(fields.get("note"), str):
+        return orjson.dumps({**fields, "note": 7})[:-1] + b',"b":5}'
+    return raw
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(
+                st.fixed_dictionaries(  # no escapes, no field missing: the column-wise path
+                    {**model_fields, "id": st.integers(0, 9), "note": st.text("ab :,", max_size=4)}
+                ),
+                plain_fields,
+            ),
+            st.sampled_from(["compact"] * 6 + ["repeat", "balanced"]),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_a_repeated_model_field_is_found_when_every_field_is_kept(
+    items: list[tuple[dict[str, Any], str]],
+) -> None:
+    # With every field kept the column-wise check stands in for the search for repeated
+    # keys: it must find each record that names a model field twice, in any company.
+    values = [with_repeat(fields, form) for fields, form in items]
+    decoder = JsonDecoder(FIELDS, small_batch=0)
+
+    decoded = decoder.decode(values)
+
+    expected = {i: problem[0] for i, v in enumerate(values) if (problem := decoder._screen(v)[0])}
+    assert {f.index: f.kind for f in decoded.failures} == expected
+    good = [i for i in range(len(values)) if i not in expected]
+    out = encode_values(decoded.passthrough, np.arange(len(good)), scores(len(good)))
+    for i, value in zip(good, out, strict=True):
+        source = {k: v for k, v in orjson.loads(values[i]).items() if k not in FIELDS}
+        assert {k: v for k, v in orjson.loads(value).items() if k not in ("label", "p")} == source

@@ -213,20 +213,25 @@ class JsonDecoder:
         parsed: list[dict[str, Any]] | None = None
         if frame is None and good:
             good, frame, parsed = self._screened(values, good, failures)
-        elif frame is not None:
+        passthrough: Passthrough = None
+        if frame is not None and parsed is None:
             read = len(good)
             good, frame = self._drop_null_fields(values, good, frame, failures)
-            whole = joined if len(good) == read else None  # the joined text of `good`
-            good, frame = self._drop_suspects(values, good, frame, failures, whole)
             good, frame = self._drop_structured_text(values, good, frame, failures)
+            whole = joined if len(good) == read else None  # the joined text of `good`
+            # A batch whose every record holds each field once, as the column-wise check
+            # proves, names no model field twice: the search for repeated keys is skipped.
+            if with_kept and frame.width > len(self.fields):
+                passthrough = self._columnar_passthrough(_present(values, good), frame, whole)
+            if passthrough is None or self.keep.mode != "default" or b"\\" in joined:
+                good, frame = self._drop_suspects(values, good, frame, failures, whole)
+                if passthrough is not None and frame.height != len(passthrough):
+                    passthrough = None  # a repeated field spelled with an escape: per record
         failures.sort(key=lambda failure: failure.index)
         index = np.asarray(good, dtype=np.int64)
         if frame is None or not good:
             return DecodedBatch(self._empty, index, None, failures)
         rows = frame.select(list(self.fields)).to_arrow().combine_chunks().to_batches()[0]
-        passthrough: Passthrough = None
-        if parsed is None and with_kept and frame.width > len(self.fields):
-            passthrough = self._columnar_passthrough(_present(values, good), frame)
         if passthrough is None:
             passthrough = self._passthrough(values, good, parsed)
         return DecodedBatch(rows, index, passthrough, failures)
@@ -493,7 +498,7 @@ class JsonDecoder:
         return [self._non_model_fields(obj) for obj in parsed]
 
     def _columnar_passthrough(
-        self, present: list[bytes], frame: pl.DataFrame
+        self, present: list[bytes], frame: pl.DataFrame, joined: bytes | None = None
     ) -> pl.DataFrame | None:
         """The kept fields of ``frame`` (read with them, see :meth:`_read`), or None unless
         every value is exactly representable.
@@ -505,6 +510,13 @@ class JsonDecoder:
         once (``"key":"``), and, when every field the model does not read is kept, exactly
         two quotes per key and per string value (no field left out, none repeated). Any
         other batch (nested values, nulls, floats, a quote escaped in a string) returns None.
+
+        With every field kept and no backslash in the batch (``joined``: ``present`` joined
+        by newlines, if at hand), batch totals prove the same per record: each ``"key":"``
+        occurs once per record on the whole, and the quotes add up to two per key and string
+        value per record. (No record can hold more, since each already holds every key once
+        and each counted string; so none holds fewer.) That proof also rules out a repeated
+        key, model fields included.
         """
         if frame.height != len(present):
             return None
@@ -523,6 +535,13 @@ class JsonDecoder:
             if column.dtype not in _EXACT_TYPES or column.null_count():
                 return None
         strings = [name for name in checked if frame[name].dtype == pl.String]
+        if self.keep.mode == "default":
+            joined = b"\n".join(present) if joined is None else joined
+            if b"\\" not in joined:
+                n, quotes = len(present), 2 * (frame.width + len(strings))
+                keys_once = all(joined.count(orjson.dumps(k) + b':"') == n for k in strings)
+                exact = keys_once and joined.count(b'"') == quotes * n
+                return frame.select(names) if exact else None
         for name in strings:
             key = orjson.dumps(name) + b':"'
             if any(value.count(key) != 1 for value in present):
