@@ -10,7 +10,7 @@ import typer
 from streamscore import console
 from streamscore.cli import options as opt
 from streamscore.cli.common import remote_settings, scoring_options, translate_errors
-from streamscore.config import ReplayOptions
+from streamscore.config import DEFAULT_COMMIT_INTERVAL_S, MAX_COMMIT_INTERVAL_S, ReplayOptions
 from streamscore.errors import PartialFailure, UsageError
 from streamscore.kafka.settings import KafkaSettings
 from streamscore.shutdown import interrupt_on_signals
@@ -103,6 +103,16 @@ def replay(
         bool,
         typer.Option(help="Start a fresh replay even though OUT already holds records."),
     ] = False,
+    commit_interval: Annotated[
+        float,
+        typer.Option(
+            help="Exactly-once: one transaction holds the batches of up to this many seconds "
+            "(0: one per batch). Longer means fewer commits; outputs become visible and a "
+            "crash repeats work in steps of it.",
+            min=0.0,
+            max=MAX_COMMIT_INTERVAL_S,
+        ),
+    ] = DEFAULT_COMMIT_INTERVAL_S,
     max_dead_letter_ratio: Annotated[
         float | None,
         typer.Option(
@@ -125,7 +135,8 @@ def replay(
 ) -> None:
     """Score every record of a topic, up to its end offsets at start, into another topic.
 
-    Exactly once: outputs, dead letters and progress commit in one transaction per batch.
+    Exactly once: outputs, dead letters and progress commit together, in one transaction
+    per --commit-interval.
 
     After a crash or Ctrl-C, rerun the same command: it resumes and stops at the same ends.
 
@@ -171,6 +182,7 @@ def replay(
         exactly_once=not at_least_once,
         max_record_bytes=max_record_bytes,
         allow_nonempty_output=allow_nonempty_output,
+        commit_interval_s=commit_interval,
     )
     from streamscore.replay import run_replay  # heavy: loaded only when run
 
