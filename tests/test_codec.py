@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import polars as pl
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings
@@ -388,3 +389,40 @@ def test_a_repeated_model_field_is_found_when_every_field_is_kept(
     for i, value in zip(good, out, strict=True):
         source = {k: v for k, v in orjson.loads(values[i]).items() if k not in FIELDS}
         assert {k: v for k, v in orjson.loads(value).items() if k not in ("label", "p")} == source
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(width=32, allow_nan=False),
+            st.floats(allow_nan=False),
+            st.integers(-(2**63), 2**63 - 1),
+            st.booleans(),
+            st.text(max_size=5),
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_a_small_batch_of_scores_is_written_byte_for_byte_as_polars_writes_a_large_one(
+    rows: list[tuple[float, float, int, bool, str]],
+) -> None:
+    p32, p64, label, flag, text = (list(column) for column in zip(*rows, strict=True))
+    scores = pa.record_batch(
+        {
+            "p": pa.array(p32, pa.float32()),
+            "d": pa.array(p64, pa.float64()),
+            "label": pa.array(label, pa.int64()),
+            "flag": pa.array(flag, pa.bool_()),
+            "name": pa.array(text, pa.string()),
+        }
+    )
+    accepted = np.arange(len(rows))
+
+    small = encode_values(None, accepted, scores)  # orjson, row by row
+    frame = pl.from_arrow(scores)
+    assert isinstance(frame, pl.DataFrame)
+    large = frame.write_ndjson().encode().splitlines()  # polars, as for a large batch
+
+    assert small == large
