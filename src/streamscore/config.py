@@ -273,7 +273,7 @@ class TailOptions:
     dlq_topic: str | None = None  # default: OUT.dlq
     exactly_once: bool = False
     max_batch: int = 1000
-    max_wait_ms: int = 5
+    max_wait_ms: int = 2
     start_from: str = "latest"
     reload_interval_s: float = 30.0
     canary: CanarySpec | None = None

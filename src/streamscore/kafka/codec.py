@@ -24,12 +24,15 @@ parsed again to confirm.
 Encoding uses ``polars.DataFrame.write_ndjson`` (~0.6 µs a record against ~2.2 µs for orjson
 per row); it writes float32 scores in their shortest form, so they read back bit-identical.
 
-A small batch (``tail`` at a modest rate: tens of records) pays polars' fixed cost per call
-(~1 ms for decoding, checks included) instead of its per-record one, so up to ``small_batch``
-records whose model fields are all numbers or booleans are decoded with orjson record by
-record, with the same typing rules, failures and messages (:meth:`JsonDecoder._screen`
-decides both ways). A record orjson could read differently from polars (a duplicate key, a
-nested or quoted value the quote count cannot vouch for) sends the batch to polars.
+A small batch (``tail`` at a modest rate: tens to hundreds of records) pays polars' fixed
+cost per call (~2 ms for decoding, checks included, more under load as its thread pools wake)
+instead of its per-record one, so up to ``small_batch`` (256) records whose model fields are
+all numbers or booleans are decoded with orjson, with the same typing rules, failures and
+messages: a batch without failures is checked column by column (one type test per field),
+any other record by record (:meth:`JsonDecoder._screen` decides both ways). A record orjson
+could read differently from polars (a duplicate key, a nested or quoted value the quote count
+cannot vouch for) sends the batch to polars. Such a batch's scores are written with orjson
+too (numpy's float32 scalars serialize in their shortest form, as polars writes them).
 
 Passthrough fields (``--keep`` default or a list of names) are read column-wise too, by the
 same polars call (their types inferred from the batch's first rows), whenever that is exact:
