@@ -349,6 +349,61 @@ def test_group_members_share_partitions_and_lose_nothing_when_stopped_or_killed(
     assert members[2].stop(signal.SIGTERM) == 0
 
 
+def test_a_member_joining_mid_stream_takes_its_share_promptly_and_exactly_once(
+    kafka_bootstrap: str, unique_topic: Callable[..., str], tails: list[TailProcess]
+) -> None:
+    """A rebalance that revokes partitions while batches are in flight, exactly once: the
+    batches in flight are rolled back and read again (a commit cannot go through while the
+    rebalance waits for it), so the partitions move at once and nothing is written twice."""
+    source = unique_topic(partitions=4)
+    out = f"{source}.out"
+    args = ["-i", source, "-o", out, "-g", f"{source}-g", "-m", str(MODELS / "fraud" / "1")]
+    args += ["-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=500"]
+    args += ["--max-wait", "20", "--exactly-once"]
+    first = TailProcess(kafka_bootstrap, *args)
+    tails.append(first)
+    wait_until(lambda: first.owned() == set(range(4)), "the first member to own all four")
+    feeder_stop = threading.Event()
+    sent = Counter[str]()
+
+    def feed() -> None:  # batches in flight whenever the group rebalances
+        batch = 0
+        while not feeder_stop.is_set():
+            values = sample_values(40, start=batch * 40)
+            produce(kafka_bootstrap, source, values, [f"k{batch}-{i}".encode() for i in range(40)])
+            sent["records"] += 40
+            batch += 1
+            time.sleep(0.02)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        wait_until(lambda: sent["records"] >= 400, "records to flow")
+        second = TailProcess(kafka_bootstrap, *args)
+        tails.append(second)
+        joined = time.monotonic()
+
+        def split() -> bool:
+            owned = [first.owned(), second.owned()]
+            return all(owned) and len(owned[0] | owned[1]) == sum(map(len, owned)) == 4
+
+        wait_until(split, "the two members to split the partitions")
+        # A revocation waiting for a commit that the rebalance itself holds up took the
+        # barrier's whole minute; a healthy handover takes seconds.
+        assert time.monotonic() - joined < 30, "the handover waited out the barrier"
+        floor = sent["records"] + 400
+        wait_until(lambda: sent["records"] >= floor, "records after the rebalance")
+    finally:
+        feeder_stop.set()
+        feeder.join(timeout=WAIT_S)
+
+    inputs = input_offsets(kafka_bootstrap, source)
+    outputs = read_topic(kafka_bootstrap, out, expected=len(inputs), read_committed=True)
+    per_input = Counter(o.source for o in outputs)
+    assert set(per_input) == inputs and set(per_input.values()) == {1}
+    assert first.stop(signal.SIGTERM) == 0 and second.stop(signal.SIGTERM) == 0
+
+
 def test_a_new_version_is_hot_reloaded_mid_stream_and_a_broken_one_is_rejected(
     kafka_bootstrap: str, unique_topic: Callable[..., str], tails: list[TailProcess], tmp_path: Path
 ) -> None:

@@ -56,11 +56,12 @@ import numpy as np
 import orjson
 
 from streamscore.config import TailOptions
-from streamscore.errors import KafkaError, ProducerFenced, RemoteUnavailable
+from streamscore.errors import KafkaError, ProducerFenced, RemoteUnavailable, TransactionAborted
 from streamscore.kafka.client import Admin, Consumer, Producer
 from streamscore.kafka.dead_letter import DeadLetters
 from streamscore.kafka.group_source import GroupProgress, GroupSource
 from streamscore.kafka.sink import (
+    PARTITIONS_MOVED,
     AtLeastOnce,
     Delivery,
     GroupExactlyOnce,
@@ -82,6 +83,7 @@ from streamscore.scoring import ScoredBatch
 
 GIL_SWITCH_INTERVAL_S = 0.0005
 MAX_BATCH_ATTEMPTS = 5
+REVOKE_WAIT_S = 2.0  # exactly-once: how long a revocation waits for the writer to abort
 RETRY_BACKOFF_S = 1.0
 STATS_INTERVAL_MS = 1000
 SERVER_PROBE_S = 1.0  # how often a paused tail asks a model server whether it is back
@@ -162,7 +164,9 @@ class TailRun:
             delivery="exactly-once" if options.exactly_once else "at-least-once",
         )
         self.watcher: ModelWatcher[Arm] | None = None
-        self.progress = GroupProgress()
+        # Exactly-once rolls back the batches in flight on a revocation (see GroupSource):
+        # the barrier only waits briefly for the writer to abort them.
+        self.progress = GroupProgress(REVOKE_WAIT_S) if options.exactly_once else GroupProgress()
         self.scorer = RoutingScorer(options.input_topic, self._current)
         self._events: deque[Mapping[str, Any]] = deque()  # from the watcher thread
         self._last_status = time.monotonic()
@@ -200,7 +204,6 @@ class TailRun:
                 self.summary.metrics_port = self.metrics.serve(o.metrics_port)
             if o.exactly_once:
                 producer.init_transactions()
-            sink = self._sink(producer, consumer, topics)
             source = GroupSource(
                 consumer,
                 o.input_topic,
@@ -210,7 +213,9 @@ class TailRun:
                 max_batch=o.max_batch,
                 max_wait_ms=o.max_wait_ms,
                 on_change=self._on_change,
+                fence_on_revoke=o.exactly_once,
             )
+            sink = self._sink(producer, consumer, source, topics)
             source.subscribe()
             self._announce(topics.partitions)
             with self.watcher or contextlib.nullcontext():
@@ -219,11 +224,18 @@ class TailRun:
             consumer.close()  # leaves the group now, so its partitions move at once
         return self._summarize(sink, time.perf_counter() - started)
 
-    def _sink(self, producer: Producer, consumer: Consumer, topics: OutputTopics) -> KafkaSink:
+    def _sink(
+        self, producer: Producer, consumer: Consumer, source: GroupSource, topics: OutputTopics
+    ) -> KafkaSink:
         o = self.options
         delivery: Delivery
         if o.exactly_once:
-            delivery = GroupExactlyOnce(producer, consumer)
+            delivery = GroupExactlyOnce(
+                producer,
+                consumer,
+                may_commit=self.progress.may_commit,
+                metadata=source.group_metadata,
+            )
         else:
             delivery = AtLeastOnce(
                 producer,
@@ -348,6 +360,12 @@ class TailRun:
                 return
             except ProducerFenced:
                 raise
+            except TransactionAborted as exc:
+                if exc.code != PARTITIONS_MOVED:
+                    self._retry_or_raise(exc)
+                # else a rebalance took partitions while batches were in flight: they are
+                # rolled back, and the partitions kept are read again at once.
+                rewind = True
             except RemoteUnavailable as exc:
                 # An outage, not bad data: scoring comes before anything of the batch is
                 # produced, so nothing of it was written. Inside a revocation the barrier is
@@ -356,16 +374,20 @@ class TailRun:
                 self._wait_for_model_servers(source, exc)
                 rewind = True
             except KafkaError as exc:
-                self._failed_attempts += 1
-                self.summary.batches_retried += 1
-                self.metrics.error("batch_retry")
-                if self._failed_attempts >= MAX_BATCH_ATTEMPTS or self.stop.is_set():
-                    raise
-                self.reporter.event(
-                    {"event": "warning", "message": f"{exc.one_line()}; reading the batch again"}
-                )
-                self.stop.wait(RETRY_BACKOFF_S * self._failed_attempts)
+                self._retry_or_raise(exc)
                 rewind = True
+
+    def _retry_or_raise(self, exc: KafkaError) -> None:
+        """A batch could not be written: back off before reading it again, or give up."""
+        self._failed_attempts += 1
+        self.summary.batches_retried += 1
+        self.metrics.error("batch_retry")
+        if self._failed_attempts >= MAX_BATCH_ATTEMPTS or self.stop.is_set():
+            raise exc
+        self.reporter.event(
+            {"event": "warning", "message": f"{exc.one_line()}; reading the batch again"}
+        )
+        self.stop.wait(RETRY_BACKOFF_S * self._failed_attempts)
 
     def _on_batch(self, batch: SourceBatch, scored: ScoredBatch) -> None:
         """On the scoring thread, between batches: reload events and the status."""

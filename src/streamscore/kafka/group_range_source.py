@@ -24,7 +24,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
 
 from streamscore.errors import KafkaError
 from streamscore.kafka.client import CommittedOffset, Consumer, KafkaRecord
@@ -72,6 +71,7 @@ class GroupRangeSource(GroupSource):
             max_batch=batch_size,
             max_wait_ms=max(1, int(max_wait_s * 1000)),
             on_change=on_change,
+            fence_on_revoke=True,
         )
         self.snapshot: EndOffsets | None = None
         self.remaining: set[int] = set()  # owned partitions not read to their end yet
@@ -88,7 +88,6 @@ class GroupRangeSource(GroupSource):
         self._last_progress = time.monotonic()
         self._check_failures = 0
         self._paused = True  # until start(): partitions assigned meanwhile are paused
-        self._metadata: Any = None
 
     # --- before the snapshot -----------------------------------------------------------------
 
@@ -100,16 +99,8 @@ class GroupRangeSource(GroupSource):
     def idle(self) -> None:
         self._consume(1)
 
-    def group_metadata(self) -> Any:
-        """The group metadata as of the last poll, for the writer's commits: read on this
-        (the polling) thread, outside rebalance callbacks. A batch committed with it after a
-        rebalance is refused (ILLEGAL_GENERATION) and read again: never committed twice."""
-        return self._metadata if self._metadata is not None else self.consumer.group_metadata()
-
     def _consume(self, count: int) -> tuple[list[KafkaRecord], dict[int, int]]:
-        found = self.consumer.consume(count, IDLE_POLL_S)
-        self._metadata = self.consumer.group_metadata()  # callbacks are over: answered at once
-        return found
+        return self._poll(count, IDLE_POLL_S)
 
     def start(self, snapshot: EndOffsets) -> None:
         """Read the owned partitions, from their committed offsets, up to ``snapshot``."""
@@ -258,24 +249,6 @@ class GroupRangeSource(GroupSource):
         )
 
     # --- group membership --------------------------------------------------------------------
-
-    def _on_revoke(self, partitions: list[int]) -> None:
-        """Roll back, rather than commit, what was handed on before the revocation.
-
-        ``tail``'s barrier lets the writer commit the batches in flight before partitions
-        move; here that can deadlock: during the rebalance the coordinator answers a
-        transactional offset commit "rebalance in progress" until this callback returns,
-        and librdkafka retries it. So every batch handed on so far is fenced (the writer
-        aborts it; the pipeline reads the partitions kept again from their committed
-        offsets), and the callback waits briefly for the writer to get there. Exactly once
-        does not depend on that wait: a commit of the old generation is refused once the
-        partitions moved, and one the coordinator accepted before is pending, which the next
-        owner's stable offset read (read_committed, KIP-447) waits for.
-        """
-        self._drop(partitions)
-        self.progress.lost()
-        self.progress.drain()
-        self._forget(partitions, "revoked")
 
     def _on_assign(self, partitions: list[int]) -> None:
         if self.snapshot is not None:

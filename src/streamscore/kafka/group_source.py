@@ -9,7 +9,17 @@ Revocation barrier: when the group takes partitions away, records collected but 
 handed on are dropped (nothing of them was written or committed: their next owner reads
 them), and the callback waits until the sink has written every batch already handed on and
 their offsets are committed (:class:`GroupProgress`). Only then may the partitions move, so
-a record is never scored by two members unless a commit failed. Partitions *lost* (the
+a record is never scored by two members unless a commit failed. With ``fence_on_revoke``
+(exactly-once) the batches handed on are rolled back instead: during the rebalance the
+coordinator holds a transactional offset commit ("rebalance in progress") until this
+callback returns, and librdkafka answers ``group_metadata()`` on another thread only then,
+so a barrier waiting for such a commit waits for itself. The writer aborts them (it commits
+with :meth:`GroupSource.group_metadata`, read on the polling thread, and asks
+:meth:`GroupProgress.may_commit` first), the callback waits briefly for that, and the
+partitions kept are read again from their committed offsets. Exactly once does not depend on
+that wait: a commit of the old generation is refused once the partitions moved, and one the
+coordinator accepted before is pending, which the next owner's stable offset read
+(read_committed, KIP-447) waits for. Partitions *lost* (the
 group went on without us) are dropped at once: another member may own them already, so
 every batch handed on before the loss is fenced (:meth:`GroupProgress.may_commit` is False
 while the writer holds one): a sink must abort it rather than commit it with the generation
@@ -21,6 +31,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -117,6 +128,7 @@ class GroupSource(Source):
         max_batch: int,
         max_wait_ms: int,
         on_change: Callable[[str, list[int]], None] = lambda how, partitions: None,
+        fence_on_revoke: bool = False,
     ) -> None:
         self.consumer = consumer
         self.topic = topic
@@ -131,6 +143,8 @@ class GroupSource(Source):
         self._first: dict[int, int] = {}  # first offset handed on per partition since assigned
         self._closed_at = 0.0  # when the last micro-batch closed (monotonic)
         self._paused = False  # consumption paused (a model server outage)
+        self.fence_on_revoke = fence_on_revoke  # exactly-once: roll back, not commit (above)
+        self._metadata: Any = None  # the group metadata as of the last poll
 
     def subscribe(self) -> None:
         self.consumer.subscribe(
@@ -174,7 +188,18 @@ class GroupSource(Source):
 
     def idle(self) -> None:
         """While paused: poll once, so the group's callbacks run and membership is kept."""
-        self.consumer.consume(1, IDLE_POLL_S)
+        self._poll(1, IDLE_POLL_S)
+
+    def group_metadata(self) -> Any:
+        """The group metadata as of the last poll, for the writer's commits: read on this
+        (the polling) thread, outside rebalance callbacks. A batch committed with it after a
+        rebalance is refused (ILLEGAL_GENERATION) and read again: never committed twice."""
+        return self._metadata if self._metadata is not None else self.consumer.group_metadata()
+
+    def _poll(self, count: int, timeout_s: float) -> tuple[list[KafkaRecord], dict[int, int]]:
+        found = self.consumer.consume(count, timeout_s)
+        self._metadata = self.consumer.group_metadata()  # callbacks are over: answered at once
+        return found
 
     def resume(self) -> None:
         """Fetch the owned partitions again after :meth:`pause`."""
@@ -218,14 +243,14 @@ class GroupSource(Source):
             final = False
             if deadline is None:  # consume() waits for all it asks for: ask for one first
                 asked = time.monotonic()
-                got, _ = self.consumer.consume(1, IDLE_POLL_S)
+                got, _ = self._poll(1, IDLE_POLL_S)
                 arrived = time.monotonic()
                 if arrived - asked < 0.001:  # it was waiting already
                     arrived = self._closed_at
             else:
                 wait = deadline - time.monotonic()
                 final = wait < 0.001  # librdkafka counts whole milliseconds
-                got, _ = self.consumer.consume(room, 0 if final else min(wait, IDLE_POLL_S))
+                got, _ = self._poll(room, 0 if final else min(wait, IDLE_POLL_S))
             self._pending.extend(got)  # a rebalance inside consume() may have taken the rest
             if not self._pending:
                 if not got:
@@ -247,8 +272,11 @@ class GroupSource(Source):
         self.on_change("assigned", partitions)
 
     def _on_revoke(self, partitions: list[int]) -> None:
-        """The barrier: what was handed on is written and committed before they move."""
+        """The barrier: what was handed on is written and committed before they move (with
+        ``fence_on_revoke``: rolled back, see the module docstring)."""
         self._drop(partitions)
+        if self.fence_on_revoke:
+            self.progress.lost()
         self.progress.drain()
         self._forget(partitions, "revoked")
 

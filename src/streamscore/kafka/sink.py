@@ -56,6 +56,8 @@ COMMIT_INTERVAL_S = 0.5
 
 _NO_ROWS = np.empty(0, dtype=np.int64)
 
+PARTITIONS_MOVED = "PARTITIONS_MOVED"  # a group member's batch read before a rebalance
+
 
 @dataclass
 class KafkaBatch:
@@ -191,7 +193,7 @@ class GroupExactlyOnce(ExactlyOnce):
             raise TransactionAborted(
                 f"the group took partitions of topic '{topic}' from this member while a batch "
                 "was being written; it is rolled back",
-                code="PARTITIONS_MOVED",
+                code=PARTITIONS_MOVED,
             )
         try:
             return super().commit(topic, offsets)
