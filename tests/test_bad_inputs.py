@@ -299,6 +299,20 @@ def test_a_read_only_out_is_one_line(
     assert_one_line_error(result, "cannot write", "Read-only file system")
 
 
+def test_a_summary_that_cannot_replace_its_file_leaves_no_temporary_file(
+    tmp_path: Path, dense_model: TrainedModel
+) -> None:
+    source = one_good_file(tmp_path)
+    out = tmp_path / "out"
+    (out / SUMMARY_NAME / "in-the-way").mkdir(parents=True)  # the rename over it fails
+
+    result = run_batch(source, out, dense_model.path)
+
+    assert result.exit_code == 10, result.output
+    assert_one_line_error(result, "cannot write", SUMMARY_NAME)
+    assert not list(out.glob(f".{SUMMARY_NAME}*")), "the summary's temporary file was left"
+
+
 def test_a_summary_file_that_cannot_be_written_still_shows_the_summary(
     tmp_path: Path, dense_model: TrainedModel
 ) -> None:

@@ -556,8 +556,13 @@ def find_orphans(output: Path, current: set[Path]) -> list[Path]:
 
 def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
     temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    os.replace(temp, path)
+    try:
+        temp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+        os.replace(temp, path)
+    except BaseException:  # a full disk, say: leave no half-written file behind
+        with contextlib.suppress(OSError):
+            temp.unlink(missing_ok=True)
+        raise
 
 
 def run_batch(
