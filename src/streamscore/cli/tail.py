@@ -74,14 +74,16 @@ def tail(
     reload_interval: Annotated[
         float,
         typer.Option(
-            help="Seconds between looks for a new model version (when MODEL is REPO/NAME)."
+            help="Seconds between looks for a new model version (when MODEL is REPO/NAME, a "
+            "registry alias, or a model URL without a version)."
         ),
     ] = 30.0,
     canary: Annotated[
         str | None,
         typer.Option(
             help="VERSION:PERCENT: that share of records, chosen by a stable hash of the "
-            "key, is scored by VERSION (a version of MODEL's repository, or a model path).",
+            "key, is scored by VERSION (a version of MODEL's repository, registered model or "
+            "server, or a model path or URL).",
         ),
     ] = None,
     shadow: Annotated[
@@ -128,7 +130,8 @@ def tail(
 ) -> None:
     """Score a live topic with MODEL until stopped; run more processes to share the work.
 
-    A new version in MODEL's repository (REPO/NAME) is checked and switched in without a
+    A new version in MODEL's repository (REPO/NAME), behind a registry alias, or answering a
+    model URL without a version is checked and switched in without a
     restart. Ctrl-C or SIGTERM finishes the batch in flight, commits and exits 0; a second
     one exits at once.
 

@@ -92,7 +92,7 @@ class RemoteModel:
         self.settings = settings
         self.version = version  # pinned: the version that answered at open, or the URL's
         self.in_flight = settings.concurrency
-        self.ref = _ref(url, version, signature)
+        self.ref = model_ref(url, version, signature)
         self.infer_path = url.model_path(version or None) + "/infer"
         self._where = f"model server {url.server} (model {self.ref.label})"
         self._slots = threading.BoundedSemaphore(settings.concurrency)
@@ -175,7 +175,7 @@ class RemoteModel:
             self._send(names, sub, None, positions[part], exchange)
 
 
-def _ref(url: ModelURL, version: str, signature: ModelSignature) -> ModelRef:
+def model_ref(url: ModelURL, version: str, signature: ModelSignature) -> ModelRef:
     described = {
         "server": url.server,
         "name": url.name,
@@ -211,26 +211,33 @@ def open_remote_model(spec: str, settings: RemoteSettings) -> RemoteModel:
     url = ModelURL.parse(spec)
     client = OipClient(url.server, settings)
     try:
-        signature, _ = server_signature(url, client)
-        if settings.signature is not None:
-            from streamscore.model.repository import resolve_model
-            from streamscore.model.session import load_model
-
-            signature = load_model(resolve_model(settings.signature), provider="cpu").signature
-        elif not signature.inputs or not signature.outputs:
-            raise ModelError(
-                f"model server {url.server} publishes no signature for model {url.name} "
-                "(MLServer publishes only what a model's settings declare)",
-                hint="give a local copy of the model with --signature FILE.onnx",
-            )
-        version = url.version or _answering_version(url, client, signature)
+        signature = scoring_signature(url, client, settings)
+        version = url.version or answering_version(url, client, signature)
     except BaseException:
         client.close()
         raise
     return RemoteModel(url, client, signature, settings, version)
 
 
-def _answering_version(url: ModelURL, client: OipClient, signature: ModelSignature) -> str:
+def scoring_signature(url: ModelURL, client: OipClient, settings: RemoteSettings) -> ModelSignature:
+    """The signature to score ``url`` with: the user's ``--signature`` when given, else the
+    one the server publishes (ModelError when it publishes none)."""
+    signature, _ = server_signature(url, client)
+    if settings.signature is not None:
+        from streamscore.model.repository import resolve_model
+        from streamscore.model.session import load_model
+
+        return load_model(resolve_model(settings.signature), provider="cpu").signature
+    if not signature.inputs or not signature.outputs:
+        raise ModelError(
+            f"model server {url.server} publishes no signature for model {url.name} "
+            "(MLServer publishes only what a model's settings declare)",
+            hint="give a local copy of the model with --signature FILE.onnx",
+        )
+    return signature
+
+
+def answering_version(url: ModelURL, client: OipClient, signature: ModelSignature) -> str:
     """The version that answers ``/v2/models/NAME`` now ('' if the server does not say)."""
     names = signature.output_names()
     body = encode_request(signature, _probe_feeds(signature), names)
@@ -250,7 +257,7 @@ def inspect_remote_model(spec: str, settings: RemoteSettings) -> dict[str, Any]:
         signature, metadata = server_signature(url, client)
         version = url.version or ""
         if not version and signature.inputs and signature.outputs:
-            version = _answering_version(url, client, signature)
+            version = answering_version(url, client, signature)
         return {
             "server": url.server,
             "name": url.name,
