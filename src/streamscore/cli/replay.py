@@ -9,10 +9,18 @@ import typer
 
 from streamscore import console
 from streamscore.cli import options as opt
-from streamscore.cli.common import remote_settings, scoring_options, translate_errors
-from streamscore.config import ReplayOptions
+from streamscore.cli.common import scoring_options, translate_errors
+from streamscore.cli.option_groups import (
+    REGISTRY_DEFAULTS,
+    REMOTE_DEFAULTS,
+    grouped,
+    registry_options,
+    remote_options,
+)
+from streamscore.config import RegistryOptions, ReplayOptions
 from streamscore.errors import PartialFailure, UsageError
 from streamscore.kafka.settings import KafkaSettings
+from streamscore.remote.settings import RemoteSettings
 from streamscore.shutdown import interrupt_on_signals
 
 EXAMPLE = (
@@ -44,6 +52,7 @@ def parse_timestamp_ms(text: str) -> int:
 
 
 @translate_errors
+@grouped(registry=registry_options, remote=remote_options)
 def replay(
     input_topic: Annotated[
         str, typer.Option("--input-topic", "-i", help="Topic to replay; values are JSON objects.")
@@ -58,8 +67,7 @@ def replay(
         ),
     ],
     model: opt.Model,
-    registry_uri: opt.RegistryUri = None,
-    model_cache: opt.ModelCache = None,
+    registry: RegistryOptions = REGISTRY_DEFAULTS,
     bootstrap_servers: opt.BootstrapServers = None,
     dlq_topic: Annotated[
         str | None,
@@ -116,12 +124,7 @@ def replay(
     config: opt.KafkaConfigFile = None,
     connect_timeout: opt.ConnectTimeout = 10.0,
     log_format: opt.LogFormat = "auto",
-    header: opt.Header = None,
-    ca_file: opt.CaFile = None,
-    timeout: opt.Timeout = 30.0,
-    retries: opt.Retries = 5,
-    concurrency: opt.Concurrency = 4,
-    signature: opt.Signature = None,
+    remote: RemoteSettings = REMOTE_DEFAULTS,
 ) -> None:
     """Score every record of a topic, up to its end offsets at start, into another topic.
 
@@ -154,16 +157,8 @@ def replay(
             threads=threads,
             batch_size=batch_size,
             reject_nan=reject_nan,
-            remote=remote_settings(
-                header=header,
-                ca_file=ca_file,
-                timeout=timeout,
-                retries=retries,
-                concurrency=concurrency,
-                signature=signature,
-            ),
-            registry_uri=registry_uri,
-            model_cache=model_cache,
+            remote=remote,
+            registry=registry,
         ),
         dlq_topic=dlq_topic,
         group=group,
