@@ -101,7 +101,8 @@ def _inspect_remote(model: str, settings: RemoteSettings, json_out: bool) -> Non
     if not info["signature_published"]:
         console.print_text(
             "the server publishes no signature for this model: give a local copy with "
-            "--signature FILE.onnx when scoring"
+            "--signature FILE.onnx when scoring, or its tensors as --signature "
+            "'INPUT:FP32[-1,N]->OUTPUT:FP32[-1]'"
         )
 
 

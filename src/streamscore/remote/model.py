@@ -29,7 +29,13 @@ from streamscore.model.base import Answer
 from streamscore.model.repository import ModelRef
 from streamscore.model.signature import ModelSignature
 from streamscore.remote.client import DataRejected, OipClient
-from streamscore.remote.protocol import decode_response, encode_request, signature_from_metadata
+from streamscore.remote.protocol import (
+    SIGNATURE_EXAMPLE,
+    decode_response,
+    encode_request,
+    parse_signature,
+    signature_from_metadata,
+)
 from streamscore.remote.settings import RemoteSettings
 from streamscore.remote.url import ModelURL
 
@@ -223,6 +229,8 @@ def scoring_signature(url: ModelURL, client: OipClient, settings: RemoteSettings
     """The signature to score ``url`` with: the user's ``--signature`` when given, else the
     one the server publishes (ModelError when it publishes none)."""
     signature, _ = server_signature(url, client)
+    if settings.signature_text is not None:
+        return parse_signature(settings.signature_text)
     if settings.signature is not None:
         from streamscore.model.repository import resolve_model
         from streamscore.model.session import load_model
@@ -232,7 +240,8 @@ def scoring_signature(url: ModelURL, client: OipClient, settings: RemoteSettings
         raise ModelError(
             f"model server {url.server} publishes no signature for model {url.name} "
             "(MLServer publishes only what a model's settings declare)",
-            hint="give a local copy of the model with --signature FILE.onnx",
+            hint="give a local copy of the model with --signature FILE.onnx, or its tensors "
+            f"as --signature {SIGNATURE_EXAMPLE}",
         )
     return signature
 
