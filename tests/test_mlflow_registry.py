@@ -249,6 +249,9 @@ def test_bench_measures_a_registry_model(mlflow_registry: RegistryFixture, tmp_p
     assert result.exit_code == 0, result.output
     model = json.loads(out.read_text())["model"]
     assert (model["name"], model["version"], model["sha256"]) == ("fraud", "1", sha256(FRAUD_1))
+    assert model["lineage"]["alias"] == "champion"
+    assert model["lineage"]["registry"] == mlflow_registry.uri
+    assert model["lineage"]["run_id"] == mlflow_registry.fraud_1_run
 
 
 def test_credentials_in_a_registry_uri_never_reach_lineage() -> None:

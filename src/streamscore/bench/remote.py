@@ -134,7 +134,14 @@ def run_with_remote(options: BenchOptions, reporter: Reporter) -> BenchReport:
         shown = embedded.ref if embedded is not None else served.ref
         return BenchReport(
             created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            model=ModelInfo(shown.name, shown.version, shown.location, shown.sha256, shown.size),
+            model=ModelInfo(
+                shown.name,
+                shown.version,
+                shown.location,
+                shown.sha256,
+                shown.size,
+                shown.lineage,
+            ),
             environment=collect_environment([r.provider_used for r in results]),
             settings=Settings(
                 warmup_s=options.warmup_s,

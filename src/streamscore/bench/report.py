@@ -7,7 +7,8 @@ per second. Top level::
     schema            "streamscore.bench"
     schema_version    1
     created_at        UTC time, ISO 8601
-    model             {name, version, path, sha256, size_bytes}
+    model             {name, version, path, sha256, size_bytes, lineage}; lineage holds
+                      registry, alias and run_id for a registry model (else {})
     environment       {cpu_model, cpu_cores_logical, cpu_cores_physical, os, python,
                        onnxruntime, streamscore, providers_listed, providers_used}
     settings          {warmup_s, window_s, max_duration_s, stability, inputs, shapes, seed}
@@ -257,6 +258,7 @@ class ModelInfo:
     path: str
     sha256: str
     size_bytes: int
+    lineage: dict[str, str] = field(default_factory=dict)  # registry, alias, run_id
 
 
 @dataclass(frozen=True)

@@ -396,7 +396,14 @@ def _run(options: BenchOptions, reporter: Reporter) -> BenchReport:
     used = [r.provider_used for r in results] + [p.provider for p in pipeline]
     return BenchReport(
         created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        model=ModelInfo(ref.name, ref.version, str(ref.path), probe.ref.sha256, probe.ref.size),
+        model=ModelInfo(
+            ref.name,
+            ref.version,
+            str(ref.path),
+            probe.ref.sha256,
+            probe.ref.size,
+            probe.ref.lineage,
+        ),
         environment=collect_environment(used),
         settings=Settings(
             warmup_s=options.warmup_s,
