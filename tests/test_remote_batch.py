@@ -649,6 +649,52 @@ def test_refused_credentials_exit_12_and_a_token_from_the_environment_is_sent_un
         server.server_close()
 
 
+class _SlowOip(_TinyOip):
+    """_TinyOip answering each request after 0.5 s; counts the requests it serves at once
+    and those it answered."""
+
+    lock = threading.Lock()
+    serving = 0
+    most = 0
+    answered = 0
+
+    def do_POST(self) -> None:
+        cls = type(self)
+        with cls.lock:
+            cls.serving += 1
+            cls.most = max(cls.most, cls.serving)
+        time.sleep(0.5)
+        with cls.lock:
+            cls.serving -= 1
+            cls.answered += 1  # counted before the answer leaves
+        super().do_POST()
+
+
+def test_the_next_request_waits_encoded_behind_the_one_in_flight() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowOip)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v2/models/m/versions/7"
+        model = open_model(url, remote=RemoteSettings(concurrency=1))
+        assert isinstance(model, SubmittingModel)
+        try:
+            feeds = [{"x": np.full((2, 2), i, dtype=np.float32)} for i in range(3)]
+            first = model.submit(["p"], feeds[0])
+            second = model.submit(["p"], feeds[1])  # queued: does not wait for the first
+            assert _SlowOip.answered == 0
+            third = model.submit(["p"], feeds[2])  # beyond in_flight: waits for the first
+            assert _SlowOip.answered >= 1
+            answers = [call.result().values[0].tolist() for call in (first, second, third)]
+        finally:
+            close_model(model)
+        assert answers == [[0.0, 0.0], [2.0, 2.0], [4.0, 4.0]]
+        assert _SlowOip.most == 1  # still one request on the wire at a time
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_each_request_carries_at_most_batch_size_rows_and_scores_stay_on_their_rows() -> None:
     from streamscore.scoring import Scorer
 

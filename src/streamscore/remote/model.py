@@ -3,8 +3,10 @@
 Work is split so the thread waiting on the network does nothing else: the caller of
 :meth:`RemoteModel.submit` (the pipeline's reader thread) encodes the request; a worker
 thread of the model's pool only sends it and waits; :meth:`RemoteCall.result` (the scoring
-thread) decodes and checks the answer. At most ``concurrency`` requests are in flight, and
-results are taken in submission order, so scores stay on their rows.
+thread) decodes and checks the answer. At most ``concurrency`` requests are in flight, as
+many more wait encoded (a worker that gets its answer sends the next at once, without
+waiting for the reader thread to wake), and results are taken in submission order, so
+scores stay on their rows.
 
 A batch the server rejects as data (400/413/422) is split in halves until the rows it
 refuses are isolated; those rows come back rejected with the server's message, the others
@@ -97,11 +99,12 @@ class RemoteModel:
         self.signature = signature
         self.settings = settings
         self.version = version  # pinned: the version that answered at open, or the URL's
-        self.in_flight = settings.concurrency
+        # Submissions pending at most: those on the wire and as many queued behind them.
+        self.in_flight = 2 * settings.concurrency
         self.ref = model_ref(url, version, signature)
         self.infer_path = url.model_path(version or None) + "/infer"
         self._where = f"model server {url.server} (model {self.ref.label})"
-        self._slots = threading.BoundedSemaphore(settings.concurrency)
+        self._slots = threading.BoundedSemaphore(self.in_flight)
         self._closed = threading.Event()
         self._pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="streamscore-oip")
 
@@ -128,7 +131,7 @@ class RemoteModel:
         return list(answer.values)
 
     def submit(self, output_names: Sequence[str], feeds: dict[str, np.ndarray]) -> RemoteCall:
-        """Encode now, send on a worker thread; blocks while ``concurrency`` calls are out."""
+        """Encode now, send on a worker thread; blocks while ``in_flight`` calls are out."""
         names = list(output_names)
         body = encode_request(self.signature, feeds, names)
         while not self._slots.acquire(timeout=0.1):
