@@ -134,9 +134,8 @@ def tail(
     """Score a live topic with MODEL until stopped; run more processes to share the work.
 
     A new version in MODEL's repository (REPO/NAME), behind a registry alias, or answering a
-    model URL without a version is checked and switched in without a
-    restart. Ctrl-C or SIGTERM finishes the batch in flight, commits and exits 0; a second
-    one exits at once.
+    model URL without a version is checked and switched in without a restart. Ctrl-C or
+    SIGTERM finishes the batch in flight, commits and exits 0; a second one exits at once.
 
     Exit: 0 stopped, 2 usage, 4 records do not fit the model, 5 model, 6 Kafka, 130/143 a
     second Ctrl-C/SIGTERM (or the shutdown timeout) ended it at once.
