@@ -196,6 +196,36 @@ def test_io_binding_times_copies_and_compute_apart_on_cpu() -> None:
         time_device_copies(strings, GeneratedInputs(strings.signature, {}).feeds(2), 1)
 
 
+def test_ctrl_c_while_stopping_the_callers_still_waits_for_each_one() -> None:
+    import signal
+    import threading
+
+    from streamscore.bench.harness import _Callers
+
+    callers = _Callers(2, lambda _record, _flag: time.sleep(0.5))  # a call in progress
+    callers.start()
+    main = threading.main_thread().ident
+    assert main is not None
+    threading.Timer(0.1, signal.pthread_kill, args=(main, signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        callers.stop()  # interrupted while joining
+    # A caller left inside ONNX Runtime at interpreter exit aborts the process (SIGABRT).
+    assert not any(thread.is_alive() for thread in callers.threads)
+
+
+def test_callers_start_with_stop_signals_blocked_so_only_the_main_thread_takes_them() -> None:
+    import signal
+
+    from streamscore.bench.harness import _Callers
+
+    masks: list[set[int]] = []
+    callers = _Callers(2, lambda _record, _flag: masks.append(signal.pthread_sigmask(0, [])))
+    callers.start()  # a Ctrl-C inside Thread.start left a caller running: SIGABRT at exit
+    callers.stop()
+    assert all({signal.SIGINT, signal.SIGTERM} <= mask for mask in masks) and len(masks) == 2
+    assert signal.SIGINT not in signal.pthread_sigmask(0, [])  # the main thread's is restored
+
+
 # ---------------------------------------------------------------- report
 
 

@@ -320,3 +320,20 @@ def test_start_up_does_not_load_the_heavy_libraries() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert loaded == ""
+
+
+def test_sigterm_stops_a_command_like_ctrl_c_with_one_line_and_exit_143() -> None:
+    import signal
+
+    model = Path(__file__).resolve().parent.parent / "sample_data" / "models" / "fraud"
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "streamscore", "bench", str(model), "--batch-sizes", "1,64",
+         "--max-duration", "30", "--warmup", "0.05", "--window", "0.2", "--log-format", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert bench.stdout is not None
+    bench.stdout.readline()  # the first configuration is measured: bench is in full swing
+    bench.send_signal(signal.SIGTERM)
+    _, stderr = bench.communicate(timeout=60)
+    assert bench.returncode == 143, stderr  # was -15: killed without a word
+    assert stderr.strip().splitlines()[-1] == "error: terminated"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -215,6 +216,42 @@ def test_scored_key_must_be_unique(tmp_path: Path) -> None:
     assert result.exit_code == 4 and "not unique" in result.output and "id" in result.output
 
 
+def _spoil_second_file(side: Path, how: str) -> None:
+    """Spoil side B in a way polars meets only while joining (it reads the first schema)."""
+    if how == "key type":  # text keys on B, integers on A
+        for name in ("1", "2"):
+            scores = pa.table({"id": [f"{name}a", f"{name}b"], "score": [0.1, 0.2]})
+            pq.write_table(scores, side / f"{name}.parquet")
+    elif how == "corrupt":
+        (side / "2.parquet").write_bytes(b"PAR1 not really")
+    else:  # a file without the score column
+        pq.write_table(pa.table({"id": [3, 4]}), side / "2.parquet")
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        ("key type", "cannot join --scored A"),
+        ("corrupt", "2.parquet"),
+        ("missing column", "2.parquet has no column 'score'"),
+    ],
+)
+def test_scored_files_that_cannot_be_joined_are_one_line_errors(
+    tmp_path: Path, how: str, message: str
+) -> None:
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        scores = pa.table({"id": [1, 2], "score": [0.1, 0.7]})
+        pq.write_table(scores, tmp_path / name / "1.parquet")
+    pq.write_table(pa.table({"id": [3, 4], "score": [0.1, 0.2]}), tmp_path / "a" / "2.parquet")
+    _spoil_second_file(tmp_path / "b", how)
+    result = invoke("compare", "--scored", tmp_path / "a", tmp_path / "b", "--key", "id",
+                    "--columns", "score")  # fmt: skip
+    assert result.exit_code == 4, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 # ---------------------------------------------------------------- the CLI, JSON and the gate
 
 
@@ -280,6 +317,7 @@ def test_report_without_matplotlib_is_a_one_line_error_naming_the_extra(
         (["-m", str(V1), "-m", str(V2), "--columns", "nope"], "--columns nope"),
         (["-m", str(V1), "-m", str(V2), "--max-flip-rate", "lots"], "--max-flip-rate"),
         (["-m", str(V1), "-m", str(V2), "--key", "id"], "--key goes with --scored"),
+        (["-m", str(V1), "-m", "http://127.0.0.1:1/v2/models/fraud"], "model server URL"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(day: Path, args: list[str], message: str) -> None:
@@ -320,6 +358,39 @@ def test_reservoir_is_uniform_and_bounded() -> None:
     kept, _ = reservoir.column(0)
     assert len(kept) == 1000 and len(np.unique(kept)) == 1000 and not reservoir.exact
     assert 40_000 < kept.mean() < 60_000  # a uniform sample of 0..99 999
+
+
+def test_infinite_scores_count_as_missing_and_leave_the_statistics_finite(
+    tmp_path: Path,
+) -> None:
+    inf = float("inf")
+    for name, scores in (("a", [inf, -inf, 0.3, 0.6]), ("b", [inf, 0.2, 0.3, 0.4])):
+        (tmp_path / name).mkdir()
+        pq.write_table(pa.table({"id": [1, 2, 3, 4], "s": scores}), tmp_path / name / "x.parquet")
+    report = run_compare(
+        CompareOptions(CompareMode.scored, scored=(tmp_path / "a", tmp_path / "b"), key="id")
+    )
+    column = report.column("s")
+    assert (column.compared, column.missing) == (2, 2)
+    assert column.a.mean == pytest.approx(0.45) and column.delta.max_abs == pytest.approx(0.2)
+    assert [row["key"] for row in column.top] == [4, 3]  # rows with an infinity are not ranked
+    assert column.classifier and column.flips == 1
+
+
+def test_a_generous_sample_size_holds_only_the_rows_seen(tmp_path: Path) -> None:
+    reservoir = Reservoir(10**12, 2)  # 16 TB if allocated up front
+    for start in range(0, 300, 100):
+        values = np.arange(start, start + 100, dtype=np.float64)[:, None].repeat(2, axis=1)
+        reservoir.add(values, -values)
+    kept, negated = reservoir.column(1)
+    assert kept.tolist() == list(range(300)) and (negated == -kept).all() and reservoir.exact
+    assert len(reservoir.a) < 1000
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        pq.write_table(pa.table({"id": [1, 2], "score": [0.1, 0.7]}), tmp_path / name / "x.parquet")
+    result = invoke("compare", "--scored", tmp_path / "a", tmp_path / "b", "--key", "id",
+                    "--sample-rows", str(10**12))  # fmt: skip
+    assert result.exit_code == 0, result.output
 
 
 def test_top_rows_keep_only_the_largest() -> None:
@@ -466,6 +537,30 @@ def test_topics_that_are_missing_or_not_written_by_streamscore_are_one_line_erro
     assert "Traceback" not in unheaded.output
 
 
+@pytest.mark.kafka
+def test_outputs_of_two_different_input_topics_are_refused(
+    kafka_bootstrap: str, unique_topic: Callable[..., str]
+) -> None:
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    outputs = [unique_topic(partitions=1, prefix="compare-out") for _ in range(2)]
+    for output, scored in zip(outputs, ("payments", "refunds"), strict=True):
+        headers = [
+            ("streamscore.source.topic", scored.encode()),
+            ("streamscore.source.partition", b"0"),
+            ("streamscore.source.offset", b"0"),
+        ]
+        producer.produce(output, b'{"score": 0.5}', headers=headers)
+    assert producer.flush(10) == 0
+    for output in outputs:
+        wait_for_records(kafka_bootstrap, output, 1)
+    result = invoke("compare", "--topics", *outputs, "-b", kafka_bootstrap)
+    assert result.exit_code == 4, result.output
+    assert "'refunds'" in result.output and "'payments'" in result.output
+    assert "same input topic" in result.output and "Traceback" not in result.output
+
+
 def test_scored_compares_the_score_columns_batch_recorded_not_kept_inputs(
     tmp_path: Path,
 ) -> None:
@@ -523,6 +618,29 @@ def test_an_unwritable_json_path_is_a_one_line_error(tmp_path: Path) -> None:
     assert "Traceback" not in result.output
 
 
+def test_a_report_that_does_not_fit_on_the_disk_leaves_the_old_one_whole(
+    tmp_path: Path,
+) -> None:
+    for name, scores in (("a", [0.1, 0.7]), ("b", [0.2, 0.6])):
+        (tmp_path / name).mkdir()
+        pq.write_table(pa.table({"id": [1, 2], "score": scores}), tmp_path / name / "x.parquet")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)],
+                             capture_output=True, text=True, check=False)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount here (needs root): {mounted.stderr.strip()}")
+    try:
+        (disk / "report.html").write_text("the last good report")  # the page needs ~95 KB
+        result = invoke("compare", "--scored", tmp_path / "a", tmp_path / "b", "--key", "id",
+                        "--report", disk / "report.html")  # fmt: skip
+        assert result.exit_code == 10 and "No space left on device" in result.output
+        assert [p.name for p in disk.iterdir()] == ["report.html"]  # no temporary file left
+        assert (disk / "report.html").read_text() == "the last good report"
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True, check=False)
+
+
 def test_off_a_terminal_stdout_holds_one_json_line_and_the_tables_go_to_stderr(
     day: Path,
 ) -> None:
@@ -548,6 +666,7 @@ def test_a_gate_fails_when_no_row_matched(tmp_path: Path) -> None:
     assert data["columns"][0]["a"]["mean"] is None  # nothing compared: no statistic
     gated = invoke(*args, "--max-psi", "0.2")
     assert gated.exit_code == 9 and "no row was scored by both sides" in gated.output
+    assert "differ" not in gated.output and "top rows" not in gated.output  # nothing to show
 
 
 def test_the_top_rows_table_never_cuts_the_key_on_a_narrow_terminal() -> None:

@@ -151,6 +151,20 @@ def test_a_model_is_downloaded_once_and_a_damaged_cache_entry_is_fetched_again(
     assert repaired.sha256 == sha256(FRAUD_1) and downloads
 
 
+@pytest.mark.parametrize("lost", ["model.onnx", "streamscore-entry.json"])
+def test_a_cache_entry_that_lost_a_file_is_fetched_again(
+    mlflow_registry: RegistryFixture, tmp_path: Path, lost: str
+) -> None:
+    options = RegistryOptions(mlflow_registry.uri, tmp_path)
+    entry = resolve_model("models:/fraud/2", options).path
+    while entry.parent.name != "2":  # .../models/fraud/2/FINGERPRINT/...
+        entry = entry.parent
+    next(entry.rglob(lost)).unlink()  # e.g. a cache cleaner that deletes old files
+
+    assert resolve_model("models:/fraud/2", options).sha256 == sha256(FRAUD_2)
+    assert [p.name for p in entry.parent.iterdir()] == [entry.name]  # nothing set aside left
+
+
 def test_a_download_killed_midway_leaves_nothing_behind_on_the_next_fetch(
     mlflow_registry: RegistryFixture, tmp_path: Path
 ) -> None:
@@ -180,6 +194,23 @@ def test_a_cache_that_cannot_be_written_is_a_one_line_error(
         "--model-cache", not_a_folder,
     )  # fmt: skip
     assert_one_line_error(result, "model cache", "--model-cache")
+
+
+def test_a_full_cache_disk_names_the_reason(
+    mlflow_registry: RegistryFixture, tmp_path: Path
+) -> None:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)],
+                             capture_output=True, text=True, check=False)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount here (needs root): {mounted.stderr.strip()}")
+    try:  # the model (110 KB) does not fit
+        result = invoke("models", "inspect", "models:/fraud/1",
+                        "--registry-uri", mlflow_registry.uri, "--model-cache", disk)  # fmt: skip
+        assert_one_line_error(result, "No space left on device")
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True, check=False)
 
 
 CONCURRENT = """
@@ -258,6 +289,24 @@ def test_credentials_in_a_registry_uri_never_reach_lineage() -> None:
     shown = display_uri("https://alice:s3cret@mlflow.example.com:5000/prefix?x=1")
     assert shown == "https://mlflow.example.com:5000/prefix?x=1"
     assert display_uri("sqlite:////data/mlflow.db") == "sqlite:////data/mlflow.db"
+
+
+def test_credentials_in_a_registry_uri_never_reach_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    uri = f"http://alice:s3cret@127.0.0.1:{free_port()}"  # nothing listens there
+    inspect = ["models", "inspect", "models:/fraud/1", "--model-cache", str(tmp_path)]
+    for args in (inspect, ["models", "list", "models:/"]):
+        result = invoke(*args, "--registry-uri", uri)
+        assert_one_line_error(result, "127.0.0.1")
+        assert "s3cret" not in result.output and "alice" not in result.output
+
+
+def test_a_registry_uri_mlflow_cannot_open_is_a_one_line_error(tmp_path: Path) -> None:
+    uri = (tmp_path / "mlruns").as_uri()  # MLflow 3 refuses its old file store
+    result = invoke("models", "list", "models:/", "--registry-uri", uri)
+    assert_one_line_error(result, uri)
 
 
 def test_only_an_alias_or_latest_is_followed_and_a_vanished_alias_is_a_warning(

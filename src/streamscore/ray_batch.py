@@ -70,6 +70,8 @@ GPU_PROVIDERS = ("cuda", "tensorrt")
 MAX_RESTARTS = 3
 MAX_TASK_RETRIES = 3
 CONNECT_TIMEOUT_S = 10.0
+RAY_CLIENT_SCHEME = "ray://"
+RAY_CLIENT_PORT = 10001  # Ray Client's default server port
 STOP_POLL_S = 0.5  # how often the driver checks for a stop signal while workers score
 # Errors that fail one file (unless --on-error fail), as in a local run.
 FILE_ERRORS = (InputError, ModelError, OutputError)
@@ -491,8 +493,9 @@ def _connected(address: str | None) -> Iterator[None]:
         # A cluster of this machine alone: Ray then binds every server to 127.0.0.1, and
         # the driver finds its node at 127.0.0.1 rather than at the machine's own address.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    if gcs is not None:
-        _check_reachable(address or "", *gcs)
+    reachable = gcs or _client_host_port(address)
+    if reachable is not None:
+        _check_reachable(address or "", *reachable)
     import ray
 
     _ray_messages_to_stderr()
@@ -555,6 +558,17 @@ def _gcs_host_port(address: str | None) -> tuple[str, int] | None:
     host, _, port = address.rpartition(":")
     if not port.isdigit():
         raise UsageError(f"--ray {address!r} is not HOST:PORT, ray://HOST:PORT or auto")
+    return host.strip("[]"), int(port)
+
+
+def _client_host_port(address: str | None) -> tuple[str, int] | None:
+    """HOST and PORT of a Ray Client address ``ray://HOST[:PORT]`` (port 10001 by default)."""
+    if address is None or not address.startswith(RAY_CLIENT_SCHEME):
+        return None
+    netloc = address.removeprefix(RAY_CLIENT_SCHEME).split("/")[0]
+    host, colon, port = netloc.rpartition(":")
+    if not colon or not port.isdigit():  # no port, or an IPv6 host without one
+        return netloc.strip("[]"), RAY_CLIENT_PORT
     return host.strip("[]"), int(port)
 
 

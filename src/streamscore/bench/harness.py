@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +34,7 @@ Call = Callable[[], object]
 # Sleeping overshoots by 50-100 µs (timer slack, virtual machines): the last stretch before
 # a request's start is polled instead, at a CPU cost of up to rate x this per second.
 _SPIN_NS = 150_000
+_SLEEP_SLICE_NS = 50_000_000  # an open-loop caller waiting for its next due time wakes this often
 
 
 @dataclass(frozen=True)
@@ -124,13 +126,30 @@ class _Callers:
             self.flag.running = False
 
     def start(self) -> None:
-        for thread in self.threads:
-            thread.start()
+        """Start every caller. Stop signals wait until all have started (a Ctrl-C inside
+        ``Thread.start`` would leave a caller running that :meth:`stop` does not know of);
+        the callers inherit the blocked signals, so only the main thread receives them."""
+        blocked = _block_stop_signals()
+        try:
+            for thread in self.threads:
+                thread.start()
+        finally:
+            if blocked is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     def stop(self) -> None:
+        """Stop the callers and wait for every one, even through Ctrl-C: a caller still
+        inside ONNX Runtime when the interpreter exits aborts the process (SIGABRT)."""
         self.flag.running = False
+        interrupted: KeyboardInterrupt | None = None
         for thread in self.threads:
-            thread.join()
+            while thread.is_alive():
+                try:
+                    thread.join()
+                except KeyboardInterrupt as exc:  # re-raised once every caller has returned
+                    interrupted = interrupted or exc
+        if interrupted is not None:
+            raise interrupted
         if self.error is not None:
             raise self.error
 
@@ -139,6 +158,13 @@ class _Callers:
 
     def alive(self) -> bool:
         return self.error is None and any(t.is_alive() for t in self.threads)
+
+
+def _block_stop_signals() -> set[int | signal.Signals] | None:
+    """Block SIGINT and SIGTERM in this thread; the previous mask (None where unsupported)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 def _median_latency(callers: _Callers, before: list[int], after: list[int]) -> float:
@@ -245,8 +271,8 @@ def measure_closed_loop(
     callers = _Callers(concurrency, _closed_caller(call))
     for rec in callers.records:
         rec.origin = rec.start  # closed loop: latency is the time inside the call
-    callers.start()
     try:
+        callers.start()
         windows, marks, stable = _measure_windows(callers, settings)
     finally:
         callers.stop()
@@ -271,8 +297,8 @@ def _wait_until(due_ns: int, flag: _Flag) -> None:
         remaining = due_ns - clock()
         if remaining <= 0:
             return
-        if remaining > _SPIN_NS:
-            time.sleep((remaining - _SPIN_NS) / 1e9)
+        if remaining > _SPIN_NS:  # in slices, so that a stop is seen soon at low rates
+            time.sleep(min(remaining - _SPIN_NS, _SLEEP_SLICE_NS) / 1e9)
         else:
             os.sched_yield()  # releases the GIL (other callers run) but arms no timer
 
@@ -316,8 +342,8 @@ def measure_open_loop(
     offsets = arrival_offsets(rate, math.ceil(rate * horizon_s) + 1, poisson=poisson, seed=seed)
     t0 = time.perf_counter_ns() + 2_000_000  # a moment for the threads to start
     callers = _Callers(concurrency, _open_caller(call, offsets, t0))
-    callers.start()
     try:
+        callers.start()
         windows, marks, stable = _measure_windows(callers, settings)
     finally:
         stopped = time.perf_counter_ns()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from streamscore import plotting
+from streamscore.atomic import write_atomically
 from streamscore.bench.report import BenchReport, BenchResult
 
 P50_COLOR, P99_COLOR, BAR_COLOR = "#1e3a8a", "#dc2626", "#93c5fd"
@@ -246,8 +247,8 @@ def write_plot(report: BenchReport, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower()
     if suffix == ".png":
-        path.write_bytes(to_png(report))
+        write_atomically(path, to_png(report))
     elif suffix == ".svg":
-        path.write_text(to_svg(report), encoding="utf-8")
+        write_atomically(path, to_svg(report))
     else:
-        path.write_text(to_html(report), encoding="utf-8")
+        write_atomically(path, to_html(report))

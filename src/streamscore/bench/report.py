@@ -52,6 +52,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from streamscore.atomic import write_atomically
 from streamscore.errors import InputError
 
 SCHEMA = "streamscore.bench"
@@ -394,9 +395,10 @@ def dumps_report(report: BenchReport) -> str:
 
 
 def save_report(report: BenchReport, path: Path) -> None:
-    """Write the report's JSON to ``path``."""
+    """Write the report's JSON to ``path``, atomically (a baseline it replaces stays whole
+    if writing fails)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dumps_report(report) + "\n")
+    write_atomically(path, dumps_report(report) + "\n")
 
 
 def _nan_to_none(value: Any) -> Any:

@@ -10,6 +10,7 @@ from typer.core import TyperCommand
 from streamscore import __version__
 from streamscore.cli import batch, bench, compare, models, replay, tail
 from streamscore.cli.common import Command, Group
+from streamscore.shutdown import interrupt_on_signals
 
 app = typer.Typer(
     name="streamscore",
@@ -61,4 +62,7 @@ _plain_help(app)  # after every command is registered
 
 
 def main() -> None:
-    app()
+    # SIGTERM (cron, systemd, docker stop) stops every command as Ctrl-C does: one line and
+    # exit 143, not a silent kill; batch and tail put their own graceful handlers over this.
+    with interrupt_on_signals():
+        app()

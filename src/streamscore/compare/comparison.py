@@ -95,11 +95,11 @@ class Comparison:
         return [self._result(i, samples) for i in range(len(self.columns))]
 
     def samples(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """The sampled (A, B) pairs of each column, rows with a missing side left out."""
+        """The sampled (A, B) pairs of each column, rows missing a finite value left out."""
         pairs = {}
         for i, name in enumerate(self.columns):
             a, b = self.sample.column(i)
-            present = ~(np.isnan(a) | np.isnan(b))
+            present = np.isfinite(a) & np.isfinite(b)
             pairs[name] = (a[present], b[present])
         return pairs
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from streamscore.config import ScoringOptions, check_topic_name
 from streamscore.errors import UsageError
+from streamscore.remote.url import is_model_url
 
 if TYPE_CHECKING:
     from streamscore.kafka.settings import KafkaSettings
@@ -58,6 +59,14 @@ class CompareOptions:
         if self.mode is CompareMode.models:
             if self.data is None or self.scoring_a is None or self.scoring_b is None:
                 raise UsageError("compare DATA needs two models: --model A --model B")
+            for scoring in (self.scoring_a, self.scoring_b):
+                if is_model_url(scoring.model):
+                    raise UsageError(
+                        f"--model {scoring.model}: compare DATA runs both models in this "
+                        "process and does not take a model server URL",
+                        hint="score DATA with `streamscore batch --model URL` into a folder "
+                        "per model, then compare them with --scored",
+                    )
         elif self.mode is CompareMode.scored:
             if self.scored is None or not self.key:
                 raise UsageError(

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from streamscore import plotting
+from streamscore.atomic import write_atomically
 from streamscore.compare.report import ColumnResult, CompareReport, Side
 
 SCATTER_POINTS = 4000
@@ -212,4 +213,5 @@ def to_html(report: CompareReport) -> str:
 
 
 def write_report(report: CompareReport, path: Path) -> None:
-    path.write_text(to_html(report), encoding="utf-8")
+    """Write the HTML report atomically (a temporary file renamed into place)."""
+    write_atomically(path, to_html(report))

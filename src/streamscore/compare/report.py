@@ -18,7 +18,8 @@
 
 A column::
 
-    name, compared (matched rows with a value on both sides), missing (null/NaN on a side)
+    name, compared (matched rows with a finite value on both sides), missing (null, NaN
+                      or infinite on a side)
     a, b              {mean, min, max, quantiles: {p01, p05, p25, p50, p75, p95, p99}}
     delta             A−B: {mean, mean_abs, max_abs, quantiles}
     pearson           exact, over every compared row
@@ -40,12 +41,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from streamscore.atomic import write_atomically
 
 SCHEMA = "streamscore.compare"
 SCHEMA_VERSION = 1
@@ -178,6 +180,4 @@ def dumps_report(report: CompareReport) -> str:
 
 def save_report(report: CompareReport, path: Path) -> None:
     """Write the JSON report atomically (a temporary file renamed into place)."""
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(dumps_report(report), encoding="utf-8")
-    os.replace(temp, path)
+    write_atomically(path, dumps_report(report))

@@ -105,6 +105,11 @@ def gate_error(report: CompareReport) -> ComparisonGateFailed | None:
     if not failures:
         return None
     named = "; ".join(_failure_text(f) for f in failures)
+    if all(f.metric == "matched_rows" for f in failures):
+        return ComparisonGateFailed(
+            f"the gate cannot pass: {named}",
+            hint="check that both sides hold the same records (DATA, --key, the topics' input)",
+        )
     return ComparisonGateFailed(
         f"models differ beyond the gate: {named}",
         hint="look at the report's top rows; raise the limit only on purpose",

@@ -14,7 +14,8 @@ the pipeline's writer thread can then hand them on without anything piling up.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -300,7 +301,7 @@ class ScoredPairs(PairSource):
             schemas.append(schema)
         stamps = (_batch_stamps(dir_a), _batch_stamps(dir_b))
         # By default only the columns batch recorded as scores (not kept input columns).
-        recorded = (None, None) if wanted else tuple(scores for scores, _ in stamps)
+        recorded = (None, None) if wanted else tuple(stamp.scores for stamp in stamps)
         numeric = [
             [n for n, t in schema.items() if t.is_numeric() and (scores is None or n in scores)]
             for schema, scores in zip(schemas, recorded, strict=True)
@@ -310,12 +311,18 @@ class ScoredPairs(PairSource):
         )
         # The model batch recorded, when every output file names the same one.
         self.a, self.b = (
-            Side(str(root), *(model or (None, None, None)))
-            for root, (_, model) in zip((dir_a, dir_b), stamps, strict=True)
+            Side(str(root), *(stamp.model or (None, None, None)))
+            for root, stamp in zip((dir_a, dir_b), stamps, strict=True)
         )
+        # polars reads the first file's schema only: name a later file that lacks a column.
+        needed = [key, *self.keep, *self.columns]
+        for option, stamp in zip(("A", "B"), stamps, strict=True):
+            stamp.check_columns(needed, f"--scored {option}")
         self._frames = frames
+        self._where = f"--scored A {dir_a} and B {dir_b}"
         for option, frame, root in zip(("A", "B"), frames, (dir_a, dir_b), strict=True):
-            _check_unique(frame, key, f"--scored {option} {root}")
+            with _polars_errors(f"cannot read --scored {option} {root}"):
+                _check_unique(frame, key, f"--scored {option} {root}")
 
     def feed(self, emit: Emit) -> None:
         import polars as pl
@@ -334,41 +341,84 @@ class ScoredPairs(PairSource):
             pl.lit(True).alias("_in_b"),
         )
         joined = left.join(right, on=self.key, how="full", coalesce=True, nulls_equal=False)
-        for frame in joined.collect_batches(chunk_size=self.batch_rows):
-            in_a = frame["_in_a"].fill_null(False).to_numpy()
-            in_b = frame["_in_b"].fill_null(False).to_numpy()
-            both = in_a & in_b
-            matched = frame.filter(pl.Series(both))
-            keys = matched[self.key]
-            kept = {c: matched[f"keep.{c}"] for c in self.keep}
+        with _polars_errors(f"cannot join {self._where} on '{self.key}'"):
+            for frame in joined.collect_batches(chunk_size=self.batch_rows):
+                self._emit_frame(frame, emit)
 
-            def describe(
-                i: int, keys: pl.Series = keys, kept: dict[str, pl.Series] = kept
-            ) -> dict[str, Any]:
-                return {"key": keys[i], "keep": {c: values[i] for c, values in kept.items()}}
+    def _emit_frame(self, frame: Any, emit: Emit) -> None:
+        import polars as pl
 
-            paired = PairedBatch(
-                _frame_matrix(matched, [f"a.{c}" for c in cols]),
-                _frame_matrix(matched, [f"b.{c}" for c in cols]),
-                describe,
-                only_a=int(np.count_nonzero(in_a & ~in_b)),
-                only_b=int(np.count_nonzero(in_b & ~in_a)),
-            )
-            emit(cols, paired)
+        cols = self.columns
+        in_a = frame["_in_a"].fill_null(False).to_numpy()
+        in_b = frame["_in_b"].fill_null(False).to_numpy()
+        both = in_a & in_b
+        matched = frame.filter(pl.Series(both))
+        keys = matched[self.key]
+        kept = {c: matched[f"keep.{c}"] for c in self.keep}
+
+        def describe(
+            i: int, keys: pl.Series = keys, kept: dict[str, pl.Series] = kept
+        ) -> dict[str, Any]:
+            return {"key": keys[i], "keep": {c: values[i] for c, values in kept.items()}}
+
+        paired = PairedBatch(
+            _frame_matrix(matched, [f"a.{c}" for c in cols]),
+            _frame_matrix(matched, [f"b.{c}" for c in cols]),
+            describe,
+            only_a=int(np.count_nonzero(in_a & ~in_b)),
+            only_b=int(np.count_nonzero(in_b & ~in_a)),
+        )
+        emit(cols, paired)
 
 
 Model = tuple[str, str, str]  # name, version, sha256
 
 
-def _batch_stamps(root: Path) -> tuple[set[str] | None, Model | None]:
-    """What ``batch`` recorded in its outputs' metadata: the score columns (None if it did
-    not) and the model (None unless every file names the same one)."""
+@dataclass(frozen=True)
+class _Stamps:
+    """What ``batch`` recorded in one side's outputs, and each file's column names."""
+
+    scores: set[str] | None  # the score columns (None if a file did not record them)
+    model: Model | None  # None unless every file names the same one
+    files: dict[Path, list[str]]
+
+    def check_columns(self, needed: Sequence[str], where: str) -> None:
+        for path, names in self.files.items():
+            present = set(names)
+            missing = [name for name in needed if name not in present]
+            if missing:
+                raise InputError(
+                    f"{where} {path} has no column {', '.join(repr(m) for m in missing)}",
+                    hint="every file of a side needs the key and the compared columns",
+                )
+
+
+@contextmanager
+def _polars_errors(what: str) -> Iterator[None]:
+    """A polars error (unreadable file, key types that do not join) as a one-line InputError."""
+    import polars as pl
+
+    try:
+        yield
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"{what}: {first}") from exc
+
+
+def _batch_stamps(root: Path) -> _Stamps:
+    """What ``batch`` recorded in the outputs under ``root`` (see :class:`_Stamps`)."""
     from streamscore.sources.parquet import discover_parquet
 
     found: set[str] | None = set()
     models: set[Model | None] = set()
+    files: dict[Path, list[str]] = {}
     for item in discover_parquet(root):
-        metadata = pq.read_metadata(item.path).metadata or {}
+        try:
+            footer = pq.read_metadata(item.path)
+        except (OSError, pa.ArrowException) as exc:
+            raise InputError(f"cannot read {item.path}: {exc}".splitlines()[0]) from exc
+        files[item.path] = footer.schema.to_arrow_schema().names
+        metadata = footer.metadata or {}
         names = metadata.get(b"streamscore.score_columns")
         if names is None:
             found = None
@@ -383,7 +433,7 @@ def _batch_stamps(root: Path) -> tuple[set[str] | None, Model | None]:
         else:
             models.add((name.decode(), version.decode(), sha256.decode()))
     model = next(iter(models)) if len(models) == 1 else None
-    return found, model
+    return _Stamps(found, model, files)
 
 
 def _frame_matrix(frame: Any, names: Sequence[str]) -> np.ndarray:

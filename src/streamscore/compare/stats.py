@@ -104,13 +104,24 @@ class Reservoir:
     def __init__(self, size: int, columns: int, seed: int = 0) -> None:
         self.size = size
         self.seen = 0
-        self.a = np.empty((size, columns), dtype=np.float64)
-        self.b = np.empty((size, columns), dtype=np.float64)
+        # Grown as rows come (doubling, up to size): --sample-rows is an upper bound, and
+        # a generous one must not allocate it all before the first row.
+        self.a = np.empty((0, columns), dtype=np.float64)
+        self.b = np.empty((0, columns), dtype=np.float64)
         self.rng = np.random.default_rng(seed)
+
+    def _reserve(self, rows: int) -> None:
+        held = len(self.a)
+        if rows <= held:
+            return
+        capacity = min(self.size, max(rows, 2 * held))
+        extra = ((0, capacity - held), (0, 0))
+        self.a, self.b = np.pad(self.a, extra), np.pad(self.b, extra)
 
     def add(self, a: np.ndarray, b: np.ndarray) -> None:
         """Offer rows (2-D: rows x columns) to the sample."""
         m = len(a)
+        self._reserve(min(self.size, self.seen + m))
         free = min(max(self.size - self.seen, 0), m)
         if free:
             self.a[self.seen : self.seen + free] = a[:free]
@@ -140,7 +151,7 @@ class ColumnStats:
     name: str
     threshold: float
     moments: _Moments = field(default_factory=_Moments)
-    missing: int = 0  # matched rows where either side is null/NaN in this column
+    missing: int = 0  # matched rows where either side is null, NaN or infinite here
     min_a: float = math.inf
     max_a: float = -math.inf
     min_b: float = math.inf
@@ -151,8 +162,9 @@ class ColumnStats:
     table: np.ndarray = field(default_factory=lambda: np.zeros((2, 2), dtype=np.int64))
 
     def add(self, a: np.ndarray, b: np.ndarray) -> None:
-        """Add matched values (float64, same length); NaN on either side counts as missing."""
-        present = ~(np.isnan(a) | np.isnan(b))
+        """Add matched values (float64, same length); a null (NaN) or infinite value on either
+        side counts as missing: no statistic can use it."""
+        present = np.isfinite(a) & np.isfinite(b)
         if not present.all():
             self.missing += int(len(a) - present.sum())
             a, b = a[present], b[present]
@@ -209,8 +221,9 @@ class TopRows:
         """Offer matched rows; ``describe(i)`` gives row i's key and kept columns."""
         if self.size == 0 or len(a) == 0:
             return
-        absolute = np.abs(a - b)
-        absolute = np.where(np.isnan(absolute), -1.0, absolute)
+        with np.errstate(invalid="ignore"):  # inf - inf: skipped below as missing
+            absolute = np.abs(a - b)
+        absolute = np.where(np.isfinite(absolute), absolute, -1.0)
         count = min(self.size, len(a))
         candidates = np.argpartition(-absolute, count - 1)[:count]
         floor = self.heap[0].abs_delta if len(self.heap) == self.size else -math.inf

@@ -74,6 +74,7 @@ class TopicPairs(PairSource):
         self.batch_rows = batch_rows
         self.a, self.b = Side(f"topic {topic_a}"), Side(f"topic {topic_b}")
         self.columns: list[str] = []
+        self.scored_topic: str | None = None  # the input topic both outputs must come from
 
     def feed(self, emit: Emit) -> None:
         ranges = []
@@ -174,6 +175,7 @@ class TopicPairs(PairSource):
                 ) from None
             if not isinstance(value, dict):
                 raise InputError(f"{where}: the value is not a JSON object")
+            self._check_scored_topic(where, found.get(h.SOURCE_TOPIC))
             parsed.append((source, value))
         if records and (self.a, self.b)[side].model is None:  # name the model from its headers
             found = h.header_dict(records[0].headers())
@@ -219,6 +221,17 @@ class TopicPairs(PairSource):
             duplicates_a=duplicates if side == 0 else 0,
             duplicates_b=duplicates if side == 1 else 0,
         )
+
+    def _check_scored_topic(self, where: str, scored: str | None) -> None:
+        """Source offsets mean the same record only within one input topic."""
+        if self.scored_topic is None:
+            self.scored_topic = scored
+        elif scored != self.scored_topic:
+            raise InputError(
+                f"{where}: scored records of topic '{scored}', but the records before it "
+                f"came from '{self.scored_topic}': their source offsets name other records",
+                hint="--topics compares two outputs of the same input topic",
+            )
 
     def _discover(self, side: int, value: dict[str, Any]) -> None:
         """Score columns from the first record: numeric fields (not --keep ones)."""

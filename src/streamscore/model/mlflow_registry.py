@@ -24,9 +24,11 @@ with one complete entry.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import uuid
@@ -125,6 +127,15 @@ def display_uri(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def _without_credentials(text: str) -> str:
+    """``text`` with the ``user:password@`` of every URL in it removed (MLflow's errors quote
+    the URL they called, credentials included)."""
+    return _URL_CREDENTIALS.sub(r"\1", text)
+
+
+_URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]*@")
+
+
 def _path_part(text: str) -> str:
     """``text`` as one safe folder name: no separators, never ``.`` or ``..``."""
     quoted = quote(text, safe="")
@@ -143,9 +154,19 @@ def _translated(what: str) -> Iterator[None]:
     except StreamscoreError:
         raise
     except Exception as exc:
-        text = str(getattr(exc, "message", None) or exc).strip()
-        first = text.splitlines()[0] if text else type(exc).__name__
-        raise ModelError(f"{what}: {first}") from exc
+        raise ModelError(_without_credentials(f"{what}: {_first_reason(exc)}")) from exc
+
+
+def _first_reason(exc: Exception) -> str:
+    """The first line of an MLflow error, with the first failure it lists when that line
+    only announces a list ("The following failures occurred …:" then "##### File …")."""
+    text = str(getattr(exc, "message", None) or exc).strip()
+    lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    if not lines:
+        return type(exc).__name__
+    if lines[0].endswith(":") and len(lines) > 1:
+        return f"{lines[0]} {lines[1]}"
+    return lines[0]
 
 
 class Registry:
@@ -167,7 +188,8 @@ class Registry:
                 )
         for key, value in MLFLOW_DEFAULTS.items():  # read by MLflow at each call
             os.environ.setdefault(key, value)
-        self.client = mlflow.MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.uri)
+        with _translated(f"cannot open the MLflow registry {self.shown}"):
+            self.client = mlflow.MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.uri)
         self.cache = options.cache_root() / "mlflow" / _digest(self.uri, 12)
 
     # --- looking up -----------------------------------------------------------------------
@@ -294,8 +316,10 @@ class Registry:
             try:
                 temp.rename(entry)
             except OSError:  # another process put the entry in place first: use theirs
-                if _entry_model(entry) is None:
-                    raise
+                if _entry_model(entry) is None:  # unless it is damaged (file or record lost)
+                    _set_aside(entry)
+                    with contextlib.suppress(OSError):  # lost to another process: theirs
+                        temp.rename(entry)
         except OSError as exc:
             raise ModelError(
                 f"cannot store {label} in the model cache {entry.parent}: {exc.strerror or exc}",
@@ -377,6 +401,19 @@ def _remove_abandoned_downloads(folder: Path) -> None:
             shutil.rmtree(child, ignore_errors=True)
         except OSError:  # alive, another user's
             continue
+
+
+def _set_aside(entry: Path) -> None:
+    """Remove a damaged cache entry: renamed first (atomic, so no process sees it half
+    removed), then deleted; a folder left by a crash here is cleaned like a killed download."""
+    aside = entry.parent / (
+        f"{TEMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    )
+    try:
+        entry.rename(aside)
+    except FileNotFoundError:  # another process set it aside first
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _entry_record(entry: Path) -> dict[str, Any]:
