@@ -19,8 +19,14 @@ Each variant runs --repeat times, alternating, and the median counts. It prints 
 the ratios (b)/(a) (target >= 0.70), (b')/(a') (target >= 0.75) and streamscore's speed-up
 over the per-message consumer, (b)/(c).
 
+Then workers (issue 11 §2), on a topic of their own with --worker-partitions partitions (6: an
+even split for 1, 2 or 3 workers): ``streamscore replay --workers 1`` against ``--workers 2``
+(each a command line run to its end, process start and model load included, exactly-once),
+alternating, medians of --repeat, and the ratio (w2)/(w1). On a 2-core machine expect at best
+about 2x (the workers share the cores with the broker); ``--only-workers`` skips the rest.
+
     .venv/bin/python benchmarks/replay_throughput.py [--records 200000] [--repeat 3]
-        [--bootstrap HOST:PORT]
+        [--bootstrap HOST:PORT] [--only-workers] [--worker-partitions 6]
 """
 
 from __future__ import annotations
@@ -173,6 +179,53 @@ def streamscore_replay(
     return summary.records_read / seconds, summary.as_dict()
 
 
+def replay_workers(
+    bootstrap: str, topic: str, model: str, batch: int, threads: int | None, workers: int
+) -> float:
+    """(w1)/(w2): ``streamscore replay --workers N`` from the command line, to its end."""
+    output = f"{topic}.workers{workers}-{uuid.uuid4().hex[:8]}"
+    command = [
+        sys.executable, "-m", "streamscore", "replay", "-b", bootstrap, "-i", topic,
+        "-o", output, "-m", model, "--batch-size", str(batch), "--provider", "cpu",
+        "--log-format", "json", "--workers", str(workers), "--member", "bench",
+    ]  # fmt: skip
+    if threads is not None:
+        command += ["--threads", str(threads)]
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        sys.exit(f"replay --workers {workers} failed:\n{done.stderr[-3000:]}")
+    summary = json.loads(done.stdout.splitlines()[-1])
+    print(f"  --workers {workers}: {seconds:.1f}s, {summary['members']}", flush=True)
+    return int(summary["records_read"]) / seconds
+
+
+def compare_workers(args: argparse.Namespace, bootstrap: str) -> dict[str, float]:
+    """1 against 2 workers on a topic of their own; prints and returns the medians."""
+    topic = f"bench-workers-{uuid.uuid4().hex[:8]}"
+    loaded = load_parquet(
+        KafkaSettings(bootstrap), SAMPLE, topic, partitions=args.worker_partitions,
+        limit=args.records,
+    )  # fmt: skip
+    print(f"loaded {loaded:,} records into {topic} ({args.worker_partitions} partitions)")
+
+    def run(workers: int) -> Callable[[], float]:
+        return lambda: replay_workers(
+            bootstrap, topic, args.model, args.batch_size, args.threads, workers
+        )
+
+    found = median_runs(
+        args.repeat, {"(w1) 1 worker": (run(1), loaded), "(w2) 2 workers": (run(2), loaded)}
+    )
+    for name, (rate, _cpu) in found.items():
+        print(f"{name:<24} {rate:>10,.0f} records/s")
+    one, two = found["(w1) 1 worker"][0], found["(w2) 2 workers"][0]
+    cores = os.cpu_count()
+    print(f"(w2)/(w1) = {two / one:.2f}  (at best ~2 on 2 free cores; this machine: {cores} cores)")
+    return {"w1": one, "w2": two, "w2_vs_w1": two / one}
+
+
 def timed(run: Callable[[], float], records: int) -> tuple[float, float]:
     """One run's rate, and its CPU time (this process) per record in microseconds: on a
     busy machine the CPU figure moves less than the rate."""
@@ -210,11 +263,18 @@ def main() -> None:
         type=lambda text: [v for v in text.split(",") if v],
         help="also time (b) with these --keep values (comma-separated; '' for none)",
     )
+    parser.add_argument("--worker-partitions", type=int, default=6)
+    parser.add_argument("--only-workers", action="store_true", help="time only 1 against 2 workers")
     args = parser.parse_args()
 
     home = ROOT / "benchmarks" / ".data" / f"kafka-{os.getpid()}"
     bootstrap = args.bootstrap or start_broker(home)
     try:
+        workers = compare_workers(args, bootstrap)
+        if args.only_workers:
+            if args.json:
+                args.json.write_text(json.dumps({"repeat": args.repeat, "workers": workers}))
+            return
         topic = f"bench-{uuid.uuid4().hex[:8]}"
         settings = KafkaSettings(bootstrap)
         t0 = time.perf_counter()
@@ -270,6 +330,7 @@ def main() -> None:
                         "replay_vs_pipe": replay / pipe,
                         "replay_vs_pipe_alo": alo,
                         "replay_vs_per_message": replay / loop,
+                        "workers": workers,
                     },
                     indent=2,
                 )

@@ -202,15 +202,28 @@ def test_ctrl_c_while_stopping_the_callers_still_waits_for_each_one() -> None:
 
     from streamscore.bench.harness import _Callers
 
-    callers = _Callers(2, lambda _record, _flag: time.sleep(0.5))  # a call in progress
+    release = threading.Event()  # the calls in progress end only after the Ctrl-C
+    callers = _Callers(2, lambda _record, _flag: release.wait(10))
     callers.start()
     main = threading.main_thread().ident
     assert main is not None
-    threading.Timer(0.1, signal.pthread_kill, args=(main, signal.SIGINT)).start()
-    with pytest.raises(KeyboardInterrupt):
-        callers.stop()  # interrupted while joining
-    # A caller left inside ONNX Runtime at interpreter exit aborts the process (SIGABRT).
-    assert not any(thread.is_alive() for thread in callers.threads)
+
+    def ctrl_c_then_release() -> None:
+        time.sleep(0.1)
+        signal.pthread_kill(main, signal.SIGINT)
+        time.sleep(0.3)
+        release.set()
+
+    interrupter = threading.Thread(target=ctrl_c_then_release)
+    interrupter.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            callers.stop()  # interrupted while joining
+        # A caller left inside ONNX Runtime at interpreter exit aborts the process (SIGABRT).
+        assert not any(thread.is_alive() for thread in callers.threads)
+    finally:
+        release.set()
+        interrupter.join()
 
 
 def test_callers_start_with_stop_signals_blocked_so_only_the_main_thread_takes_them() -> None:

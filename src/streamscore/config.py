@@ -202,13 +202,28 @@ def check_topic_name(name: str, option: str) -> None:
         )
 
 
+MEMBER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_member_name(name: str) -> None:
+    """A worker name: part of a transactional id and the group instance id."""
+    if not MEMBER_NAME.fullmatch(name):
+        raise UsageError(
+            f"--member {name!r} is not a worker name",
+            hint="use up to 100 letters, digits, '.', '_' or '-', starting with a letter or "
+            "digit, e.g. the host name",
+        )
+
+
 @dataclass(frozen=True)
 class ReplayOptions:
     """``streamscore replay``: rescore ``input_topic`` up to its end offsets at the start.
 
     ``group`` (default ``streamscore-replay.IN.OUT``) names the consumer group that holds the
     replay's progress; the transactional id is the same string, so a restarted replay fences
-    a previous instance that is still running.
+    a previous instance that is still running. With ``member`` the process is one worker of
+    a replay shared by the group's members (:mod:`streamscore.replay_group`): static group
+    member ``member``, transactional id ``GROUP.member``.
     """
 
     kafka: KafkaSettings
@@ -221,8 +236,16 @@ class ReplayOptions:
     exactly_once: bool = True
     max_record_bytes: int = 1_000_000
     allow_nonempty_output: bool = False  # a fresh replay into an OUT that holds records
+    member: str | None = None  # this worker's name in a replay shared by several processes
 
     def __post_init__(self) -> None:
+        if self.member is not None:
+            check_member_name(self.member)
+            if not self.exactly_once:
+                raise UsageError(
+                    "--member (or --workers) needs exactly-once delivery",
+                    hint="drop --at-least-once: workers hand partitions over through transactions",
+                )
         check_topic_name(self.input_topic, "--input-topic")
         check_topic_name(self.output_topic, "--output-topic")
         check_topic_name(self.dead_letter_topic, "--dlq-topic")

@@ -18,15 +18,19 @@
     ├── RemoteError                   exit 12  model server refused us or broke the protocol
     │   └── RemoteUnavailable         exit 12  model server away (down, timeout, 429, 5xx)
     │                                          after every retry; a rerun resumes
+    ├── WorkerLost                    exit 13  replay --workers: a worker process died of a
+    │                                          signal (e.g. SIGKILL); a rerun resumes
     └── Interrupted                   exit 130 stopped by SIGINT (Ctrl-C); a rerun resumes
         └── Terminated                exit 143 stopped by SIGTERM
 
 Exit 130 means interrupted (SIGINT), 143 terminated (SIGTERM). Only ``streamscore.cli``
-turns these into exit codes; library users catch ``StreamscoreError``.
+turns these into exit codes; library users catch ``StreamscoreError``. A command made of
+several processes (``replay --workers``) exits with :func:`worst_exit_code` of theirs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 EXIT_OK = 0
@@ -168,3 +172,26 @@ class RemoteUnavailable(RemoteError):
 
     Nothing is dead-lettered for it: the rows were never judged, so a rerun scores them.
     """
+
+
+class WorkerLost(StreamscoreError):
+    """A worker process of ``replay --workers`` died of a signal, without an exit status."""
+
+    exit_code = 13
+
+
+def worst_exit_code(codes: Sequence[int]) -> int:
+    """The exit status of a run made of processes that exited with ``codes``.
+
+    A failure (any status but 0, 130 and 143; the first one when several failed) beats a stop
+    by SIGTERM (143), which beats one by Ctrl-C (130), which beats success. A negative status
+    (``subprocess``: killed by that signal) counts as :class:`WorkerLost`.
+    """
+    found = [WorkerLost.exit_code if code < 0 else code for code in codes]
+    failures = [code for code in found if code not in (EXIT_OK, EXIT_INTERRUPTED, EXIT_TERMINATED)]
+    if failures:
+        return failures[0]
+    for stopped in (EXIT_TERMINATED, EXIT_INTERRUPTED):
+        if stopped in found:
+            return stopped
+    return EXIT_OK

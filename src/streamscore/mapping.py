@@ -24,6 +24,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from streamscore.arrays import to_numpy
 from streamscore.errors import MappingError
 from streamscore.model.signature import ModelSignature, TensorSpec
 
@@ -274,7 +275,7 @@ def _to_numbers(
         array = array.cast(pa.float64())
     if array.null_count:  # null rows are rejected above; any placeholder value will do
         array = array.fill_null(False if pa.types.is_boolean(array.type) else 0)
-    values = array.to_numpy(zero_copy_only=False)
+    values = to_numpy(array)
     if target.kind in "iu" and values.dtype.kind == "f":
         info = np.iinfo(target)  # type: ignore[type-var]
         # float(info.max) rounds up to 2**63 (a value that does not fit): compare against
@@ -346,7 +347,7 @@ def _fill_matrix(
             and not array.null_count
             and (pa.types.is_floating(kind) or pa.types.is_integer(kind))
         ):
-            values = array.to_numpy()
+            values = to_numpy(array)
             if _can_overflow(values.dtype, target):
                 narrowed.append(j)
         else:
@@ -387,7 +388,7 @@ def _reject_overflow(
     feed: InputFeed, batch: pa.RecordBatch, j: int, inf: np.ndarray, rej: _Rejections
 ) -> None:
     column = feed.columns[j]
-    source = batch.column(column).to_numpy()
+    source = to_numpy(batch.column(column))
     bad = inf & np.isfinite(source)  # a source infinity stays infinity; that is no overflow
     where = _describe(column, feed.input)
     rej.add(

@@ -20,6 +20,9 @@ topic; then the run exits. How a run goes:
 5. A transaction that had to be aborted leaves the consumer ahead of the committed offsets,
    so the run starts over from step 3 with fresh clients (a few times at most).
 
+With ``options.member`` set, the run is one worker of a replay several processes share
+through a consumer group: :mod:`streamscore.replay_group`.
+
 With ``exactly_once=False`` there are no transactions: offsets are committed once outputs
 are acknowledged (the wait overlaps the next batch); a crash in between repeats those
 batches on restart.
@@ -78,11 +81,16 @@ class ReplaySummary:
     records_per_second: float = 0.0
     start_offsets: dict[int, int] = field(default_factory=dict)
     end_offsets: dict[int, int] = field(default_factory=dict)
+    complete: bool = False  # every partition is read up to its end offset
+    member: str | None = None  # this worker, in a replay shared by several (--member)
+    partitions_read: list[int] = field(default_factory=list)  # those this worker read from
 
     def as_dict(self) -> dict[str, Any]:
         payload = asdict(self)
         if payload["model_server"] is None:  # an embedded model
             del payload["model_server"]
+        if payload["member"] is None:  # one process replays every partition
+            del payload["member"], payload["partitions_read"]
         return payload
 
 
@@ -96,6 +104,10 @@ def run_replay(options: ReplayOptions, reporter: Reporter | None = None) -> Repl
     """
     reporter = reporter or SilentReporter()
     try:
+        if options.member is not None:
+            from streamscore.replay_group import GroupReplayRun
+
+            return GroupReplayRun(options, reporter).execute()
         return ReplayRun(options, reporter).execute()
     finally:
         reporter.close()
@@ -142,6 +154,7 @@ class ReplayRun:
             for attempt in range(1, MAX_ATTEMPTS + 1):
                 try:
                     self._attempt(admin, topics, model, scorer, decoder, summary)
+                    summary.complete = True
                     break
                 except TransactionAborted as exc:
                     if attempt == MAX_ATTEMPTS:
@@ -167,6 +180,7 @@ class ReplayRun:
             delivery="exactly-once" if o.exactly_once else "at-least-once",
             model_server=ref.server or None,
             model_lineage=ref.lineage,
+            member=o.member,
         )
 
     def identity(self, model: Model) -> str:
@@ -338,16 +352,18 @@ class ReplayRun:
         else:
             phase = "resumed" if resumed else "started"
             message = f"{phase}: {left:,} offset(s) to go"
-        self.reporter.event(
-            {
-                "event": "info",
-                "message": f"replay of '{o.input_topic}' into '{o.output_topic}' (group "
-                f"'{o.group_id}') {message}",
-                "phase": phase,
-                "run": snapshot.run_id,
-                "end_offsets": {p: r.end for p, r in snapshot.ranges.items()},
-            }
-        )
+        worker = f", worker '{o.member}'" if o.member is not None else ""
+        event = {
+            "event": "info",
+            "message": f"replay of '{o.input_topic}' into '{o.output_topic}' (group "
+            f"'{o.group_id}'{worker}) {message}",
+            "phase": phase,
+            "run": snapshot.run_id,
+            "end_offsets": {p: r.end for p, r in snapshot.ranges.items()},
+        }
+        if o.member is not None:
+            event["member"] = o.member
+        self.reporter.event(event)
         if self.tasks_added:  # a retry after an aborted transaction: the bars exist
             return
         self.tasks_added = True

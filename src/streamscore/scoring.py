@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from streamscore.arrays import from_numpy, to_numpy
 from streamscore.errors import ModelError, UsageError
 from streamscore.mapping import Feeds, InputPlan, build_feeds, plan_inputs, source_fields
 from streamscore.model.base import Model, Pending, SubmittingModel
@@ -65,14 +66,14 @@ class ScoredBatch:
         elif len(self.accepted) == batch.num_rows:  # the usual case: nothing to filter
             kept = batch.select(list(keep))
         else:
-            kept = batch.select(list(keep)).take(pa.array(self.accepted))
+            kept = batch.select(list(keep)).take(from_numpy(self.accepted))
         arrays = (kept.columns if kept is not None else []) + self.scores.columns
         names = (list(keep) if kept is not None else []) + self.scores.schema.names
         return pa.RecordBatch.from_arrays(arrays, names=names)
 
     def rejected_rows(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """The rejected input rows, every original column, plus ``_reject_reason``."""
-        rows = batch.take(pa.array(self.rejected, type=pa.int64()))
+        rows = batch.take(from_numpy(self.rejected.astype(np.int64, copy=False)))
         return rows.append_column(REASON_COLUMN, pa.array(self.reasons, type=pa.string()))
 
 
@@ -85,15 +86,9 @@ def _output_columns(name: str, value: Any) -> list[tuple[str, pa.Array]]:
         ]
     array = np.asarray(value)
     if array.ndim == 1:
-        return [(name, pa.array(array if array.dtype != object else array.tolist()))]
+        return [(name, from_numpy(array))]
     if array.ndim == 2:
-        return [
-            (
-                f"{name}_{i}",
-                pa.array(array[:, i] if array.dtype != object else array[:, i].tolist()),
-            )
-            for i in range(array.shape[1])
-        ]
+        return [(f"{name}_{i}", from_numpy(array[:, i])) for i in range(array.shape[1])]
     raise ModelError(f"model output '{name}' has {array.ndim} dimensions; streamscore needs 1 or 2")
 
 
@@ -347,7 +342,7 @@ def _drop_nan_scores(
     nan = np.zeros(scores.num_rows, dtype=bool)
     for column in scores.columns:
         if pa.types.is_floating(column.type):
-            nan |= np.isnan(column.to_numpy(zero_copy_only=False))
+            nan |= np.isnan(to_numpy(column))
     if not nan.any():
         return ScoredBatch(scores, accepted, rejected, reasons)
     more = accepted[nan]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Mapping
 from datetime import datetime, timezone
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -18,10 +20,11 @@ from streamscore.cli.option_groups import (
     remote_options,
 )
 from streamscore.config import RegistryOptions, ReplayOptions
-from streamscore.errors import PartialFailure, UsageError
+from streamscore.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, PartialFailure, UsageError
 from streamscore.kafka.settings import KafkaSettings
 from streamscore.remote.settings import RemoteSettings
 from streamscore.shutdown import interrupt_on_signals
+from streamscore.workers import WorkersOutcome, default_prefix, member_names, run_local_workers
 
 EXAMPLE = (
     "Example: streamscore replay --bootstrap-servers HOST:PORT --input-topic "
@@ -54,6 +57,7 @@ def parse_timestamp_ms(text: str) -> int:
 @translate_errors
 @grouped(registry=registry_options, remote=remote_options)
 def replay(
+    ctx: typer.Context,
     input_topic: Annotated[
         str, typer.Option("--input-topic", "-i", help="Topic to replay; values are JSON objects.")
     ],
@@ -125,6 +129,26 @@ def replay(
     connect_timeout: opt.ConnectTimeout = 10.0,
     log_format: opt.LogFormat = "auto",
     remote: RemoteSettings = REMOTE_DEFAULTS,
+    member: Annotated[
+        str | None,
+        typer.Option(
+            help="Run as worker NAME of a replay shared by several processes: each runs the "
+            "same command with the same --group and its own --member (on one machine or "
+            "many), the group shares IN's partitions among them. A restarted worker takes "
+            "its place back; each stops (exit 0) once the whole replay is complete.",
+            metavar="NAME",
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Start N local worker processes of this replay (named MEMBER-0 … MEMBER-(N-1); "
+            "MEMBER defaults to the host name) and wait for them; exits with the worst "
+            "worker's code.",
+            min=1,
+            metavar="N",
+        ),
+    ] = None,
 ) -> None:
     """Score every record of a topic, up to its end offsets at start, into another topic.
 
@@ -132,9 +156,12 @@ def replay(
 
     After a crash or Ctrl-C, rerun the same command: it resumes and stops at the same ends.
 
+    Several processes (--member NAME on each, or --workers N here) share the work through
+    the consumer group, still exactly once.
+
     Exit: 0 done, 2 usage, 3 every record (or more than --max-dead-letter-ratio) was
-    dead-lettered, 4 records do not fit the model, 5 model, 6 Kafka, 130 interrupted (SIGINT),
-    143 terminated (SIGTERM).
+    dead-lettered, 4 records do not fit the model, 5 model, 6 Kafka, 13 a worker of --workers
+    was killed, 130 interrupted (SIGINT), 143 terminated (SIGTERM).
     """
     if log_format not in ("auto", "json", "text"):
         raise UsageError(f"--log-format must be auto, json or text, not {log_format!r}")
@@ -166,7 +193,11 @@ def replay(
         exactly_once=not at_least_once,
         max_record_bytes=max_record_bytes,
         allow_nonempty_output=allow_nonempty_output,
+        member=member if workers is None else member_names(member or default_prefix(), 1)[0],
     )
+    if workers is not None:
+        run_workers(ctx, options, workers, member or default_prefix(), log_format)
+        return
     from streamscore.replay import run_replay  # heavy: loaded only when run
 
     # SIGTERM stops a replay as Ctrl-C does: every committed batch stays, a rerun resumes.
@@ -194,3 +225,95 @@ def too_many_dead_letters(read: int, dead: int, max_ratio: float | None) -> Part
     else:
         return None
     return PartialFailure(message, hint="see streamscore.error.type in the dead letters")
+
+
+def run_workers(
+    ctx: typer.Context, options: ReplayOptions, count: int, prefix: str, log_format: str
+) -> None:
+    """``--workers N``: the same command in N child processes, one worker each; their JSON
+    lines relayed (their summaries as ``worker_summary``), then one summary of them all."""
+    arguments = child_arguments(ctx, {"workers", "member", "log_format"})
+    as_json = console.machine_readable(log_format)
+
+    def on_event(member: str, payload: Mapping[str, Any]) -> None:
+        if payload.get("event") == "summary":
+            payload = {**payload, "event": "worker_summary"}
+        if as_json:
+            console.json_line(payload)
+        elif line := console.format_event(payload):
+            console.print_note(f"[{member}] {line}")
+
+    outcome = run_local_workers(
+        arguments,
+        member_names(prefix, count),
+        on_event=on_event,
+        on_error_line=lambda member, line: console.print_note(f"[{member}] {line}"),
+    )
+    console.print_summary(
+        workers_summary(options, outcome),
+        title="streamscore replay --workers",
+        log_format=log_format,
+    )
+    failed = outcome.first_failure()
+    if failed is None:
+        return
+    code = outcome.exit_code
+    if failed.exit_code < 0:
+        name = signal.Signals(-failed.exit_code).name
+        console.print_error(f"worker '{failed.member}' was killed by {name} (rerun to resume)")
+    elif code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
+        console.print_error("terminated" if code == EXIT_TERMINATED else "interrupted")
+    else:
+        console.print_error(
+            f"worker '{failed.member}' failed: {failed.last_error or f'exit {code}'}"
+        )
+    raise typer.Exit(code)
+
+
+def workers_summary(options: ReplayOptions, outcome: WorkersOutcome) -> dict[str, Any]:
+    """What the workers did together, and each one."""
+    totals = dict.fromkeys(("records_read", "records_scored", "records_dead_lettered"), 0)
+    each: dict[str, str] = {}
+    for worker in outcome.workers:
+        found = worker.summary
+        for key in totals:
+            totals[key] += int(found.get(key, 0))
+        partitions = ",".join(str(p) for p in found.get("partitions_read", [])) or "none"
+        each[worker.member] = (
+            f"exit {worker.exit_code}, {int(found.get('records_read', 0))} read "
+            f"(partitions {partitions})"
+        )
+    return {
+        "input_topic": options.input_topic,
+        "output_topic": options.output_topic,
+        "group": options.group_id,
+        "workers": len(outcome.workers),
+        **totals,
+        "complete": bool(outcome.workers)
+        and all(w.summary.get("complete") for w in outcome.workers),
+        "members": each,
+    }
+
+
+def child_arguments(ctx: typer.Context, drop: set[str]) -> list[str]:
+    """The options given on this command line, as arguments again (minus ``drop``): what each
+    worker of ``--workers`` runs. Options from the environment reach the children anyway."""
+    arguments: list[str] = []
+    for param in ctx.command.params:
+        name = param.name
+        if param.param_type_name != "option" or name is None or name in drop:
+            continue
+        source = ctx.get_parameter_source(name)
+        if source is None or source.name != "COMMANDLINE":
+            continue
+        value = ctx.params[name]
+        flag = max(param.opts, key=len)
+        if getattr(param, "is_flag", False):
+            if value:
+                arguments.append(flag)
+            elif param.secondary_opts:
+                arguments.append(param.secondary_opts[0])
+            continue
+        for item in value if getattr(param, "multiple", False) else [value]:
+            arguments += [flag, str(item)]
+    return arguments

@@ -10,7 +10,10 @@ handed on are dropped (nothing of them was written or committed: their next owne
 them), and the callback waits until the sink has written every batch already handed on and
 their offsets are committed (:class:`GroupProgress`). Only then may the partitions move, so
 a record is never scored by two members unless a commit failed. Partitions *lost* (the
-group went on without us) are dropped at once: another member may own them already.
+group went on without us) are dropped at once: another member may own them already, so
+every batch handed on before the loss is fenced (:meth:`GroupProgress.may_commit` is False
+while the writer holds one): a sink must abort it rather than commit it with the generation
+the member gets when it rejoins.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class GroupProgress:
         self._cond = threading.Condition()
         self._yielded = 0
         self._written = 0
+        self._fenced_through = 0  # batches handed on before partitions were lost
         self._abandoned = False
 
     def yielded(self) -> None:
@@ -61,6 +65,17 @@ class GroupProgress:
             self._written += 1
             self._cond.notify_all()
 
+    def lost(self) -> None:
+        """Partitions were lost: no batch handed on so far may be committed any more."""
+        with self._cond:
+            self._fenced_through = self._yielded
+
+    def may_commit(self) -> bool:
+        """Whether the batch the writer is about to commit was handed on after the last loss
+        (batches are written in the order they were handed on)."""
+        with self._cond:
+            return self._written + 1 > self._fenced_through
+
     def abandon(self) -> None:
         with self._cond:
             self._abandoned = True
@@ -69,7 +84,7 @@ class GroupProgress:
     def restart(self) -> None:
         """Before the pipeline runs again (after a failed batch)."""
         with self._cond:
-            self._yielded = self._written = 0
+            self._yielded = self._written = self._fenced_through = 0
             self._abandoned = False
 
     def drain(self) -> bool:
@@ -240,6 +255,7 @@ class GroupSource(Source):
     def _on_lost(self, partitions: list[int]) -> None:
         """Another member may own these already: drop their records uncommitted."""
         self._drop(partitions)
+        self.progress.lost()
         self._forget(partitions, "lost")
 
     def _drop(self, partitions: list[int]) -> None:

@@ -62,7 +62,13 @@ def find_hanging(admin: Admin, partitions: Mapping[str, Sequence[int]]) -> list[
 
 
 # A topic created a moment ago may have no leader yet for some partitions.
-_LEADERLESS = {"NOT_LEADER_FOR_PARTITION", "LEADER_NOT_AVAILABLE", "UNKNOWN_TOPIC_OR_PART"}
+# (UNKNOWN_LEADER_EPOCH: this broker has not caught up yet with a topic a peer just created.)
+_LEADERLESS = {
+    "NOT_LEADER_FOR_PARTITION",
+    "LEADER_NOT_AVAILABLE",
+    "UNKNOWN_TOPIC_OR_PART",
+    "UNKNOWN_LEADER_EPOCH",
+}
 
 
 def _offsets_once_led(
@@ -86,13 +92,18 @@ def abort_hanging_transactions(
     offsets_topic: str,
     offsets: Mapping[int, tuple[int, str]],
     group_metadata: Any,
+    *,
+    wait_s: float | None = None,
 ) -> list[HangingPartition]:
     """End, as aborted, what a crashed run of ``producer``'s transactional id left open.
 
     Call it right after ``producer.init_transactions()``, which already aborted whatever the
     coordinator still knew to be open. ``offsets`` (any values: the transaction is aborted)
     are sent so that a pending offset commit of the crashed run is dropped. Returns the
-    partitions that were hanging; raises KafkaError naming any that still are.
+    partitions that were hanging; raises KafkaError naming any that still are after
+    ``wait_s`` (default: the connect timeout). Workers of one replay wait longer: a
+    partition may also hold a peer's transaction, which ends by itself (committed within a
+    batch, or rolled back by the broker at the transaction timeout if the peer died).
     """
     hanging = find_hanging(admin, outputs)
     producer.begin_transaction()
@@ -108,13 +119,15 @@ def abort_hanging_transactions(
         producer.send_offsets_to_transaction(offsets_topic, offsets, group_metadata)
     producer.abort_transaction(checked=True)
     if hanging:
-        _wait_until_stable(admin, hanging)
+        _wait_until_stable(
+            admin, hanging, admin.settings.connect_timeout_s if wait_s is None else wait_s
+        )
     return hanging
 
 
-def _wait_until_stable(admin: Admin, hanging: list[HangingPartition]) -> None:
-    """Wait (up to the connect timeout) until every LSO passed its old high watermark."""
-    deadline = time.monotonic() + admin.settings.connect_timeout_s
+def _wait_until_stable(admin: Admin, hanging: list[HangingPartition], wait_s: float) -> None:
+    """Wait (up to ``wait_s``) until every LSO passed its old high watermark."""
+    deadline = time.monotonic() + wait_s
     while True:
         still = [
             stuck

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from streamscore.errors import KafkaError
+from streamscore.errors import KafkaError, TransactionAborted
 from streamscore.kafka.client import (
     TIMESTAMP_NOT_AVAILABLE,
     Consumer,
@@ -108,14 +108,41 @@ class ExactlyOnce(Delivery):
 
 
 class GroupExactlyOnce(ExactlyOnce):
-    """Exactly-once in a consumer group: offsets go in with the group's *current* generation."""
+    """Exactly-once in a consumer group: offsets go in with the group's *current* generation.
 
-    def __init__(self, producer: Producer, consumer: Consumer) -> None:
+    ``may_commit()`` (a group source's :meth:`GroupProgress.may_commit`) says whether the
+    batch was read before the member lost partitions (or, for a replay worker, had some
+    revoked): such a batch is aborted, never committed with the generation the member got
+    afterwards (another member may read the same records). It judges one batch per
+    transaction. ``metadata()``, when given, returns the group metadata the reading
+    thread saw last: librdkafka answers ``consumer.group_metadata()`` from another thread only
+    once a rebalance callback in progress returned, so a writer asking for it would wait out a
+    revocation barrier that waits for that writer.
+    """
+
+    def __init__(
+        self,
+        producer: Producer,
+        consumer: Consumer,
+        *,
+        may_commit: Callable[[], bool] = lambda: True,
+        metadata: Callable[[], Any] | None = None,
+    ) -> None:
         super().__init__(producer, None)
         self.consumer = consumer
+        self.may_commit = may_commit
+        self.metadata = metadata or consumer.group_metadata
 
     def commit(self, topic: str, offsets: Mapping[int, tuple[int, str]]) -> None:
-        self.group_metadata = self.consumer.group_metadata()
+        self.group_metadata = self.metadata()
+        # After reading the generation: a batch of a generation that lost its partitions is
+        # either refused by the coordinator (old generation) or caught here (new one).
+        if not self.may_commit():
+            raise TransactionAborted(
+                f"the group took partitions of topic '{topic}' from this member while a batch "
+                "was being written; it is rolled back",
+                code="PARTITIONS_MOVED",
+            )
         super().commit(topic, offsets)
 
 
@@ -248,7 +275,7 @@ class KafkaSink(Sink):
     def write(self, batch: SourceBatch, scored: ScoredBatch) -> None:
         context: KafkaBatch = batch.context
         records, decoded = context.records, context.decoded
-        if not records:  # a quiet moment: commit what was written
+        if not records and not context.commit:  # a quiet moment: commit what was written
             self.delivery.settle()
             return
         kinds: dict[str, int] = {}

@@ -1,0 +1,294 @@
+"""A replay worker's share of the input: group-assigned partitions, each read up to its end.
+
+Workers of one replay (:mod:`streamscore.replay_group`) subscribe to IN in one consumer group,
+as ``tail`` does (:class:`~streamscore.kafka.group_source.GroupSource`: cooperative-sticky
+assignment, the revocation barrier, records of lost partitions dropped). What this source
+adds is the replay's end: each partition the group assigns is read from its committed offset
+(the snapshot's first transaction committed every partition's start) up to its end offset in
+the snapshot, then paused, and its end offset itself is committed (in a transaction of
+offsets only when no record was left to carry it). So the replay is complete exactly when
+every partition's committed offset has reached its end, which every worker can read. As in
+:class:`~streamscore.kafka.source.PartitionRangeSource`, the end is judged by position:
+markers and aborted records occupy offsets a read_committed consumer never returns.
+
+Until :meth:`start` is given the snapshot, assigned partitions stay paused (the worker is a
+member, so it may own partition 0 and take the snapshot, but reads nothing). After that the
+source runs until every partition of the snapshot is committed at its end (checked every
+``check_interval_s`` once this worker has nothing left to read) or it is stopped. A worker
+whose partitions are done therefore stays in the group, and a dead peer's partitions can
+move to it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from streamscore.errors import KafkaError
+from streamscore.kafka.client import CommittedOffset, Consumer, KafkaRecord
+from streamscore.kafka.codec import JsonDecoder
+from streamscore.kafka.group_source import IDLE_POLL_S, GroupProgress, GroupSource
+from streamscore.kafka.offsets import EndOffsets
+from streamscore.kafka.sink import KafkaBatch
+from streamscore.kafka.source import DEFAULT_MAX_WAIT_S, UNREACHABLE_CONNECT_TIMEOUTS
+from streamscore.pipeline import SourceBatch
+
+CHECK_INTERVAL_S = 0.5  # how often a worker with nothing left to read asks if all are done
+CHECK_FAILURES = 3  # completion checks that may fail in a row before the run fails
+
+
+class GroupRangeSource(GroupSource):
+    """Batches of up to ``batch_size`` records of the partitions the group assigns, each up to
+    its end in the snapshot; see the module docstring."""
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        topic: str,
+        decoder: JsonDecoder,
+        progress: GroupProgress,
+        stopped: threading.Event,
+        *,
+        batch_size: int,
+        max_wait_s: float = DEFAULT_MAX_WAIT_S,
+        check_interval_s: float = CHECK_INTERVAL_S,
+        committed: Callable[[list[int]], Mapping[int, CommittedOffset]] | None = None,
+        pending_wait_s: float = 0.0,
+        on_change: Callable[[str, list[int]], None] = lambda how, partitions: None,
+    ) -> None:
+        """``committed(partitions)`` reads the committed offsets for the completion check;
+        better not as a read_committed consumer (this one) does: that read waits while any
+        peer's transaction holds offsets, and peers commit batch after batch.
+        ``pending_wait_s``: how long a stable read of the owned partitions may keep failing
+        (a dead peer's transaction holding their offsets until the broker rolls it back)."""
+        super().__init__(
+            consumer,
+            topic,
+            decoder.decode,
+            progress,
+            stopped,
+            max_batch=batch_size,
+            max_wait_ms=max(1, int(max_wait_s * 1000)),
+            on_change=on_change,
+        )
+        self.snapshot: EndOffsets | None = None
+        self.remaining: set[int] = set()  # owned partitions not read to their end yet
+        self.complete = False  # every partition of the snapshot is committed at its end
+        self.check_interval_s = check_interval_s
+        self.pending_wait_s = pending_wait_s
+        self.committed = committed or (lambda partitions: consumer.committed(topic, partitions))
+        self.unreachable_timeout_s = (
+            UNREACHABLE_CONNECT_TIMEOUTS * consumer.settings.connect_timeout_s
+        )
+        self._next: dict[int, int] = {}  # next offset per partition of the batch collected
+        self._position: dict[int, int] = {}  # next offset handed on, per owned partition
+        self._last_check = 0.0
+        self._last_progress = time.monotonic()
+        self._check_failures = 0
+        self._paused = True  # until start(): partitions assigned meanwhile are paused
+        self._metadata: Any = None
+
+    # --- before the snapshot -----------------------------------------------------------------
+
+    def serve(self) -> None:
+        """Before :meth:`start`: poll once (partitions stay paused), so the group's callbacks
+        run and this member joins and keeps its membership."""
+        self.idle()
+
+    def idle(self) -> None:
+        self._consume(1)
+
+    def group_metadata(self) -> Any:
+        """The group metadata as of the last poll, for the writer's commits: read on this
+        (the polling) thread, outside rebalance callbacks. A batch committed with it after a
+        rebalance is refused (ILLEGAL_GENERATION) and read again: never committed twice."""
+        return self._metadata if self._metadata is not None else self.consumer.group_metadata()
+
+    def _consume(self, count: int) -> tuple[list[KafkaRecord], dict[int, int]]:
+        found = self.consumer.consume(count, IDLE_POLL_S)
+        self._metadata = self.consumer.group_metadata()  # callbacks are over: answered at once
+        return found
+
+    def start(self, snapshot: EndOffsets) -> None:
+        """Read the owned partitions, from their committed offsets, up to ``snapshot``."""
+        self.snapshot = snapshot
+        self.rewind()
+        super().resume()
+
+    # --- the batches -------------------------------------------------------------------------
+
+    def batches(self) -> Iterator[SourceBatch]:
+        assert self.snapshot is not None, "start() first"
+        while not self.stopped.is_set() and not self._halted.is_set():
+            yield self._range_batch(self._collect_range())
+            if not self.remaining and self._replay_complete():
+                self.complete = True
+                return
+
+    def rewind(self) -> None:
+        """Read every owned partition again from its committed offset (after an aborted
+        batch), finished ones included: their end may not have been committed.
+
+        The offsets are read as stable, so a partition just taken over from a worker that
+        died inside a transaction is read once the broker rolled that back (up to
+        ``pending_wait_s``), not from an offset that transaction may still commit.
+        """
+        deadline = time.monotonic() + self.pending_wait_s
+        while True:
+            try:
+                super().rewind()
+                break
+            except KafkaError:
+                if time.monotonic() >= deadline:
+                    raise
+        self._next.clear()
+        self._position.clear()
+        owned = sorted(self.progress.owned)
+        self.remaining = set(owned)
+        if owned and not self._paused:
+            self.consumer.resume(self.topic, owned)
+
+    def _collect_range(self) -> list[KafkaRecord]:
+        """One micro-batch: up to max_batch records of the owned partitions below their ends,
+        or what came within max_wait of the first; ends reached meanwhile are in ``_next``."""
+        snapshot = self.snapshot
+        assert snapshot is not None
+        started = time.monotonic()
+        while not self.stopped.is_set() and not self._halted.is_set():
+            room = self.max_batch - len(self._pending)
+            if room <= 0:
+                break
+            # Callbacks run inside consume(): a revocation drops _pending/_next of its partitions.
+            got, at_end = self._consume(room if self.remaining else 1)
+            for record in got:
+                partition, offset = record.partition(), record.offset()
+                if partition not in self.remaining:
+                    continue  # fetched before its partition was paused, or finished
+                end = snapshot.ranges[partition].end
+                if offset >= end:  # appended after the snapshot
+                    self._finish(partition)
+                    continue
+                self._pending.append(record)
+                self._next[partition] = offset + 1
+                if offset + 1 >= end:
+                    self._finish(partition)
+            for partition, offset in at_end.items():
+                if partition in self.remaining and offset >= snapshot.ranges[partition].end:
+                    self._finish(partition)
+            if not got and self.remaining:
+                positions = self.consumer.positions(self.topic, sorted(self.remaining))
+                for partition, offset in positions.items():
+                    if offset >= snapshot.ranges[partition].end:
+                        self._finish(partition)
+            now = time.monotonic()
+            if got or self._next or not self.remaining:
+                self._last_progress = now
+            else:
+                self._give_up_if_unreachable(now)
+            if not self._pending and not self._next and (not got or not self.remaining):
+                break  # a quiet moment (or nothing left to read): let the pipeline tick
+            if (self._pending or self._next) and (
+                now - started >= self.max_wait_s or not self.remaining
+            ):
+                break
+        return self._take_pending()
+
+    def _give_up_if_unreachable(self, now: float) -> None:
+        """Partitions left to read, nothing read for 3 connect timeouts, and the client
+        reported the cluster unreachable meanwhile: the broker is gone (as for a replay)."""
+        waited = now - self._last_progress
+        if waited <= self.unreachable_timeout_s:
+            return
+        reported = self.consumer.unreachable_at
+        if reported is not None and reported >= self._last_progress - self.unreachable_timeout_s:
+            raise self.consumer.unreachable(f"reading topic '{self.topic}'", round(waited, 1))
+
+    def _finish(self, partition: int) -> None:
+        """Everything below the end offset is read: commit the end, stop fetching."""
+        assert self.snapshot is not None
+        self.remaining.discard(partition)
+        self._next[partition] = self.snapshot.ranges[partition].end
+        self.consumer.pause(self.topic, [partition])
+
+    def _range_batch(self, records: list[KafkaRecord]) -> SourceBatch:
+        next_offsets, self._next = self._next, {}
+        if not next_offsets:  # idle: the pipeline ticks (rows shaped for the scorer)
+            idle = self.decode([])
+            return SourceBatch(idle.rows, KafkaBatch(self.topic, [], idle, {}))
+        snapshot = self.snapshot
+        assert snapshot is not None
+        first: dict[int, int] = {}
+        for record in records:
+            first.setdefault(record.partition(), record.offset())
+        commit: dict[int, tuple[int, str]] = {}
+        advanced: dict[int, int] = {}
+        for partition, offset in next_offsets.items():
+            start = self._position.get(partition, first.get(partition, offset))
+            advanced[partition] = max(0, offset - start)
+            self._position[partition] = offset
+            self._first.setdefault(partition, first.get(partition, offset))
+            commit[partition] = (offset, snapshot.metadata(partition))
+        decoded = self.decode([record.value() for record in records])
+        self.progress.yielded()
+        context = KafkaBatch(self.topic, records, decoded, commit, advanced)
+        return SourceBatch(decoded.rows, context)
+
+    def _replay_complete(self) -> bool:
+        """Whether every partition of the snapshot is committed at its end (asked at most
+        every ``check_interval_s``; an offset still pending in a peer's transaction does not
+        count: done means committed)."""
+        snapshot = self.snapshot
+        assert snapshot is not None
+        now = time.monotonic()
+        if now - self._last_check < self.check_interval_s:
+            return False
+        self._last_check = now
+        try:
+            committed = self.committed(sorted(snapshot.ranges))
+        except KafkaError:
+            self._check_failures += 1
+            if self._check_failures >= CHECK_FAILURES:
+                raise
+            return False
+        self._check_failures = 0
+        return all(
+            p in committed and committed[p].offset >= r.end for p, r in snapshot.ranges.items()
+        )
+
+    # --- group membership --------------------------------------------------------------------
+
+    def _on_revoke(self, partitions: list[int]) -> None:
+        """Roll back, rather than commit, what was handed on before the revocation.
+
+        ``tail``'s barrier lets the writer commit the batches in flight before partitions
+        move; here that can deadlock: during the rebalance the coordinator answers a
+        transactional offset commit "rebalance in progress" until this callback returns,
+        and librdkafka retries it. So every batch handed on so far is fenced (the writer
+        aborts it; the pipeline reads the partitions kept again from their committed
+        offsets), and the callback waits briefly for the writer to get there. Exactly once
+        does not depend on that wait: a commit of the old generation is refused once the
+        partitions moved, and one the coordinator accepted before is pending, which the next
+        owner's stable offset read (read_committed, KIP-447) waits for.
+        """
+        self._drop(partitions)
+        self.progress.lost()
+        self.progress.drain()
+        self._forget(partitions, "revoked")
+
+    def _on_assign(self, partitions: list[int]) -> None:
+        if self.snapshot is not None:
+            self.remaining.update(partitions)
+        if not self._paused and partitions:
+            # A partition this member read to its end before is paused still (librdkafka
+            # keeps the flag across assignments): it must be read again up to its end.
+            self.consumer.resume(self.topic, partitions)
+        super()._on_assign(partitions)
+
+    def _drop(self, partitions: list[int]) -> None:
+        super()._drop(partitions)
+        for partition in partitions:
+            self._next.pop(partition, None)
+            self._position.pop(partition, None)
+            self.remaining.discard(partition)
