@@ -6,8 +6,9 @@ into a topic as JSON, then, each into its own output topic:
 
 * (a) pipe        - a bare confluent-kafka consume -> produce loop without a model: same
                     records, batch size and one transaction per batch (offsets sent in it);
-* (b) replay      - ``streamscore replay`` (Python API, exactly-once, default --keep) with
-                    the sample model;
+* (b) replay      - ``streamscore replay`` (Python API, exactly-once, default --keep and
+                    --commit-interval: a transaction per second of batches, where the pipe
+                    commits one per batch as a hand-written loop does) with the sample model;
 * (a') pipe alo   - the same pipe at-least-once: produce a batch, flush, commit offsets;
 * (b') replay alo - ``streamscore replay`` at-least-once (``exactly_once=False``);
 * (c) per-message - the reference consumer of benchmarks/per_message.py (poll one record,

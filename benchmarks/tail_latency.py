@@ -4,7 +4,7 @@ One run against one local broker (started here with scripts/kafka-local in its o
 KAFKA_LOCAL_HOME, or an existing one with --bootstrap). For each scorer, each in its
 own process, reading its own 3-partition input topic:
 
-* tail         - ``streamscore tail`` with its defaults (at-least-once, --max-wait 5 ms,
+* tail         - ``streamscore tail`` with its defaults (at-least-once, --max-wait 2 ms,
                  --max-batch 1000);
 * per-message  - poll one record, parse it, score one row, produce one (auto-commit), the
                  shape of most published examples;

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import polars as pl
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings
@@ -342,3 +343,86 @@ def test_a_kept_field_repeated_after_a_non_string_value_passes_its_last_value() 
     out = encode_values(decoded.passthrough, np.arange(2), scores(2))
 
     assert [orjson.loads(value)["note"] for value in out] == ["", "second"]
+
+
+def with_repeat(fields: dict[str, Any], form: str) -> bytes:
+    """A compact record, or one naming a model field twice: plainly, or with a string kept
+    field turned into a number so that its quotes balance the repeated key's."""
+    raw = orjson.dumps(fields)
+    if form == "repeat":
+        return raw[:-1] + b',"a":99.5}'
+    if form == "balanced" and isinstance(fields.get("note"), str):
+        return orjson.dumps({**fields, "note": 7})[:-1] + b',"b":5}'
+    return raw
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(
+                st.fixed_dictionaries(  # no escapes, no field missing: the column-wise path
+                    {**model_fields, "id": st.integers(0, 9), "note": st.text("ab :,", max_size=4)}
+                ),
+                plain_fields,
+            ),
+            st.sampled_from(["compact"] * 6 + ["repeat", "balanced"]),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_a_repeated_model_field_is_found_when_every_field_is_kept(
+    items: list[tuple[dict[str, Any], str]],
+) -> None:
+    # With every field kept the column-wise check stands in for the search for repeated
+    # keys: it must find each record that names a model field twice, in any company.
+    values = [with_repeat(fields, form) for fields, form in items]
+    decoder = JsonDecoder(FIELDS, small_batch=0)
+
+    decoded = decoder.decode(values)
+
+    expected = {i: problem[0] for i, v in enumerate(values) if (problem := decoder._screen(v)[0])}
+    assert {f.index: f.kind for f in decoded.failures} == expected
+    good = [i for i in range(len(values)) if i not in expected]
+    out = encode_values(decoded.passthrough, np.arange(len(good)), scores(len(good)))
+    for i, value in zip(good, out, strict=True):
+        source = {k: v for k, v in orjson.loads(values[i]).items() if k not in FIELDS}
+        assert {k: v for k, v in orjson.loads(value).items() if k not in ("label", "p")} == source
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(width=32, allow_nan=False),
+            st.floats(allow_nan=False),
+            st.integers(-(2**63), 2**63 - 1),
+            st.booleans(),
+            st.text(max_size=5),
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_a_small_batch_of_scores_is_written_byte_for_byte_as_polars_writes_a_large_one(
+    rows: list[tuple[float, float, int, bool, str]],
+) -> None:
+    p32, p64, label, flag, text = (list(column) for column in zip(*rows, strict=True))
+    scores = pa.record_batch(
+        {
+            "p": pa.array(p32, pa.float32()),
+            "d": pa.array(p64, pa.float64()),
+            "label": pa.array(label, pa.int64()),
+            "flag": pa.array(flag, pa.bool_()),
+            "name": pa.array(text, pa.string()),
+        }
+    )
+    accepted = np.arange(len(rows))
+
+    small = encode_values(None, accepted, scores)  # orjson, row by row
+    frame = pl.from_arrow(scores)
+    assert isinstance(frame, pl.DataFrame)
+    large = frame.write_ndjson().encode().splitlines()  # polars, as for a large batch
+
+    assert small == large

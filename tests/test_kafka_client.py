@@ -26,6 +26,7 @@ from streamscore.kafka.client import (
     parse_properties,
     translate,
 )
+from streamscore.kafka.retry import Retry
 
 SECRET = "hunter2-s3cret"
 
@@ -431,3 +432,53 @@ def committed_values(bootstrap: str, topic: str) -> list[bytes]:
             values.append(message.value())
     finally:
         consumer.close()
+
+
+def test_the_retry_policy_waits_with_the_given_wait_and_retries_only_what_it_is_told() -> None:
+    waits: list[float] = []
+    calls: list[float] = []
+
+    def flaky(left: float) -> str:
+        calls.append(left)
+        if len(calls) < 3:
+            raise BufferError("queue full")
+        return "done"
+
+    retry = Retry(5.0, first_s=0.01, max_s=0.02, wait=waits.append, retry_on=(BufferError,))
+
+    assert retry.run(flaky, lambda exc: isinstance(exc, BufferError)) == "done"
+    assert waits == [0.01, 0.02]
+    assert retry.attempts == 3
+    # Not named in retry_on: raised at once, never retried.
+    with pytest.raises(BufferError):
+        Retry(5.0, wait=waits.append).run(flaky_always := _raiser(BufferError()), lambda _: True)
+    assert flaky_always.calls == 1
+
+
+class _raiser:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+        self.calls = 0
+
+    def __call__(self, _left: float) -> None:
+        self.calls += 1
+        raise self.exc
+
+
+@pytest.mark.kafka
+def test_a_producer_queue_that_stays_full_fails_by_the_deadline_instead_of_waiting_forever() -> (
+    None
+):
+    # No broker answers, so the one-record queue never drains: the second record waits for
+    # room under the retry policy's deadline (3 connect timeouts), then fails in one line.
+    settings = KafkaSettings("127.0.0.1:1", connect_timeout_s=0.5)
+    with Producer(settings, config={"queue.buffering.max.messages": 1}) as producer:
+        started = time.monotonic()
+        with pytest.raises(KafkaError) as caught:
+            producer.produce_many("t", [(b"a", None, 0, 0, None), (b"b", None, 0, 0, None)])
+        waited = time.monotonic() - started
+        producer.gave_up = True  # nothing to deliver on close
+
+    assert "local queue stayed full" in caught.value.message
+    assert caught.value.code == "_QUEUE_FULL"
+    assert 1.0 <= waited < 10

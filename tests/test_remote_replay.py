@@ -100,6 +100,9 @@ def test_a_server_killed_mid_replay_stops_it_with_exit_12_and_a_rerun_writes_eac
         "-o", target, "-m", model_server.model("fraud"), "--features", FEATURES,
         "--batch-size", "10", "--concurrency", "2", "--retries", "2", "--timeout", "2",
         "--log-format", "json",
+        # A transaction per batch, as the test was written for: with the default 1 s of
+        # batches per transaction the run can end before the server is killed.
+        "--commit-interval", "0",
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert process.stdout is not None

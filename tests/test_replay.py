@@ -214,6 +214,9 @@ def test_a_replay_interrupted_then_killed_at_random_points_writes_each_input_exa
         sys.executable, "-m", "streamscore", "replay", "-b", kafka_bootstrap, "-i", source,
         "-o", target, "-m", str(MODEL), "--batch-size", "20", "--threads", "1",
         "--provider", "cpu", "--log-format", "json",
+        # A transaction per batch, as the test was written for: with the default 1 s of
+        # batches per transaction the run can end before the signals come.
+        "--commit-interval", "0",
     ]  # fmt: skip
     rng = random.Random(20261122)
     # Ctrl-C first (exit 130), then three SIGKILLs, each once a random share of the outputs
@@ -457,6 +460,35 @@ def test_at_least_once_writes_every_record(
 
     assert summary.delivery == "at-least-once"
     assert len(read_topic(kafka_bootstrap, target)) == summary.records_scored == 300
+
+
+def output_end(bootstrap: str, topic: str) -> int:
+    """The high watermark of partition 0: records plus one marker per transaction."""
+    with Admin(KafkaSettings(bootstrap)) as admin:
+        return admin.list_offsets(topic, [0], "latest", committed=False)[0]
+
+
+@pytest.mark.parametrize(("interval", "transactions"), [(0.0, 3), (30.0, 1)])
+def test_one_transaction_spans_the_batches_of_a_commit_interval(
+    kafka_bootstrap: str, topics: Callable[[int], tuple[str, str]], interval: float,
+    transactions: int,
+) -> None:  # fmt: skip
+    source, target = topics(1)
+    produce_rows(kafka_bootstrap, source, sample_rows(12))
+
+    summary = replay(kafka_bootstrap, source, target, batch_size=4, commit_interval_s=interval)
+
+    # Three batches: one commit marker each, or one for all of them (the run's end commits).
+    assert summary.records_read == summary.records_scored == 12
+    assert sorted(source_of(m) for m in read_topic(kafka_bootstrap, target)) == [
+        (0, offset) for offset in range(12)
+    ]
+    assert output_end(kafka_bootstrap, target) == 12 + transactions
+
+
+def test_a_commit_interval_beyond_the_transaction_timeout_is_refused() -> None:
+    with pytest.raises(UsageError, match="--commit-interval"):
+        options("127.0.0.1:1", "in", "out", commit_interval_s=120.0)
 
 
 def test_records_without_the_model_fields_stop_the_replay_before_any_output(

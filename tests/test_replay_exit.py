@@ -84,6 +84,9 @@ def test_sigterm_stops_a_replay_like_ctrl_c_with_exit_143(
         sys.executable, "-m", "streamscore", "replay", "-b", kafka_bootstrap, "-i", source,
         "-o", f"{source}.scored", "-m", str(MODEL), "--batch-size", "10", "--threads", "1",
         "--provider", "cpu", "--log-format", "json",
+        # A transaction per batch, as the test was written for: with the default 1 s of
+        # batches per transaction the run can end before the signal comes.
+        "--commit-interval", "0",
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert process.stdout is not None

@@ -215,6 +215,10 @@ def check_member_name(name: str) -> None:
         )
 
 
+DEFAULT_COMMIT_INTERVAL_S = 1.0
+MAX_COMMIT_INTERVAL_S = 30.0  # half librdkafka's default transaction.timeout.ms
+
+
 @dataclass(frozen=True)
 class ReplayOptions:
     """``streamscore replay``: rescore ``input_topic`` up to its end offsets at the start.
@@ -237,6 +241,9 @@ class ReplayOptions:
     max_record_bytes: int = 1_000_000
     allow_nonempty_output: bool = False  # a fresh replay into an OUT that holds records
     member: str | None = None  # this worker's name in a replay shared by several processes
+    # Exactly-once: one transaction spans the batches of up to this many seconds (0: one
+    # per batch). See streamscore.kafka.sink.ExactlyOnce.
+    commit_interval_s: float = DEFAULT_COMMIT_INTERVAL_S
 
     def __post_init__(self) -> None:
         if self.member is not None:
@@ -257,6 +264,12 @@ class ReplayOptions:
             raise UsageError("--group must not be empty")
         if self.max_record_bytes <= 0:
             raise UsageError(f"--max-record-bytes must be positive, got {self.max_record_bytes}")
+        if not 0 <= self.commit_interval_s <= MAX_COMMIT_INTERVAL_S:
+            raise UsageError(
+                f"--commit-interval must be 0 to {MAX_COMMIT_INTERVAL_S:g} seconds, "
+                f"got {self.commit_interval_s:g}",
+                hint="a transaction must commit well within transaction.timeout.ms (60 s)",
+            )
 
     @property
     def dead_letter_topic(self) -> str:
@@ -283,7 +296,7 @@ class TailOptions:
     dlq_topic: str | None = None  # default: OUT.dlq
     exactly_once: bool = False
     max_batch: int = 1000
-    max_wait_ms: int = 5
+    max_wait_ms: int = 2
     start_from: str = "latest"
     reload_interval_s: float = 30.0
     canary: CanarySpec | None = None

@@ -16,9 +16,11 @@ topic; then the run exits. How a run goes:
    committed offsets and stops at the same ends. Without one, the ends are snapshot now and
    committed with every partition's start offset in a first transaction.
 4. Records flow through the pipeline: a Kafka source that stops at the ends, the scorer, and
-   a sink that writes outputs, dead letters and offsets in one transaction per batch.
+   a sink that writes outputs, dead letters and offsets in transactions that each span up
+   to ``commit_interval_s`` of batches (one per batch with 0).
 5. A transaction that had to be aborted leaves the consumer ahead of the committed offsets,
-   so the run starts over from step 3 with fresh clients (a few times at most).
+   so the run starts over from step 3 with fresh clients (a few times at most), committing
+   every batch from then on.
 
 With ``options.member`` set, the run is one worker of a replay several processes share
 through a consumer group: :mod:`streamscore.replay_group`.
@@ -121,6 +123,7 @@ class ReplayRun:
         self.reporter = reporter
         self.started = time.perf_counter()
         self.tasks_added = False
+        self.commit_interval_s = options.commit_interval_s
 
     def execute(self) -> ReplaySummary:
         s = self.options.scoring
@@ -159,6 +162,9 @@ class ReplayRun:
                 except TransactionAborted as exc:
                     if attempt == MAX_ATTEMPTS:
                         raise
+                    # Retries commit every batch: a batch that keeps failing then costs only
+                    # itself, not the batches before it in its transaction.
+                    self.commit_interval_s = 0.0
                     self.reporter.event(
                         {"event": "warning", "message": f"{exc.one_line()}; resuming"}
                     )
@@ -216,7 +222,9 @@ class ReplayRun:
             committed = consumer.committed(o.input_topic, partitions)
             snapshot = EndOffsets.from_committed(committed, o.group_id)
             delivery: Delivery = (
-                ExactlyOnce(producer, consumer.group_metadata())
+                ExactlyOnce(
+                    producer, consumer.group_metadata(), commit_interval_s=self.commit_interval_s
+                )
                 if o.exactly_once
                 else AtLeastOnce(producer, consumer)
             )

@@ -232,11 +232,10 @@ class TailRun:
                 owned=lambda: self.progress.owned,
                 on_commit_error=self._on_commit_error,
             )
-        self.progress.settle = lambda: delivery.settle(wait_for_commit=True)
         dead_letters = DeadLetters(
             producer, o.dead_letter_topic, same_partitions=topics.dead_letters_same_partitions
         )
-        return KafkaSink(
+        sink = KafkaSink(
             producer,
             delivery,
             o.output_topic,
@@ -245,6 +244,8 @@ class TailRun:
             progress=self.progress,
             observe=self._observe,
         )
+        self.progress.settle = lambda: sink.settle(wait_for_commit=True)
+        return sink
 
     def _first_serving(self) -> Serving:
         """Load the models; watch MODEL's repository or registry alias when it names one."""

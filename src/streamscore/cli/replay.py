@@ -19,7 +19,12 @@ from streamscore.cli.option_groups import (
     registry_options,
     remote_options,
 )
-from streamscore.config import RegistryOptions, ReplayOptions
+from streamscore.config import (
+    DEFAULT_COMMIT_INTERVAL_S,
+    MAX_COMMIT_INTERVAL_S,
+    RegistryOptions,
+    ReplayOptions,
+)
 from streamscore.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, PartialFailure, UsageError
 from streamscore.kafka.settings import KafkaSettings
 from streamscore.remote.settings import RemoteSettings
@@ -115,6 +120,17 @@ def replay(
         bool,
         typer.Option(help="Start a fresh replay even though OUT already holds records."),
     ] = False,
+    commit_interval: Annotated[
+        float,
+        typer.Option(
+            help="Exactly-once: one transaction holds the batches of up to this many seconds "
+            "(0: one per batch). Longer means fewer commits; outputs become visible and a "
+            "crash repeats work in steps of it. Workers (--member, --workers) commit every "
+            "batch.",
+            min=0.0,
+            max=MAX_COMMIT_INTERVAL_S,
+        ),
+    ] = DEFAULT_COMMIT_INTERVAL_S,
     max_dead_letter_ratio: Annotated[
         float | None,
         typer.Option(
@@ -152,7 +168,8 @@ def replay(
 ) -> None:
     """Score every record of a topic, up to its end offsets at start, into another topic.
 
-    Exactly once: outputs, dead letters and progress commit in one transaction per batch.
+    Exactly once: outputs, dead letters and progress commit together, in one transaction
+    per --commit-interval.
 
     After a crash or Ctrl-C, rerun the same command: it resumes and stops at the same ends.
 
@@ -194,6 +211,7 @@ def replay(
         max_record_bytes=max_record_bytes,
         allow_nonempty_output=allow_nonempty_output,
         member=member if workers is None else member_names(member or default_prefix(), 1)[0],
+        commit_interval_s=commit_interval,
     )
     if workers is not None:
         run_workers(ctx, options, workers, member or default_prefix(), log_format)

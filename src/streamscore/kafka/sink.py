@@ -76,35 +76,82 @@ class Delivery(ABC):
         """Called before the batch's first record is produced."""
 
     @abstractmethod
-    def commit(self, topic: str, offsets: Mapping[int, tuple[int, str]]) -> None:
-        """Make the produced records durable and commit ``offsets`` of ``topic``."""
+    def commit(self, topic: str, offsets: Mapping[int, tuple[int, str]]) -> bool:
+        """Make the produced records durable and commit ``offsets`` of ``topic``; True when
+        every batch written so far is committed now (False: the commit is deferred)."""
 
     @abstractmethod
     def abort(self) -> None:
         """Give up the batch in progress (after a failure)."""
 
-    def settle(self, *, wait_for_commit: bool = False) -> None:
-        """Between batches: make what was written durable (nothing to do unless deferred)."""
-        return None
+    def settle(self, *, wait_for_commit: bool = False) -> bool:
+        """Between batches: make what was written durable, when due (or now, with
+        ``wait_for_commit``); True when a deferred commit was made."""
+        return False
 
 
 class ExactlyOnce(Delivery):
-    """One transaction per batch; offsets go into it with send_offsets_to_transaction."""
+    """Transactions holding outputs, dead letters and the offsets (send_offsets_to_transaction).
 
-    def __init__(self, producer: Producer, group_metadata: Any) -> None:
+    With ``commit_interval_s`` 0, one transaction per batch. Otherwise a transaction spans
+    the batches of up to that many seconds: it is committed by the first batch written after
+    the interval, by :meth:`settle` when due (a quiet moment) or forced (a revocation, the end
+    of the run); an abort rolls back every batch of it. Fewer commits cost the broker and the
+    writer less (each is a round trip and a marker per partition), and readers see outputs
+    up to the interval later. Kept well below ``transaction.timeout.ms``.
+    """
+
+    def __init__(
+        self, producer: Producer, group_metadata: Any, *, commit_interval_s: float = 0.0
+    ) -> None:
         self.producer = producer
         self.group_metadata = group_metadata
+        self.commit_interval_s = commit_interval_s
+        self._lock = threading.RLock()  # settle may run on another thread (a revocation)
+        self._topic = ""
+        self._offsets: dict[int, tuple[int, str]] = {}  # of the batches in the transaction
+        self._opened_at = 0.0
 
     def begin(self) -> None:
-        self.producer.begin_transaction()
+        with self._lock:
+            if not self.producer.in_transaction:
+                self.producer.begin_transaction()
+                self._opened_at = time.monotonic()
 
-    def commit(self, topic: str, offsets: Mapping[int, tuple[int, str]]) -> None:
+    def commit(self, topic: str, offsets: Mapping[int, tuple[int, str]]) -> bool:
+        with self._lock:
+            self._topic = topic
+            self._offsets.update(offsets)
+            if time.monotonic() - self._opened_at < self.commit_interval_s:
+                return False
+            self._commit_open()
+            return True
+
+    def settle(self, *, wait_for_commit: bool = False) -> bool:
+        with self._lock:
+            if not self.producer.in_transaction:
+                return False
+            due = time.monotonic() - self._opened_at >= self.commit_interval_s
+            if not (due or wait_for_commit):
+                return False
+            self._commit_open()
+            return True
+
+    def _commit_open(self) -> None:
+        offsets, self._offsets = self._offsets, {}
         if offsets:
-            self.producer.send_offsets_to_transaction(topic, offsets, self.group_metadata)
+            self.producer.send_offsets_to_transaction(
+                self._topic, offsets, self._current_group_metadata()
+            )
         self.producer.commit_transaction()
 
+    def _current_group_metadata(self) -> Any:
+        return self.group_metadata
+
     def abort(self) -> None:
-        self.producer.abort_transaction()
+        with self._lock:
+            self._offsets = {}
+            self.producer.abort_transaction()
 
 
 class GroupExactlyOnce(ExactlyOnce):
@@ -127,23 +174,34 @@ class GroupExactlyOnce(ExactlyOnce):
         *,
         may_commit: Callable[[], bool] = lambda: True,
         metadata: Callable[[], Any] | None = None,
+        commit_interval_s: float = 0.0,
     ) -> None:
-        super().__init__(producer, None)
+        super().__init__(producer, None, commit_interval_s=commit_interval_s)
         self.consumer = consumer
         self.may_commit = may_commit
         self.metadata = metadata or consumer.group_metadata
+        self._read_metadata: Any = None
 
-    def commit(self, topic: str, offsets: Mapping[int, tuple[int, str]]) -> None:
-        self.group_metadata = self.metadata()
+    def commit(self, topic: str, offsets: Mapping[int, tuple[int, str]]) -> bool:
+        self._read_metadata = self.metadata()
         # After reading the generation: a batch of a generation that lost its partitions is
         # either refused by the coordinator (old generation) or caught here (new one).
         if not self.may_commit():
+            self._read_metadata = None
             raise TransactionAborted(
                 f"the group took partitions of topic '{topic}' from this member while a batch "
                 "was being written; it is rolled back",
                 code="PARTITIONS_MOVED",
             )
-        super().commit(topic, offsets)
+        try:
+            return super().commit(topic, offsets)
+        finally:
+            self._read_metadata = None  # a deferred commit reads the generation again
+
+    def _current_group_metadata(self) -> Any:
+        """The generation read in :meth:`commit` before ``may_commit`` (else the current one)."""
+        metadata, self._read_metadata = self._read_metadata, None
+        return metadata if metadata is not None else self.metadata()
 
 
 class AtLeastOnce(Delivery):
@@ -175,21 +233,23 @@ class AtLeastOnce(Delivery):
     def begin(self) -> None:
         self.settle()  # every COMMIT_INTERVAL_S, between two batches
 
-    def commit(self, topic: str, offsets: Mapping[int, tuple[int, str]]) -> None:
-        """The batch is produced: its offsets wait for the next settle."""
+    def commit(self, topic: str, offsets: Mapping[int, tuple[int, str]]) -> bool:
+        """The batch is produced: its offsets wait for the next settle (it counts as
+        written now: a crash repeats it, never loses it)."""
         self.topic = topic
         with self._lock:
             self.producer.poll()
             self._produced.update(offsets)
+        return True
 
-    def settle(self, *, wait_for_commit: bool = False) -> None:
+    def settle(self, *, wait_for_commit: bool = False) -> bool:
         """When due (or now, synchronously, with ``wait_for_commit``): wait until every
         record produced is acknowledged (KafkaError if any could not be delivered), then
         commit the offsets of the batches they came from."""
         with self._lock:
             due = time.monotonic() - self._last_commit >= self.commit_interval_s
             if not self._produced or not (due or wait_for_commit):
-                return
+                return False
             self.producer.flush()
             offsets, self._produced = self._produced, {}
             if self.owned is not None:
@@ -197,11 +257,12 @@ class AtLeastOnce(Delivery):
                 offsets = {p: c for p, c in offsets.items() if p in owned}
             self._last_commit = time.monotonic()
             if not offsets:
-                return
+                return False
             try:
                 self.consumer.commit(self.topic, offsets, asynchronous=not wait_for_commit)
             except KafkaError as exc:
                 self.on_commit_error(exc)
+            return False  # its batches counted when written
 
     def abort(self) -> None:
         """Give up what is not acknowledged yet: its offsets are never committed."""
@@ -211,7 +272,8 @@ class AtLeastOnce(Delivery):
 
 @dataclass
 class SinkCounts:
-    """Records written by committed batches only (an aborted batch counts nothing)."""
+    """Records written by committed batches only (an aborted batch counts nothing; at least
+    once, a batch counts once produced)."""
 
     records: int = 0
     scored: int = 0
@@ -270,13 +332,17 @@ class KafkaSink(Sink):
         self.progress = progress
         self.observe = observe
         self.counts = SinkCounts()
+        # Batches written but not committed yet (a transaction spanning several): counted,
+        # and observed, once committed; dropped by an abort.
+        self._uncommitted: list[tuple[KafkaBatch, ScoredBatch, list[PartWritten], Any]] = []
+        self._lock = threading.Lock()
         self._stamps: dict[tuple[str, str], HeaderStamp] = {}
 
     def write(self, batch: SourceBatch, scored: ScoredBatch) -> None:
         context: KafkaBatch = batch.context
         records, decoded = context.records, context.decoded
         if not records and not context.commit:  # a quiet moment: commit what was written
-            self.delivery.settle()
+            self.settle()
             return
         kinds: dict[str, int] = {}
         self.delivery.begin()
@@ -298,17 +364,31 @@ class KafkaSink(Sink):
         for failure in decoded.failures:
             record = records[failure.index]
             self._dead_letter(record, failure_stamp, failure.kind, failure.message, kinds)
-        self.delivery.commit(context.topic, context.commit)
-        counts = self.counts
-        counts.records += len(records)
-        counts.scored += sum(part.written for part in parts)
-        for kind, count in kinds.items():
-            counts.dead_lettered += count
-            counts.dead_letter_kinds[kind] = counts.dead_letter_kinds.get(kind, 0) + count
+        with self._lock:
+            self._uncommitted.append((context, scored, parts, kinds))
+        if self.delivery.commit(context.topic, context.commit):
+            self._committed()
         if self.progress is not None:
             self.progress.written()
-        if self.observe is not None:
-            self.observe(context, scored, parts)
+
+    def settle(self, *, wait_for_commit: bool = False) -> None:
+        """Commit what the delivery deferred, when due (or now, with ``wait_for_commit``)."""
+        if self.delivery.settle(wait_for_commit=wait_for_commit):
+            self._committed()
+
+    def _committed(self) -> None:
+        """Every batch written so far is committed: count it and tell the observer."""
+        with self._lock:
+            done, self._uncommitted = self._uncommitted, []
+        counts = self.counts
+        for context, scored, parts, kinds in done:
+            counts.records += len(context.records)
+            counts.scored += sum(part.written for part in parts)
+            for kind, count in kinds.items():
+                counts.dead_lettered += count
+                counts.dead_letter_kinds[kind] = counts.dead_letter_kinds.get(kind, 0) + count
+            if self.observe is not None:
+                self.observe(context, scored, parts)
 
     def _stamp_for(self, model: ModelRef, topic: str) -> HeaderStamp:
         key = (model.sha256, topic)
@@ -380,9 +460,11 @@ class KafkaSink(Sink):
         kinds[kind] = kinds.get(kind, 0) + 1
 
     def close(self) -> None:
-        self.delivery.settle(wait_for_commit=True)
+        self.settle(wait_for_commit=True)
 
     def abort(self) -> None:
+        with self._lock:
+            self._uncommitted = []
         self.delivery.abort()
         if self.progress is not None:
             self.progress.abandon()
