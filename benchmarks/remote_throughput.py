@@ -5,17 +5,20 @@ One MLServer (tests/support/model_server.py, the sample models; or --server URL)
 replay, one local broker (scripts/kafka-local; or --bootstrap). For each --concurrency:
 
 * (a) bare client - httpx (the library streamscore uses), one keep-alive pool, ``concurrency``
-                    threads POSTing pre-encoded requests of --batch-size rows, bodies read but
-                    not decoded: the most the server gives a client;
+                    threads POSTing pre-encoded requests of --batch-size rows with the headers
+                    streamscore sends, bodies read but not decoded: the most the server gives
+                    a client (``--bare-headers httpx`` sends httpx's defaults instead, which
+                    accept gzip: what a hand-written loop usually does);
 * (b) batch       - ``streamscore batch`` (Python API) over the same rows in one Parquet file;
 * (c) replay      - ``streamscore replay`` (Python API, exactly-once) over the same rows in a
                     topic, into a new output topic each run.
 
-Each figure is the median of --repeat runs (rows/s, wall clock, model open included for (b)
-and (c)). It prints the ratios (b)/(a) and (c)/(a) at the best concurrency of each (target:
->= 0.80) and writes them with --json. For reference it also times (b) and (c) with the same
-model embedded (sample_data/models/NAME, the version the server answers), which shows what
-the Kafka side of (c) costs on this machine.
+Each figure is the median of --repeat rounds (rows/s, wall clock, model open included for
+(b) and (c)); a round runs (a), (b) and (c) back to back at every concurrency, so a change in
+the machine's load falls on all of them. It prints the ratios (b)/(a) and (c)/(a) at the
+best concurrency of each (target: >= 0.80) and writes them with --json. For reference it also
+times (b) and (c) with the same model embedded (sample_data/models/NAME, the version the
+server answers), which shows what the Kafka side of (c) costs on this machine.
 
     .venv/bin/python benchmarks/remote_throughput.py [--rows 100000] [--concurrency 1,2,4]
 """
@@ -62,7 +65,9 @@ def sample_table(rows: int) -> Any:
     return pa.concat_tables(tables).slice(0, rows)
 
 
-def bare_client(url: str, table: Any, batch: int, concurrency: int) -> float:
+def bare_client(
+    url: str, table: Any, batch: int, concurrency: int, headers: dict[str, str]
+) -> float:
     """(a): pre-encoded requests POSTed by ``concurrency`` threads over one httpx pool."""
     model = open_model(url, remote=RemoteSettings(concurrency=1))
     try:
@@ -78,7 +83,6 @@ def bare_client(url: str, table: Any, batch: int, concurrency: int) -> float:
     finally:
         close_model(model)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    headers = {"content-type": "application/json"}
     with httpx.Client(base_url=server, limits=limits, headers=headers, timeout=60) as client:
 
         def post(body: bytes) -> int:
@@ -141,10 +145,6 @@ def served_version(url: str) -> str:
         close_model(model)
 
 
-def median_of(repeat: int, run: Callable[[], float]) -> float:
-    return statistics.median(run() for _ in range(repeat))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server", help="a model server base URL instead of starting MLServer")
@@ -156,6 +156,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure; median counts")
     parser.add_argument("--no-replay", action="store_true", help="skip (c) and the broker")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--bare-headers",
+        choices=["streamscore", "httpx"],
+        default="streamscore",
+        help="(a) sends streamscore's request headers (default) or httpx's defaults",
+    )
     args = parser.parse_args()
     levels = [int(v) for v in args.concurrency.split(",") if v]
 
@@ -180,27 +186,45 @@ def main() -> None:
             load_parquet(KafkaSettings(bootstrap), work / "rows.parquet", topic, partitions=3)
         rows, batch, n = table.num_rows, args.batch_size, args.repeat
         print(f"{rows:,} rows, batch {batch}, model {url}, median of {n} (a shared machine)")
-        figures: dict[str, dict[int, float]] = {"bare": {}, "batch": {}, "replay": {}}
-        for c in levels:
-            figures["bare"][c] = median_of(n, lambda c=c: bare_client(url, table, batch, c))
-            figures["batch"][c] = median_of(
-                n, lambda c=c: streamscore_batch(url, work, rows, batch, c)
-            )
+        headers = (
+            RemoteSettings().request_headers()
+            if args.bare_headers == "streamscore"
+            else {"content-type": "application/json"}
+        )
+        version = served_version(url)
+        local = str(ROOT / "sample_data" / "models" / args.model / version)
+        runs: dict[str, dict[int, list[float]]] = {"bare": {}, "batch": {}, "replay": {}}
+        embedded_runs: dict[str, list[float]] = {"batch": [], "replay": []}
+
+        def measure(kind: str, c: int, run: Callable[[], float]) -> None:
+            runs[kind].setdefault(c, []).append(run())
+
+        for r in range(n):
+            for c in levels:
+                measure("bare", c, lambda c=c: bare_client(url, table, batch, c, headers))
+                measure("batch", c, lambda c=c: streamscore_batch(url, work, rows, batch, c))
+                if bootstrap is not None:
+                    measure(
+                        "replay",
+                        c,
+                        lambda c=c: streamscore_replay(url, bootstrap, topic, rows, batch, c),
+                    )
+            embedded_runs["batch"].append(streamscore_batch(local, work, rows, batch, 1))
             if bootstrap is not None:
-                figures["replay"][c] = median_of(
-                    n, lambda c=c: streamscore_replay(url, bootstrap, topic, rows, batch, c)
+                embedded_runs["replay"].append(
+                    streamscore_replay(local, bootstrap, topic, rows, batch, 1)
                 )
+            print(f"round {r + 1} of {n} done", flush=True)
+        figures = {
+            kind: {c: statistics.median(values) for c, values in by_level.items()}
+            for kind, by_level in runs.items()
+        }
+        for c in levels:
             shown = "  ".join(
                 f"{name} {values[c]:>9,.0f}" for name, values in figures.items() if c in values
             )
             print(f"concurrency {c}:  {shown}  rows/s")
-        version = served_version(url)
-        local = str(ROOT / "sample_data" / "models" / args.model / version)
-        embedded = {"batch": median_of(n, lambda: streamscore_batch(local, work, rows, batch, 1))}
-        if bootstrap is not None:
-            embedded["replay"] = median_of(
-                n, lambda: streamscore_replay(local, bootstrap, topic, rows, batch, 1)
-            )
+        embedded = {k: statistics.median(v) for k, v in embedded_runs.items() if v}
         shown = "  ".join(f"{name} {value:>9,.0f}" for name, value in embedded.items())
         print(f"embedded {args.model}/{version}: {shown}  rows/s (reference)")
         best_bare = max(figures["bare"].values())
@@ -220,6 +244,8 @@ def main() -> None:
                         "rows_per_s": figures,
                         "embedded_rows_per_s": embedded,
                         "ratios": ratios,
+                        "bare_headers": args.bare_headers,
+                        "runs": runs,
                     },
                     indent=2,
                 )

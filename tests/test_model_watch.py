@@ -123,3 +123,25 @@ def test_the_background_poll_switches_without_being_asked(repo: Path) -> None:
         while watcher.current_ref.version != "2" and time.monotonic() < deadline:
             time.sleep(0.02)
     assert watcher.current_ref.version == "2"
+
+
+def test_a_model_url_without_a_version_is_watched_on_its_server_and_an_outage_is_no_news() -> None:
+    import socket
+
+    from streamscore.config import RegistryOptions
+    from streamscore.model.watch import reload_source
+    from streamscore.remote.breaker import BreakerState, breaker_for
+    from streamscore.remote.settings import RemoteSettings
+    from streamscore.remote.watch import ServerFeed
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        server = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    settings = RemoteSettings(retries=5, timeout_s=30)
+    assert reload_source(f"{server}/v2/models/fraud/versions/1", RegistryOptions()) is None
+    feed = reload_source(f"{server}/v2/models/fraud", RegistryOptions(), settings)
+    assert isinstance(feed, ServerFeed) and feed.name == "fraud"
+    began = time.monotonic()
+    assert feed.candidate() is None  # the serving version keeps serving
+    assert time.monotonic() - began < 5  # no retries with backoff on the watcher's thread
+    assert breaker_for(server).state is BreakerState.closed  # scoring's breaker untouched

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import re
 import ssl
 import subprocess
 import sys
@@ -34,7 +35,7 @@ from streamscore.model.base import SubmittingModel, close_model, open_model
 from streamscore.model.signature import ModelSignature, TensorSpec
 from streamscore.remote import ModelURL
 from streamscore.remote.breaker import BreakerState, CircuitBreaker
-from streamscore.remote.protocol import decode_response
+from streamscore.remote.protocol import decode_response, parse_signature
 from streamscore.remote.settings import RemoteSettings
 from streamscore.reporting import RecordingReporter
 from streamscore.scoring import REASON_COLUMN
@@ -91,6 +92,42 @@ def test_header_values_never_show_in_the_settings_repr() -> None:
     with pytest.raises(UsageError) as caught:
         RemoteSettings.build(["Bearer s3cret-without-a-name"])
     assert "s3cret" not in caught.value.one_line()
+
+
+def test_answers_are_asked_for_uncompressed_unless_the_user_says_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # MLServer gzips every answer over 1 KB at level 9: half its throughput on a local link.
+    monkeypatch.setenv("STREAMSCORE_REMOTE_TOKEN", "t0ken")
+    sent = RemoteSettings().request_headers()
+    assert sent["accept-encoding"] == "identity" and sent["authorization"] == "Bearer t0ken"
+    sent = RemoteSettings.build(
+        ["Accept-Encoding: gzip", "authorization: Basic x"]
+    ).request_headers()
+    assert {k.lower(): v for k, v in sent.items()} == {
+        "content-type": "application/json",
+        "accept-encoding": "gzip",
+        "authorization": "Basic x",
+    }
+    assert len(sent) == 3  # the user's headers replace ours, whatever their case
+
+
+def test_a_signature_given_as_text_reads_oip_datatypes_and_shapes() -> None:
+    signature = parse_signature("input:fp32[-1,30]->label:INT64[-1], proba:FP64[-1,2]")
+    assert [s.describe() for s in signature.inputs] == ["input: tensor(float) [?,30]"]
+    assert [s.describe() for s in signature.outputs] == [
+        "label: tensor(int64) [?]",
+        "proba: tensor(double) [?,2]",
+    ]
+    for bad, says in (
+        ("input:FP32[-1,30]", "is not"),
+        ("input:FP99[-1]->y:FP32[-1]", "FP99"),
+        ("input:FP32[-1,n]->y:FP32[-1]", "shape [-1,n]"),
+        ("x:FP32[-1]->x:FP32[-1]", "twice"),
+    ):
+        with pytest.raises(UsageError, match=re.escape(says)):
+            RemoteSettings.build(signature=bad if "->" in bad else bad + "->")
+    assert RemoteSettings.build(signature="model.onnx").signature == Path("model.onnx")
 
 
 def test_the_breaker_opens_after_failures_then_lets_one_probe_through() -> None:
@@ -296,6 +333,41 @@ def test_a_server_without_a_signature_says_so_and_takes_one_from_a_local_copy(
     )
     assert result.exit_code == 0, result.output
     assert pq.read_table(tmp_path / "out" / "part-0.parquet").num_rows == 100
+
+
+def test_a_server_without_a_signature_takes_its_tensors_as_text(
+    tmp_path: Path, model_server: ModelServer
+) -> None:
+    source = sample_input(tmp_path / "in", rows=300)
+    url, features = model_server.model("fraud_unsigned"), ",".join(FEATURES)
+    declared = "input:FP32[-1,30]->label:INT64[-1],probabilities:FP32[-1,2]"
+    result = invoke(
+        "batch", source, "--out", tmp_path / "out", "--model", url, "--features", features,
+        "--signature", declared,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    embedded, _ = score(source, tmp_path / "local", SAMPLE / "models" / "fraud" / "1")
+    assert embedded.rows_scored == 300
+    served = pq.read_table(tmp_path / "out" / "part-0.parquet")
+    local = pq.read_table(tmp_path / "local" / "part-0.parquet")
+    assert served.column("label").equals(local.column("label"))
+    np.testing.assert_allclose(
+        served.column("probabilities_1").to_numpy(),
+        local.column("probabilities_1").to_numpy(),
+        atol=1e-6,
+    )
+    # A datatype other than the server's answer is an error naming the server, not a cast.
+    wrong = declared.replace("probabilities:FP32", "probabilities:FP64")
+    result = invoke(
+        "batch", source, "--out", tmp_path / "wrong", "--model", url, "--features", features,
+        "--signature", wrong, "--on-error", "fail",
+    )  # fmt: skip
+    assert result.exit_code == 12
+    assert model_server.url in result.output and "FP64" in result.output
+    malformed = invoke(
+        "batch", source, "--out", tmp_path / "bad", "--model", url, "--signature", "input->label"
+    )
+    assert malformed.exit_code == 2 and "NAME:DATATYPE[DIMS]" in malformed.output
 
 
 def test_models_inspect_shows_the_servers_metadata_and_readiness(model_server: ModelServer) -> None:
@@ -572,6 +644,52 @@ def test_refused_credentials_exit_12_and_a_token_from_the_environment_is_sent_un
         assert allowed.exit_code == 0, allowed.output
         assert json.loads(allowed.output)["name"] == "secure"
         assert "good-token" not in allowed.output
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _SlowOip(_TinyOip):
+    """_TinyOip answering each request after 0.5 s; counts the requests it serves at once
+    and those it answered."""
+
+    lock = threading.Lock()
+    serving = 0
+    most = 0
+    answered = 0
+
+    def do_POST(self) -> None:
+        cls = type(self)
+        with cls.lock:
+            cls.serving += 1
+            cls.most = max(cls.most, cls.serving)
+        time.sleep(0.5)
+        with cls.lock:
+            cls.serving -= 1
+            cls.answered += 1  # counted before the answer leaves
+        super().do_POST()
+
+
+def test_the_next_request_waits_encoded_behind_the_one_in_flight() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowOip)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v2/models/m/versions/7"
+        model = open_model(url, remote=RemoteSettings(concurrency=1))
+        assert isinstance(model, SubmittingModel)
+        try:
+            feeds = [{"x": np.full((2, 2), i, dtype=np.float32)} for i in range(3)]
+            first = model.submit(["p"], feeds[0])
+            second = model.submit(["p"], feeds[1])  # queued: does not wait for the first
+            assert _SlowOip.answered == 0
+            third = model.submit(["p"], feeds[2])  # beyond in_flight: waits for the first
+            assert _SlowOip.answered >= 1
+            answers = [call.result().values[0].tolist() for call in (first, second, third)]
+        finally:
+            close_model(model)
+        assert answers == [[0.0, 0.0], [2.0, 2.0], [4.0, 4.0]]
+        assert _SlowOip.most == 1  # still one request on the wire at a time
     finally:
         server.shutdown()
         server.server_close()

@@ -108,6 +108,17 @@ def test_a_version_number_is_found_next_to_the_model() -> None:
         resolve_version(fraud, "9")
 
 
+def test_next_to_a_model_url_a_version_is_one_on_the_same_server() -> None:
+    url = "http://127.0.0.1:8080/v2/models/fraud"
+    assert resolve_version(url, "2") == f"{url}/versions/2"
+    assert resolve_version(f"{url}/versions/1", "v2-b") == f"{url}/versions/v2-b"
+    other = "https://models.example:8443/v2/models/fraud_mlp/versions/3"
+    assert resolve_version(url, other) == other
+    assert resolve_version(SAMPLE_MODELS / "fraud", other) == other  # a served canary
+    with pytest.raises(UsageError, match="cannot read MODEL URL"):
+        resolve_version(url, "http://127.0.0.1:8080/not-a-model")
+
+
 def scored(version: str, batch: pa.RecordBatch):  # type: ignore[no-untyped-def]
     model = load_model(resolve_model(SAMPLE_MODELS / "fraud" / version), provider="cpu")
     return Scorer.for_schema(model, batch.schema).score(batch)

@@ -55,8 +55,9 @@ def prepare_arm(role: str, ref: ModelRef | str, scoring: ScoringOptions) -> Arm:
     """Load ``ref`` (or open a model URL) and plan its inputs from JSON fields (raises
     ModelError, MappingError)."""
     model: Model
-    if isinstance(ref, str):
-        model = open_model(ref, provider=scoring.provider, remote=scoring.remote)
+    if isinstance(ref, str) or ref.server:  # a model URL (a reloaded one: its version's URL)
+        spec = ref if isinstance(ref, str) else ref.location
+        model = open_model(spec, provider=scoring.provider, remote=scoring.remote)
     else:
         model = load_model(ref, provider=scoring.provider, threads=scoring.threads)
     scorer, fields = scorer_for_records(

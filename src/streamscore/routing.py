@@ -24,6 +24,7 @@ import pyarrow as pa
 from streamscore.config import RegistryOptions
 from streamscore.errors import UsageError
 from streamscore.model.repository import MLFLOW_SCHEMES, ModelRef, resolve_model
+from streamscore.remote.url import ModelURL, is_model_url
 
 if TYPE_CHECKING:  # scoring imports onnxruntime; routing decisions do not need it
     from streamscore.scoring import ScoredBatch
@@ -75,9 +76,18 @@ def record_fallback(topic: str, partition: int, offset: int) -> bytes:
 
 def resolve_version(
     model: str | Path, version: str, registry: RegistryOptions | None = None
-) -> ModelRef:
+) -> ModelRef | str:
     """A canary or shadow VERSION next to MODEL: a version number in MODEL's repository (or
-    of MODEL's registered model, for ``models:/NAME...``), or another MODEL (a path or URI)."""
+    of MODEL's registered model, for ``models:/NAME...``), or another MODEL (a path or URI).
+
+    When MODEL is a model URL, VERSION is a version of the same model on the same server
+    (any text the server uses); a model URL is returned as it is, to be opened."""
+    if is_model_url(version):
+        ModelURL.parse(version)  # a malformed URL fails here, in one line
+        return version
+    if is_model_url(str(model)):
+        url = ModelURL.parse(str(model))
+        return str(ModelURL(url.server, url.name, version))
     if not version.isdigit():
         return resolve_model(version, registry)
     if str(model).startswith("models:/"):

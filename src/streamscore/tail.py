@@ -9,7 +9,8 @@ with three parts of its own:
   the batches already handed on are written and committed before they move (the revocation
   barrier); records of partitions *lost* are dropped uncommitted;
 * scorer: :class:`~streamscore.rollout.RoutingScorer`, the primary model (hot-reloaded when
-  MODEL is ``REPO/NAME``, :mod:`streamscore.model.watch`; a new version is checked against
+  MODEL is ``REPO/NAME``, a registry alias or a model URL without a version,
+  :mod:`streamscore.model.watch`; a new version is checked against
   recent input records before it serves), a ``canary`` scoring a stable share of keys and a
   ``shadow`` scoring every record into its own topic (:mod:`streamscore.routing`);
 * sink: replay's :class:`~streamscore.kafka.sink.KafkaSink` (same output values, headers and
@@ -271,7 +272,7 @@ class TailRun:
             )
         if o.shadow is not None:
             shadow = prepare_arm("shadow", resolve_version(s.model, o.shadow, s.registry), s)
-        watched = reload_source(s.model, s.registry)
+        watched = reload_source(s.model, s.registry, s.remote)
         if watched is not None:
             self.watcher = ModelWatcher(
                 watched,

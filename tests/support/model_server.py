@@ -14,6 +14,7 @@ no signature), ``fraud_strict`` (answers 400 for rows whose ``f00`` is negative)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -47,24 +48,27 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _write_model_settings(
+    home: Path, name: str, version: str, onnx: Path, extra: dict[str, object]
+) -> Path:
+    folder = home / "models" / f"{name}-{version}"
+    folder.mkdir(parents=True, exist_ok=True)
+    model = {
+        "name": name,
+        "implementation": "onnx_runtime.OnnxRuntime",
+        "parameters": {"uri": str(onnx), "version": version, "extra": extra},
+    }
+    (folder / "model-settings.json").write_text(json.dumps(model, indent=2))
+    return folder
+
+
 def _write_settings(home: Path) -> None:
     settings = home / "settings.json"
     if settings.exists():
         return
     home.mkdir(parents=True, exist_ok=True)
     for name, version, source, extra in MODELS:
-        folder = home / "models" / f"{name}-{version}"
-        folder.mkdir(parents=True, exist_ok=True)
-        model = {
-            "name": name,
-            "implementation": "onnx_runtime.OnnxRuntime",
-            "parameters": {
-                "uri": str(SAMPLE_MODELS / source / "model.onnx"),
-                "version": version,
-                "extra": extra,
-            },
-        }
-        (folder / "model-settings.json").write_text(json.dumps(model, indent=2))
+        _write_model_settings(home, name, version, SAMPLE_MODELS / source / "model.onnx", extra)
     server = {
         "host": "127.0.0.1",
         "http_port": _free_port(),
@@ -131,6 +135,34 @@ def start(home: Path) -> str:
     raise RuntimeError(
         f"MLServer did not become ready in {START_TIMEOUT_S:.0f} s (see {home}/server.log)"
     )
+
+
+def add_version(
+    home: Path, name: str, version: str, onnx: Path, extra: dict[str, object] | None = None
+) -> Path:
+    """Put version ``version`` of model ``name`` (the file ``onnx``) in the running server's
+    repository and load it through MLServer's repository API (``POST
+    /v2/repository/models/NAME/load`` loads every version of NAME found in the repository);
+    the folder written is returned, for :func:`remove_model`."""
+    folder = _write_model_settings(home, name, version, onnx, extra or {})
+    _post(url(home) + f"/v2/repository/models/{name}/load")
+    return folder
+
+
+def remove_model(home: Path, name: str) -> None:
+    """Unload every version of ``name`` and delete their folders (undoes :func:`add_version`)."""
+    for folder in (home / "models").glob(f"{name}-*"):
+        (folder / "model-settings.json").unlink(missing_ok=True)
+        folder.rmdir()
+    if _pid(home) is not None:
+        with contextlib.suppress(OSError):  # not loaded
+            _post(url(home) + f"/v2/repository/models/{name}/unload")
+
+
+def _post(address: str) -> None:
+    request = urllib.request.Request(address, data=b"", method="POST")
+    with urllib.request.urlopen(request, timeout=60) as response:
+        response.read()
 
 
 def stop(home: Path, *, hard: bool = False) -> None:

@@ -9,9 +9,23 @@ import typer
 
 from streamscore import console
 from streamscore.cli import options as opt
-from streamscore.cli.common import remote_settings, scoring_options, translate_errors
-from streamscore.config import ROW_GROUP_ROWS, BatchOptions, OnError, RayOptions
+from streamscore.cli.common import scoring_options, translate_errors
+from streamscore.cli.option_groups import (
+    REGISTRY_DEFAULTS,
+    REMOTE_DEFAULTS,
+    grouped,
+    registry_options,
+    remote_options,
+)
+from streamscore.config import (
+    ROW_GROUP_ROWS,
+    BatchOptions,
+    OnError,
+    RayOptions,
+    RegistryOptions,
+)
 from streamscore.errors import OutputError, PartialFailure, UsageError, stopped_by
+from streamscore.remote.settings import RemoteSettings
 from streamscore.shutdown import StopSignal, stop_on_signals
 
 EXAMPLE = (
@@ -32,14 +46,14 @@ def register(app: typer.Typer) -> None:
 
 
 @translate_errors
+@grouped(registry=registry_options, remote=remote_options)
 def batch(
     input: Annotated[
         Path, typer.Argument(help="A Parquet file or a directory (searched recursively).")
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (mirrors INPUT).")],
     model: opt.Model,
-    registry_uri: opt.RegistryUri = None,
-    model_cache: opt.ModelCache = None,
+    registry: RegistryOptions = REGISTRY_DEFAULTS,
     features: opt.Features = None,
     outputs: opt.Outputs = None,
     keep: opt.Keep = None,
@@ -62,12 +76,7 @@ def batch(
         typer.Option(help="Rows per output row group (at most; also cut at 128 MiB of data)."),
     ] = ROW_GROUP_ROWS,
     log_format: opt.LogFormat = "auto",
-    header: opt.Header = None,
-    ca_file: opt.CaFile = None,
-    timeout: opt.Timeout = 30.0,
-    retries: opt.Retries = 5,
-    concurrency: opt.Concurrency = 4,
-    signature: opt.Signature = None,
+    remote: RemoteSettings = REMOTE_DEFAULTS,
     ray: Annotated[
         str | None,
         typer.Option(
@@ -109,16 +118,8 @@ def batch(
             threads=threads,
             batch_size=batch_size,
             reject_nan=reject_nan,
-            remote=remote_settings(
-                header=header,
-                ca_file=ca_file,
-                timeout=timeout,
-                retries=retries,
-                concurrency=concurrency,
-                signature=signature,
-            ),
-            registry_uri=registry_uri,
-            model_cache=model_cache,
+            remote=remote,
+            registry=registry,
         ),
         on_error=on_error,
         force=force,

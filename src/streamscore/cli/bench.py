@@ -17,9 +17,11 @@ from streamscore.bench.options import (
     parse_shapes,
 )
 from streamscore.cli import options as opt
-from streamscore.cli.common import parse_int_list, remote_settings, split_list, translate_errors
+from streamscore.cli.common import parse_int_list, split_list, translate_errors
+from streamscore.cli.option_groups import REGISTRY_DEFAULTS, grouped, registry_options
 from streamscore.config import RegistryOptions
 from streamscore.errors import UsageError
+from streamscore.remote.settings import RemoteSettings
 from streamscore.reporting import Reporter, SilentReporter
 
 EXAMPLE = (
@@ -45,6 +47,7 @@ def _threads(text: str) -> tuple[int, ...]:
 
 
 @translate_errors
+@grouped(registry=registry_options)
 def bench(
     model: Annotated[str, typer.Argument(help=opt.MODEL_HELP)],
     served: Annotated[
@@ -54,8 +57,7 @@ def bench(
             "same inputs, with their ratio per configuration."
         ),
     ] = None,
-    registry_uri: opt.RegistryUri = None,
-    model_cache: opt.ModelCache = None,
+    registry: RegistryOptions = REGISTRY_DEFAULTS,
     batch_sizes: Annotated[str, typer.Option(help="Rows per call to sweep, e.g. 1,8,64,512.")] = (
         "1,64,4096"
     ),
@@ -155,7 +157,7 @@ def bench(
     to_stdout = json_out == "-"
     options = BenchOptions(
         model=model,
-        registry=RegistryOptions(registry_uri, model_cache),
+        registry=registry,
         batch_sizes=tuple(parse_int_list(batch_sizes, "--batch-sizes")),
         threads=_threads(threads),
         providers=tuple(split_list(providers) or ()),
@@ -175,10 +177,10 @@ def bench(
         baseline=baseline,
         max_regression=parse_percent(max_regression),
         served=served,
-        remote=remote_settings(
-            header=header,
+        remote=RemoteSettings.build(
+            header,
             ca_file=ca_file,
-            timeout=timeout,
+            timeout_s=timeout,
             retries=retries,
             concurrency=1,  # bench sets it from --concurrency
             signature=signature,

@@ -6,7 +6,6 @@ import functools
 import inspect
 import signal
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import typer
@@ -104,8 +103,7 @@ def scoring_options(
     batch_size: int,
     reject_nan: bool,
     remote: RemoteSettings | None = None,
-    registry_uri: str | None = None,
-    model_cache: Path | None = None,
+    registry: RegistryOptions | None = None,
 ) -> ScoringOptions:
     """ScoringOptions from the options every scoring command shares (comma lists parsed)."""
     return ScoringOptions(
@@ -118,27 +116,7 @@ def scoring_options(
         batch_size=batch_size,
         reject_nan=reject_nan,
         remote=remote,
-        registry=RegistryOptions(registry_uri, model_cache),
-    )
-
-
-def remote_settings(
-    *,
-    header: list[str] | None,
-    ca_file: Path | None,
-    timeout: float,
-    retries: int,
-    concurrency: int,
-    signature: Path | None,
-) -> RemoteSettings:
-    """RemoteSettings from the remote model options (used when MODEL is a URL)."""
-    return RemoteSettings.build(
-        header,
-        ca_file=ca_file,
-        timeout_s=timeout,
-        retries=retries,
-        concurrency=concurrency,
-        signature=signature,
+        registry=registry or RegistryOptions(),
     )
 
 

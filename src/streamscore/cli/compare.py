@@ -12,6 +12,8 @@ from streamscore import console
 from streamscore.bench.options import parse_percent
 from streamscore.cli import options as opt
 from streamscore.cli.common import Command, scoring_options, split_list, translate_errors
+from streamscore.cli.option_groups import REGISTRY_DEFAULTS, grouped, registry_options
+from streamscore.config import RegistryOptions
 from streamscore.errors import UsageError
 from streamscore.reporting import Reporter, SilentReporter
 
@@ -27,6 +29,7 @@ def register(app: typer.Typer) -> None:
 
 
 @translate_errors
+@grouped(registry=registry_options)
 def compare(
     data: Annotated[
         Path | None,
@@ -96,8 +99,7 @@ def compare(
     threads: opt.Threads = None,
     provider: opt.Provider = "auto",
     reject_nan: opt.RejectNan = False,
-    registry_uri: opt.RegistryUri = None,
-    model_cache: opt.ModelCache = None,
+    registry: RegistryOptions = REGISTRY_DEFAULTS,
     bootstrap_servers: opt.BootstrapServers = None,
     kafka_property: opt.KafkaProperties = None,
     config: opt.KafkaConfigFile = None,
@@ -143,8 +145,7 @@ def compare(
             threads=threads,
             batch_size=batch_size,
             reject_nan=reject_nan,
-            registry_uri=registry_uri,
-            model_cache=model_cache,
+            registry=registry,
         )
         for name in (model or [])
     ]

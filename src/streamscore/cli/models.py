@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from streamscore import console
 from streamscore.cli import options as opt
-from streamscore.cli.common import Group, remote_settings, translate_errors
+from streamscore.cli.common import Group, translate_errors
+from streamscore.cli.option_groups import REGISTRY_DEFAULTS, grouped, registry_options
 from streamscore.config import RegistryOptions
 from streamscore.model import list_models, resolve_model
 from streamscore.remote import is_model_url
-
-if TYPE_CHECKING:
-    from streamscore.remote.settings import RemoteSettings
+from streamscore.remote.settings import RemoteSettings
 
 app = typer.Typer(cls=Group, help="Inspect models and model repositories.", no_args_is_help=True)
 
@@ -24,11 +23,11 @@ app = typer.Typer(cls=Group, help="Inspect models and model repositories.", no_a
     epilog="Example: streamscore models inspect sample_data/models/fraud",
 )
 @translate_errors
+@grouped(registry=registry_options)
 def inspect(
     model: Annotated[str, typer.Argument(help=opt.MODEL_HELP)],
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
-    registry_uri: opt.RegistryUri = None,
-    model_cache: opt.ModelCache = None,
+    registry: RegistryOptions = REGISTRY_DEFAULTS,
     header: opt.Header = None,
     ca_file: opt.CaFile = None,
     timeout: opt.Timeout = 10.0,
@@ -38,15 +37,13 @@ def inspect(
     For a model server URL: the server's metadata, its readiness and the version answering.
     """
     if is_model_url(model):
-        settings = remote_settings(
-            header=header, ca_file=ca_file, timeout=timeout, retries=1, concurrency=1,
-            signature=None,
-        )  # fmt: skip
+        settings = RemoteSettings.build(
+            header, ca_file=ca_file, timeout_s=timeout, retries=1, concurrency=1
+        )
         _inspect_remote(model, settings, json_out)
         return
     from streamscore.model.session import load_model  # onnxruntime: loaded only when run
 
-    registry = RegistryOptions(registry_uri, model_cache)
     loaded = load_model(resolve_model(model, registry), provider="cpu")
     ref, sig = loaded.ref, loaded.signature
     info = {
@@ -104,7 +101,8 @@ def _inspect_remote(model: str, settings: RemoteSettings, json_out: bool) -> Non
     if not info["signature_published"]:
         console.print_text(
             "the server publishes no signature for this model: give a local copy with "
-            "--signature FILE.onnx when scoring"
+            "--signature FILE.onnx when scoring, or its tensors as --signature "
+            "'INPUT:FP32[-1,N]->OUTPUT:FP32[-1]'"
         )
 
 

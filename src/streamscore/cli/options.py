@@ -130,9 +130,11 @@ Concurrency = Annotated[
     int, typer.Option("--concurrency", help="Requests in flight to a model server.")
 ]
 Signature = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
-        help="A local .onnx copy of a served model whose server publishes no signature "
-        "(inputs and outputs are read from it)."
+        help="For a served model whose server publishes no signature: a local .onnx copy "
+        "(inputs and outputs are read from it), or the tensors as text in OIP datatypes, "
+        "INPUTS->OUTPUTS, e.g. 'input:FP32[-1,30]->label:INT64[-1],probabilities:FP32[-1,2]' "
+        "(-1: any size)."
     ),
 ]

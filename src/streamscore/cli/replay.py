@@ -11,10 +11,23 @@ import typer
 
 from streamscore import console
 from streamscore.cli import options as opt
-from streamscore.cli.common import remote_settings, scoring_options, translate_errors
-from streamscore.config import DEFAULT_COMMIT_INTERVAL_S, MAX_COMMIT_INTERVAL_S, ReplayOptions
+from streamscore.cli.common import scoring_options, translate_errors
+from streamscore.cli.option_groups import (
+    REGISTRY_DEFAULTS,
+    REMOTE_DEFAULTS,
+    grouped,
+    registry_options,
+    remote_options,
+)
+from streamscore.config import (
+    DEFAULT_COMMIT_INTERVAL_S,
+    MAX_COMMIT_INTERVAL_S,
+    RegistryOptions,
+    ReplayOptions,
+)
 from streamscore.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, PartialFailure, UsageError
 from streamscore.kafka.settings import KafkaSettings
+from streamscore.remote.settings import RemoteSettings
 from streamscore.shutdown import interrupt_on_signals
 from streamscore.workers import WorkersOutcome, default_prefix, member_names, run_local_workers
 
@@ -47,6 +60,7 @@ def parse_timestamp_ms(text: str) -> int:
 
 
 @translate_errors
+@grouped(registry=registry_options, remote=remote_options)
 def replay(
     ctx: typer.Context,
     input_topic: Annotated[
@@ -62,8 +76,7 @@ def replay(
         ),
     ],
     model: opt.Model,
-    registry_uri: opt.RegistryUri = None,
-    model_cache: opt.ModelCache = None,
+    registry: RegistryOptions = REGISTRY_DEFAULTS,
     bootstrap_servers: opt.BootstrapServers = None,
     dlq_topic: Annotated[
         str | None,
@@ -131,12 +144,7 @@ def replay(
     config: opt.KafkaConfigFile = None,
     connect_timeout: opt.ConnectTimeout = 10.0,
     log_format: opt.LogFormat = "auto",
-    header: opt.Header = None,
-    ca_file: opt.CaFile = None,
-    timeout: opt.Timeout = 30.0,
-    retries: opt.Retries = 5,
-    concurrency: opt.Concurrency = 4,
-    signature: opt.Signature = None,
+    remote: RemoteSettings = REMOTE_DEFAULTS,
     member: Annotated[
         str | None,
         typer.Option(
@@ -193,16 +201,8 @@ def replay(
             threads=threads,
             batch_size=batch_size,
             reject_nan=reject_nan,
-            remote=remote_settings(
-                header=header,
-                ca_file=ca_file,
-                timeout=timeout,
-                retries=retries,
-                concurrency=concurrency,
-                signature=signature,
-            ),
-            registry_uri=registry_uri,
-            model_cache=model_cache,
+            remote=remote,
+            registry=registry,
         ),
         dlq_topic=dlq_topic,
         group=group,

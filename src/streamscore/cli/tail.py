@@ -9,10 +9,18 @@ import typer
 
 from streamscore import console
 from streamscore.cli import options as opt
-from streamscore.cli.common import remote_settings, scoring_options, translate_errors
-from streamscore.config import TailOptions
+from streamscore.cli.common import scoring_options, translate_errors
+from streamscore.cli.option_groups import (
+    REGISTRY_DEFAULTS,
+    REMOTE_DEFAULTS,
+    grouped,
+    registry_options,
+    remote_options,
+)
+from streamscore.config import RegistryOptions, TailOptions
 from streamscore.errors import UsageError
 from streamscore.kafka.settings import KafkaSettings
+from streamscore.remote.settings import RemoteSettings
 from streamscore.shutdown import stop_on_signals
 
 EXAMPLE = (
@@ -28,6 +36,7 @@ def register(app: typer.Typer) -> None:
 
 
 @translate_errors
+@grouped(registry=registry_options, remote=remote_options)
 def tail(
     input_topic: Annotated[
         str, typer.Option("--input-topic", "-i", help="Topic to score; values are JSON objects.")
@@ -48,8 +57,7 @@ def tail(
         ),
     ],
     model: opt.Model,
-    registry_uri: opt.RegistryUri = None,
-    model_cache: opt.ModelCache = None,
+    registry: RegistryOptions = REGISTRY_DEFAULTS,
     bootstrap_servers: opt.BootstrapServers = None,
     dlq_topic: Annotated[
         str | None,
@@ -74,14 +82,16 @@ def tail(
     reload_interval: Annotated[
         float,
         typer.Option(
-            help="Seconds between looks for a new model version (when MODEL is REPO/NAME)."
+            help="Seconds between looks for a new model version (when MODEL is REPO/NAME, a "
+            "registry alias, or a model URL without a version)."
         ),
     ] = 30.0,
     canary: Annotated[
         str | None,
         typer.Option(
             help="VERSION:PERCENT: that share of records, chosen by a stable hash of the "
-            "key, is scored by VERSION (a version of MODEL's repository, or a model path).",
+            "key, is scored by VERSION (a version of MODEL's repository, registered model or "
+            "server, or a model path or URL).",
         ),
     ] = None,
     shadow: Annotated[
@@ -119,18 +129,13 @@ def tail(
     config: opt.KafkaConfigFile = None,
     connect_timeout: opt.ConnectTimeout = 10.0,
     log_format: opt.LogFormat = "auto",
-    header: opt.Header = None,
-    ca_file: opt.CaFile = None,
-    timeout: opt.Timeout = 30.0,
-    retries: opt.Retries = 5,
-    concurrency: opt.Concurrency = 4,
-    signature: opt.Signature = None,
+    remote: RemoteSettings = REMOTE_DEFAULTS,
 ) -> None:
     """Score a live topic with MODEL until stopped; run more processes to share the work.
 
-    A new version in MODEL's repository (REPO/NAME) is checked and switched in without a
-    restart. Ctrl-C or SIGTERM finishes the batch in flight, commits and exits 0; a second
-    one exits at once.
+    A new version in MODEL's repository (REPO/NAME), behind a registry alias, or answering a
+    model URL without a version is checked and switched in without a restart. Ctrl-C or
+    SIGTERM finishes the batch in flight, commits and exits 0; a second one exits at once.
 
     Exit: 0 stopped, 2 usage, 4 records do not fit the model, 5 model, 6 Kafka, 130/143 a
     second Ctrl-C/SIGTERM (or the shutdown timeout) ended it at once.
@@ -158,16 +163,8 @@ def tail(
             threads=threads,
             batch_size=max_batch,
             reject_nan=reject_nan,
-            remote=remote_settings(
-                header=header,
-                ca_file=ca_file,
-                timeout=timeout,
-                retries=retries,
-                concurrency=concurrency,
-                signature=signature,
-            ),
-            registry_uri=registry_uri,
-            model_cache=model_cache,
+            remote=remote,
+            registry=registry,
         ),
         dlq_topic=dlq_topic,
         exactly_once=exactly_once,

@@ -3,7 +3,9 @@
 When MODEL names a repository model (``REPO/NAME``), a :class:`ModelWatcher` polls
 ``REPO/NAME`` every interval for a new highest version; when it names a registry alias or
 ``latest`` (``models:/NAME@champion``), it polls the registry for the version the alias
-points to now (:class:`streamscore.model.mlflow_registry.RegistryFeed`).
+points to now (:class:`streamscore.model.mlflow_registry.RegistryFeed`); when it is a model
+URL without a version, the server for the version that answers it now
+(:class:`streamscore.remote.watch.ServerFeed`).
 
 The candidate is prepared off the serving path (loaded, and checked against the input plan
 by the caller's ``prepare``); if that works it becomes :attr:`ModelWatcher.current`, which
@@ -24,7 +26,7 @@ import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from streamscore.config import RegistryOptions
 from streamscore.errors import StreamscoreError
@@ -36,6 +38,10 @@ from streamscore.model.repository import (
     numeric_versions,
     resolve_model,
 )
+from streamscore.remote.url import ModelURL, is_model_url
+
+if TYPE_CHECKING:
+    from streamscore.remote.settings import RemoteSettings
 
 T = TypeVar("T")
 
@@ -64,12 +70,21 @@ class VersionFeed(Protocol):
         """The stamp ``candidate`` would give ``ref``'s version."""
 
 
-def reload_source(spec: str | Path, registry: RegistryOptions) -> Path | VersionFeed | None:
-    """What to watch for MODEL: ``REPO/NAME``, a registry alias or ``latest``; else None."""
+def reload_source(
+    spec: str | Path, registry: RegistryOptions, remote: RemoteSettings | None = None
+) -> Path | VersionFeed | None:
+    """What to watch for MODEL: ``REPO/NAME``, a registry alias or ``latest``, or a model URL
+    without a version (:mod:`streamscore.remote.watch`); else None."""
     if str(spec).startswith(MLFLOW_SCHEMES):
         from streamscore.model.mlflow_registry import registry_feed
 
         return registry_feed(str(spec), registry)
+    if is_model_url(str(spec)):
+        from streamscore.remote.settings import RemoteSettings
+        from streamscore.remote.watch import ServerFeed  # httpx: only for model URLs
+
+        url = ModelURL.parse(str(spec))
+        return ServerFeed(url, remote or RemoteSettings()) if url.version is None else None
     return repository_model_dir(spec)
 
 
@@ -192,15 +207,14 @@ class ModelWatcher(Generic[T]):
             return False
         previous = self._current_ref
         self._current, self._current_ref, self._served = prepared, ref, candidate.stamp
-        self._on_event(
-            {
-                "event": "model_loaded",
-                "model": ref.name,
-                "version": ref.version,
-                "previous_version": previous.version,
-                "sha256": ref.sha256,
-            }
-        )
+        loaded = {
+            "event": "model_loaded",
+            "model": ref.name,
+            "version": ref.version,
+            "previous_version": previous.version,
+            "sha256": ref.sha256,
+        }
+        self._on_event({**loaded, "server": ref.server} if ref.server else loaded)
         return True
 
     def _run(self) -> None:

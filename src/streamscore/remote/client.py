@@ -43,10 +43,19 @@ class DataRejected(Exception):
 class OipClient:
     """A pooled HTTP client for one server's OIP REST API, with retries and a breaker."""
 
-    def __init__(self, server: str, settings: RemoteSettings, *, pool: int | None = None) -> None:
+    def __init__(
+        self,
+        server: str,
+        settings: RemoteSettings,
+        *,
+        pool: int | None = None,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
         self.server = server
         self.settings = settings
-        self.breaker: CircuitBreaker = breaker_for(server)
+        # The process-wide breaker of the server, unless the caller keeps its own (a watcher
+        # polling for new versions must not open the breaker the scoring requests go through).
+        self.breaker: CircuitBreaker = breaker or breaker_for(server)
         # TLS verification is always on for https; plain http skips building an SSL context
         # (tens of milliseconds) it would never use, as redirects are not followed.
         verify: bool | ssl.SSLContext = server.startswith("https://")

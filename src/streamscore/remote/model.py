@@ -3,8 +3,10 @@
 Work is split so the thread waiting on the network does nothing else: the caller of
 :meth:`RemoteModel.submit` (the pipeline's reader thread) encodes the request; a worker
 thread of the model's pool only sends it and waits; :meth:`RemoteCall.result` (the scoring
-thread) decodes and checks the answer. At most ``concurrency`` requests are in flight, and
-results are taken in submission order, so scores stay on their rows.
+thread) decodes and checks the answer. At most ``concurrency`` requests are in flight, as
+many more wait encoded (a worker that gets its answer sends the next at once, without
+waiting for the reader thread to wake), and results are taken in submission order, so
+scores stay on their rows.
 
 A batch the server rejects as data (400/413/422) is split in halves until the rows it
 refuses are isolated; those rows come back rejected with the server's message, the others
@@ -29,7 +31,13 @@ from streamscore.model.base import Answer
 from streamscore.model.repository import ModelRef
 from streamscore.model.signature import ModelSignature
 from streamscore.remote.client import DataRejected, OipClient
-from streamscore.remote.protocol import decode_response, encode_request, signature_from_metadata
+from streamscore.remote.protocol import (
+    SIGNATURE_EXAMPLE,
+    decode_response,
+    encode_request,
+    parse_signature,
+    signature_from_metadata,
+)
 from streamscore.remote.settings import RemoteSettings
 from streamscore.remote.url import ModelURL
 
@@ -91,11 +99,12 @@ class RemoteModel:
         self.signature = signature
         self.settings = settings
         self.version = version  # pinned: the version that answered at open, or the URL's
-        self.in_flight = settings.concurrency
-        self.ref = _ref(url, version, signature)
+        # Submissions pending at most: those on the wire and as many queued behind them.
+        self.in_flight = 2 * settings.concurrency
+        self.ref = model_ref(url, version, signature)
         self.infer_path = url.model_path(version or None) + "/infer"
         self._where = f"model server {url.server} (model {self.ref.label})"
-        self._slots = threading.BoundedSemaphore(settings.concurrency)
+        self._slots = threading.BoundedSemaphore(self.in_flight)
         self._closed = threading.Event()
         self._pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="streamscore-oip")
 
@@ -122,7 +131,7 @@ class RemoteModel:
         return list(answer.values)
 
     def submit(self, output_names: Sequence[str], feeds: dict[str, np.ndarray]) -> RemoteCall:
-        """Encode now, send on a worker thread; blocks while ``concurrency`` calls are out."""
+        """Encode now, send on a worker thread; blocks while ``in_flight`` calls are out."""
         names = list(output_names)
         body = encode_request(self.signature, feeds, names)
         while not self._slots.acquire(timeout=0.1):
@@ -175,7 +184,7 @@ class RemoteModel:
             self._send(names, sub, None, positions[part], exchange)
 
 
-def _ref(url: ModelURL, version: str, signature: ModelSignature) -> ModelRef:
+def model_ref(url: ModelURL, version: str, signature: ModelSignature) -> ModelRef:
     described = {
         "server": url.server,
         "name": url.name,
@@ -211,26 +220,36 @@ def open_remote_model(spec: str, settings: RemoteSettings) -> RemoteModel:
     url = ModelURL.parse(spec)
     client = OipClient(url.server, settings)
     try:
-        signature, _ = server_signature(url, client)
-        if settings.signature is not None:
-            from streamscore.model.repository import resolve_model
-            from streamscore.model.session import load_model
-
-            signature = load_model(resolve_model(settings.signature), provider="cpu").signature
-        elif not signature.inputs or not signature.outputs:
-            raise ModelError(
-                f"model server {url.server} publishes no signature for model {url.name} "
-                "(MLServer publishes only what a model's settings declare)",
-                hint="give a local copy of the model with --signature FILE.onnx",
-            )
-        version = url.version or _answering_version(url, client, signature)
+        signature = scoring_signature(url, client, settings)
+        version = url.version or answering_version(url, client, signature)
     except BaseException:
         client.close()
         raise
     return RemoteModel(url, client, signature, settings, version)
 
 
-def _answering_version(url: ModelURL, client: OipClient, signature: ModelSignature) -> str:
+def scoring_signature(url: ModelURL, client: OipClient, settings: RemoteSettings) -> ModelSignature:
+    """The signature to score ``url`` with: the user's ``--signature`` when given, else the
+    one the server publishes (ModelError when it publishes none)."""
+    signature, _ = server_signature(url, client)
+    if settings.signature_text is not None:
+        return parse_signature(settings.signature_text)
+    if settings.signature is not None:
+        from streamscore.model.repository import resolve_model
+        from streamscore.model.session import load_model
+
+        return load_model(resolve_model(settings.signature), provider="cpu").signature
+    if not signature.inputs or not signature.outputs:
+        raise ModelError(
+            f"model server {url.server} publishes no signature for model {url.name} "
+            "(MLServer publishes only what a model's settings declare)",
+            hint="give a local copy of the model with --signature FILE.onnx, or its tensors "
+            f"as --signature {SIGNATURE_EXAMPLE}",
+        )
+    return signature
+
+
+def answering_version(url: ModelURL, client: OipClient, signature: ModelSignature) -> str:
     """The version that answers ``/v2/models/NAME`` now ('' if the server does not say)."""
     names = signature.output_names()
     body = encode_request(signature, _probe_feeds(signature), names)
@@ -250,7 +269,7 @@ def inspect_remote_model(spec: str, settings: RemoteSettings) -> dict[str, Any]:
         signature, metadata = server_signature(url, client)
         version = url.version or ""
         if not version and signature.inputs and signature.outputs:
-            version = _answering_version(url, client, signature)
+            version = answering_version(url, client, signature)
         return {
             "server": url.server,
             "name": url.name,

@@ -7,13 +7,14 @@ metadata promised (row count, every output present, datatype, shape); any differ
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import orjson
 
-from streamscore.errors import ModelError, RemoteError
+from streamscore.errors import ModelError, RemoteError, UsageError
 from streamscore.model.signature import Dim, ModelSignature, TensorSpec
 
 # OIP datatype <-> ONNX element type (TensorSpec.type is ONNX Runtime's "tensor(float)").
@@ -68,6 +69,59 @@ def signature_from_metadata(metadata: Mapping[str, Any], where: str) -> ModelSig
         else {}
     )
     return ModelSignature(inputs=inputs, outputs=outputs, metadata=described, producer=platform)
+
+
+# --signature as text: INPUTS->OUTPUTS, each a comma-separated list of NAME:DATATYPE[DIMS].
+_TENSOR = r"\s*([^\s:,\[\]]+)\s*:\s*([A-Za-z0-9]+)\s*\[([^\]]*)\]\s*"
+_TENSORS = re.compile(f"{_TENSOR}(?:,{_TENSOR})*")
+SIGNATURE_FORM = "'NAME:DATATYPE[DIMS],...->NAME:DATATYPE[DIMS],...'"
+SIGNATURE_EXAMPLE = "'input:FP32[-1,30]->label:INT64[-1],probabilities:FP32[-1,2]'"
+
+
+def is_signature_text(text: str) -> bool:
+    """Does ``--signature`` give the tensors as text (rather than naming an ONNX file)?"""
+    return "->" in text
+
+
+def parse_signature(text: str) -> ModelSignature:
+    """A signature from ``--signature`` text, in OIP datatypes: ``INPUTS->OUTPUTS``, each a
+    comma-separated list of ``NAME:DATATYPE[DIMS]`` with -1 for a dimension of any size, e.g.
+    ``input:FP32[-1,30]->label:INT64[-1],probabilities:FP32[-1,2]`` (raises UsageError)."""
+    inputs, arrow, outputs = text.partition("->")
+    sides = [_parse_tensors(side, text) for side in (inputs, outputs)]
+    if not arrow or not all(sides):
+        raise UsageError(
+            f"--signature {text!r} is not {SIGNATURE_FORM}", hint=f"e.g. {SIGNATURE_EXAMPLE}"
+        )
+    names = [spec.name for side in sides for spec in side]
+    if len(set(names)) != len(names):
+        raise UsageError(f"--signature {text!r} names a tensor twice")
+    return ModelSignature(inputs=sides[0], outputs=sides[1], producer="--signature")
+
+
+def _parse_tensors(side: str, text: str) -> tuple[TensorSpec, ...]:
+    if _TENSORS.fullmatch(side) is None:
+        return ()
+    specs = []
+    for name, datatype, dims in re.findall(_TENSOR, side):
+        element = _ELEMENTS.get(datatype.upper())
+        if element is None:
+            raise UsageError(
+                f"--signature: tensor '{name}' has datatype {datatype}, not one of OIP's",
+                hint=f"use one of {', '.join(_ELEMENTS)}",
+            )
+        try:
+            shape = tuple(int(d) for d in dims.split(",")) if dims.strip() else ()
+        except ValueError:
+            raise UsageError(
+                f"--signature: tensor '{name}' has shape [{dims}]; give integers, -1 for any size"
+            ) from None
+        if any(d < -1 for d in shape):
+            raise UsageError(f"--signature: tensor '{name}' has a dimension below -1")
+        specs.append(
+            TensorSpec(name, f"tensor({element})", tuple(None if d < 0 else d for d in shape))
+        )
+    return tuple(specs)
 
 
 def encode_request(

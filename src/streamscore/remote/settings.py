@@ -29,7 +29,8 @@ class RemoteSettings:
     ``timeout_s`` bounds each request; an outage (connection refused, timeout, 429, 5xx) is
     retried ``retries`` times with exponential backoff and jitter from ``backoff_s`` up to
     ``max_backoff_s``. ``concurrency`` requests are in flight at most. ``signature`` is a
-    local ONNX file whose inputs and outputs describe a server that publishes none.
+    local ONNX file whose inputs and outputs describe a server that publishes none, and
+    ``signature_text`` the same as text (:func:`streamscore.remote.protocol.parse_signature`).
     """
 
     headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
@@ -40,6 +41,7 @@ class RemoteSettings:
     max_backoff_s: float = 10.0
     concurrency: int = 4
     signature: Path | None = None
+    signature_text: str | None = None
 
     def __post_init__(self) -> None:
         if self.timeout_s <= 0:
@@ -50,6 +52,10 @@ class RemoteSettings:
             raise UsageError(f"--concurrency must be at least 1, got {self.concurrency}")
         if self.ca_file is not None and not self.ca_file.is_file():
             raise UsageError(f"--ca-file {self.ca_file} is not a file")
+        if self.signature_text is not None:
+            from streamscore.remote.protocol import parse_signature  # numpy: only when given
+
+            parse_signature(self.signature_text)  # a mistake shows now, in one line
 
     @classmethod
     def build(
@@ -60,24 +66,34 @@ class RemoteSettings:
         timeout_s: float = 30.0,
         retries: int = 5,
         concurrency: int = 4,
-        signature: Path | None = None,
+        signature: str | Path | None = None,
     ) -> RemoteSettings:
-        """Settings from CLI values; ``Name: value`` headers parsed here."""
+        """Settings from CLI values; ``Name: value`` headers parsed here, and ``signature``
+        taken as text when it holds ``->`` (else as an ONNX file)."""
+        text = signature if isinstance(signature, str) and "->" in signature else None
         return cls(
             headers=tuple(parse_header(text) for text in headers or ()),
             ca_file=ca_file,
             timeout_s=timeout_s,
             retries=retries,
             concurrency=concurrency,
-            signature=signature,
+            signature=None if signature is None or text is not None else Path(signature),
+            signature_text=text,
         )
 
     def request_headers(self) -> dict[str, str]:
-        """The headers to send, with $STREAMSCORE_REMOTE_TOKEN read now (not at import)."""
-        sent = {"content-type": "application/json"}
+        """The headers to send, with $STREAMSCORE_REMOTE_TOKEN read now (not at import).
+
+        Answers are asked for uncompressed: servers that compress (MLServer gzips every
+        answer over 1 KB by default) spend more CPU on it than the network saves near the
+        server; ``--header 'Accept-Encoding: gzip'`` asks for compression again.
+        """
+        sent = {"content-type": "application/json", "accept-encoding": "identity"}
         token = os.environ.get(TOKEN_ENV)
-        if token and not any(name.lower() == "authorization" for name, _ in self.headers):
+        if token:
             sent["authorization"] = f"Bearer {token}"
+        given = {name.lower() for name, _ in self.headers}  # the user's headers win
+        sent = {name: value for name, value in sent.items() if name not in given}
         sent.update(self.headers)
         return sent
 
@@ -86,5 +102,5 @@ class RemoteSettings:
         return (
             f"RemoteSettings(headers=[{names}] (values hidden), ca_file={self.ca_file}, "
             f"timeout_s={self.timeout_s}, retries={self.retries}, concurrency={self.concurrency}, "
-            f"signature={self.signature})"
+            f"signature={self.signature_text or self.signature})"
         )
