@@ -325,3 +325,28 @@ def test_batches_read_before_partitions_were_lost_are_never_committed() -> None:
 )
 def test_the_exit_code_of_several_workers_is_the_worst_one(codes: list[int], worst: int) -> None:
     assert worst_exit_code(codes) == worst
+
+
+def test_a_closed_stdout_does_not_stop_a_workers_output_from_being_read() -> None:
+    """`replay --workers N | head`: relaying fails, but each child's pipe is still read to its
+    end (a child blocked on a full pipe would hang the whole run)."""
+    import io
+
+    from streamscore.workers import _relay
+
+    stream = io.StringIO("".join(f'{{"event": "progress", "n": {i}}}\n' for i in range(10_000)))
+    seen: list[str] = []
+
+    def handle(line: str) -> None:
+        seen.append(line)
+        raise BrokenPipeError(32, "Broken pipe")
+
+    _relay(stream, handle).join(timeout=10)
+    assert len(seen) == 1 and stream.read() == ""  # dropped after the failure, read through
+
+
+def test_a_group_member_refuses_a_commit_interval() -> None:
+    from streamscore.kafka.sink import GroupExactlyOnce
+
+    with pytest.raises(ValueError, match="commits every batch"):
+        GroupExactlyOnce(None, None, commit_interval_s=1.0)  # type: ignore[arg-type]

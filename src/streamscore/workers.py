@@ -136,9 +136,13 @@ def _wait(process: subprocess.Popen[str]) -> int:
 
 def _relay(stream: IO[str], handle: Callable[[str], None]) -> threading.Thread:
     def pump() -> None:
-        for line in stream:
-            if line.strip():
-                handle(line.rstrip("\n"))
+        relaying = True
+        for line in stream:  # read to the end whatever happens: a child blocks on a full pipe
+            if relaying and line.strip():
+                try:
+                    handle(line.rstrip("\n"))
+                except (OSError, ValueError):  # our stdout/stderr closed (``| head``): drop
+                    relaying = False
 
     thread = threading.Thread(target=pump, name="streamscore-worker-relay", daemon=True)
     thread.start()

@@ -278,7 +278,10 @@ def run_workers(
         return
     code = outcome.exit_code
     if failed.exit_code < 0:
-        name = signal.Signals(-failed.exit_code).name
+        try:
+            name = signal.Signals(-failed.exit_code).name
+        except ValueError:  # a real-time signal has no name
+            name = f"signal {-failed.exit_code}"
         console.print_error(f"worker '{failed.member}' was killed by {name} (rerun to resume)")
     elif code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
         console.print_error("terminated" if code == EXIT_TERMINATED else "interrupted")

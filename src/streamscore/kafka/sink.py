@@ -178,6 +178,8 @@ class GroupExactlyOnce(ExactlyOnce):
         metadata: Callable[[], Any] | None = None,
         commit_interval_s: float = 0.0,
     ) -> None:
+        if commit_interval_s:  # may_commit judges the newest batch: one per transaction
+            raise ValueError("a group member commits every batch (commit_interval_s=0)")
         super().__init__(producer, None, commit_interval_s=commit_interval_s)
         self.consumer = consumer
         self.may_commit = may_commit
