@@ -98,10 +98,9 @@ def batch(
 
     Reruns skip files already scored by the same model and resume after a crash.
 
-    Exit codes: 0 ok (rejected rows included), 2 usage, 3 some files failed (see the summary),
-    4 input or mapping error, 5 model, 7 OUT locked by another run, 10 OUT cannot be written,
-    11 Ray cluster (--ray), 12 model server (a MODEL URL), 130 interrupted (Ctrl-C), 143
-    terminated (SIGTERM).
+    Exit codes: 0 ok (rejected rows included), 2 usage, 3 some files failed, 4 input or
+    mapping error, 5 model, 7 OUT locked by another run, 10 OUT not writable, 11 Ray
+    cluster, 12 model server, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
     """
     if log_format not in ("auto", "json", "text"):
         raise UsageError(f"--log-format must be auto, json or text, not {log_format!r}")

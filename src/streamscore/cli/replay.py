@@ -177,9 +177,8 @@ def replay(
     the consumer group, still exactly once.
 
     Exit: 0 done, 2 usage, 3 every record (or more than --max-dead-letter-ratio) was
-    dead-lettered, 4 records do not fit the model, 5 model, 6 Kafka, 12 model server (a MODEL
-    URL), 13 a worker of --workers was killed, 130 interrupted (SIGINT), 143 terminated
-    (SIGTERM).
+    dead-lettered, 4 records do not fit the model, 5 model, 6 Kafka, 12 model server, 13 a
+    worker of --workers was killed, 130 interrupted (SIGINT), 143 terminated (SIGTERM).
     """
     if log_format not in ("auto", "json", "text"):
         raise UsageError(f"--log-format must be auto, json or text, not {log_format!r}")

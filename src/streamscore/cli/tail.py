@@ -138,7 +138,7 @@ def tail(
     SIGTERM finishes the batch in flight, commits and exits 0; a second one exits at once.
 
     Exit: 0 stopped, 2 usage, 4 records do not fit the model, 5 model, 6 Kafka, 12 model
-    server (a MODEL URL), 130/143 a second Ctrl-C/SIGTERM (or the shutdown timeout) ended it
+    server, 130/143 a second Ctrl-C/SIGTERM (or the shutdown timeout) ended it
     at once.
     """
     if log_format not in ("auto", "json", "text"):
