@@ -17,7 +17,7 @@ import contextlib
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -79,14 +79,11 @@ def stop_on_signals(stop: threading.Event, *, grace_s: float) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def interrupt_on_signals() -> Iterator[None]:
-    """SIGINT and SIGTERM raise :class:`SignalInterrupt` in the main thread, as Ctrl-C does."""
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        raise SignalInterrupt(signum)
-
+def handling_signals(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+    """``handler`` takes SIGINT and SIGTERM inside the block; the previous handlers come back
+    after it. Off the main thread (which alone may set handlers) nothing changes."""
     if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread may set handlers
+        yield
         return
     previous = {sig: signal.signal(sig, handler) for sig in SIGNALS}
     try:
@@ -94,3 +91,14 @@ def interrupt_on_signals() -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def interrupt_on_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`SignalInterrupt` in the main thread, as Ctrl-C does."""
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        raise SignalInterrupt(signum)
+
+    with handling_signals(handler):
+        yield

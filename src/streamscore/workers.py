@@ -26,7 +26,7 @@ from types import FrameType
 from typing import IO, Any
 
 from streamscore.errors import EXIT_OK, worst_exit_code
-from streamscore.shutdown import SIGNALS
+from streamscore.shutdown import handling_signals
 
 OnEvent = Callable[[str, Mapping[str, Any]], None]
 OnLine = Callable[[str, str], None]
@@ -180,12 +180,5 @@ def _forwarding_signals(processes: list[subprocess.Popen[str]]) -> Iterator[None
                 with contextlib.suppress(ProcessLookupError):
                     process.send_signal(signum)
 
-    if threading.current_thread() is not threading.main_thread():
+    with handling_signals(forward):
         yield
-        return
-    previous = {sig: signal.signal(sig, forward) for sig in SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
