@@ -83,18 +83,42 @@ def read_topic(
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
         records: list[Message] = []
-        at_end: set[int] = set()
+        at_end: dict[int, int] = {}  # partition -> the offset its end was reached at
         deadline = time.monotonic() + timeout_s
-        while len(at_end) < len(partitions) and time.monotonic() < deadline:
+        settle_until = time.monotonic() + STABLE_END_WAIT_S
+        while time.monotonic() < deadline:
             for message in consumer.consume(1000, 0.1):
                 if message.error() is None:
                     records.append(message)
                 else:
-                    at_end.add(message.partition())
+                    at_end[message.partition()] = message.offset()
+            if len(at_end) < len(partitions):
+                continue
+            # A transaction's commit returns before its markers reach every partition: a
+            # read_committed reader's end (the stable offset) may lag the last write briefly.
+            behind = _behind_high_watermark(consumer, topic, at_end) if committed else set()
+            if not behind or time.monotonic() > settle_until:
+                break
+            for partition in behind:
+                del at_end[partition]
         assert len(at_end) == len(partitions), f"{topic} not read to its end in {timeout_s}s"
         return records
     finally:
         consumer.close()
+
+
+STABLE_END_WAIT_S = 5.0  # longer than a commit's markers take; an open transaction stays open
+
+
+def _behind_high_watermark(consumer: Consumer, topic: str, ends: dict[int, int]) -> set[int]:
+    """Partitions whose end, as read, is below their last written offset."""
+    behind = set()
+    for partition, end in ends.items():
+        tp = TopicPartition(topic, partition)
+        _, high = consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+        if end < high:
+            behind.add(partition)
+    return behind
 
 
 def headers_of(message: Message) -> dict[str, str]:
