@@ -390,3 +390,15 @@ def test_replay_over_grpc_scores_as_embedded_and_dead_letters_only_rejected_rows
     assert sorted(source_of(m)[1] for m in dead) == [3, 250]
     assert all(headers_of(m)[h.ERROR_TYPE] == "remote_rejected" for m in dead)
     assert all("must be at least 0" in headers_of(m)[h.ERROR_MESSAGE] for m in dead)
+
+
+def test_hot_reload_watches_the_version_a_grpc_server_answers(model_server: ModelServer) -> None:
+    from streamscore.config import RegistryOptions
+    from streamscore.model.watch import reload_source
+    from streamscore.remote.watch import ServerFeed
+
+    feed = reload_source(model_server.model("fraud", grpc=True), RegistryOptions(), FAST)
+    assert isinstance(feed, ServerFeed) and feed.name == "fraud"
+    candidate = feed.candidate()
+    assert candidate is not None and candidate.version == "2"
+    assert candidate.resolve().server == model_server.grpc_url

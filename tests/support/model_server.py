@@ -198,7 +198,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         prog="scripts/model-server", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("command", choices=["start", "stop", "url", "status"])
+    parser.add_argument("command", choices=["start", "stop", "url", "grpc-url", "status"])
     parser.add_argument(
         "--home", default=os.environ.get("MODEL_SERVER_HOME", str(REPO / ".model-server"))
     )
@@ -210,6 +210,8 @@ def main() -> int:
         stop(home)
     elif args.command == "url":
         print(url(home))
+    elif args.command == "grpc-url":
+        print(grpc_url(home))
     else:
         running = _pid(home) is not None and _ready(url(home))
         print("running" if running else "stopped")

@@ -90,6 +90,8 @@ _CONTENTS = {
     "BYTES": "bytes_contents",
 }
 READY_TIMEOUT_S = 5.0
+RECONNECT_INITIAL_MS = 200
+RECONNECT_MAX_MS = 2000
 _METHODS = ("ServerReady", "ModelReady", "ModelMetadata", "ModelInfer")
 
 
@@ -104,7 +106,14 @@ class GrpcOipClient:
         self.breaker: CircuitBreaker = breaker or breaker_for(server)
         target = ModelURL(server, "").target
         # No message size limit of our own: --batch-size bounds a request, the server its answer.
-        options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+        # Reconnects are tried within RECONNECT_MAX_MS: gRPC's own backoff grows to 2 minutes,
+        # which would keep a server that is back unused; our retries and breaker pace the load.
+        options = [
+            ("grpc.max_send_message_length", -1),
+            ("grpc.max_receive_message_length", -1),
+            ("grpc.initial_reconnect_backoff_ms", RECONNECT_INITIAL_MS),
+            ("grpc.max_reconnect_backoff_ms", RECONNECT_MAX_MS),
+        ]
         if server.startswith("grpcs://"):
             roots = settings.ca_file.read_bytes() if settings.ca_file is not None else None
             credentials = grpc.ssl_channel_credentials(root_certificates=roots)
