@@ -534,11 +534,12 @@ def test_tls_is_verified_and_ca_file_trusts_a_server_and_secrets_stay_hidden(
     assert _TinyOip.seen[-1].get("Authorization") == "Bearer tls-s3cret"
 
 
+@pytest.mark.parametrize("grpc", [False, True], ids=["rest", "grpc"])
 def test_closing_a_remote_model_gives_up_on_a_request_waiting_to_retry(
-    model_server: ModelServer,
+    model_server: ModelServer, grpc: bool
 ) -> None:
     patient = RemoteSettings(retries=50, backoff_s=1.0, max_backoff_s=5.0)
-    model = open_model(model_server.model("fraud_columns", "1"), remote=patient)
+    model = open_model(model_server.model("fraud_columns", "1", grpc=grpc), remote=patient)
     assert isinstance(model, SubmittingModel)
     feeds = {s.name: np.zeros((2, 1), dtype=s.dtype) for s in model.signature.inputs}
     feeds["merchant_category"] = np.array([["grocery"], ["fuel"]], dtype=object)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from streamscore.errors import ModelError, RemoteError
+from streamscore.errors import ModelError, RemoteError, RemoteUnavailable
 from streamscore.model.signature import ModelSignature
 from streamscore.remote.breaker import CircuitBreaker, breaker_for
 from streamscore.remote.policy import (
@@ -214,6 +214,10 @@ class GrpcOipClient:
                 )
             except grpc.RpcError as exc:
                 code, message = _status(exc)
+            except ValueError as exc:  # grpc: "Cannot invoke RPC on closed channel!"
+                if not self._closing.is_set():
+                    raise
+                raise RemoteUnavailable(f"model server {self.server}: closed") from exc
             if "CERTIFICATE_VERIFY_FAILED" in message:  # not an outage: no retry
                 raise untrusted(self.server)
             if code in _OUTAGES:
