@@ -403,10 +403,14 @@ def test_a_mismatch_in_on_error_fail_mode_stops_the_run_with_exit_12(
 # ---------------------------------------------------------------- bench
 
 
-def test_bench_measures_a_served_model_with_the_same_table(model_server: ModelServer) -> None:
+@pytest.mark.parametrize("grpc", [False, True], ids=["rest", "grpc"])
+def test_bench_measures_a_served_model_with_the_same_table(
+    model_server: ModelServer, grpc: bool
+) -> None:
     result = invoke(
-        "bench", model_server.model("fraud_columns"), "--batch-sizes", "8", "--concurrency",
-        "1,2", "--warmup", "0", "--window", "0.1", "--max-duration", "0.3", "--json", "-",
+        "bench", model_server.model("fraud_columns", grpc=grpc), "--batch-sizes", "8",
+        "--concurrency", "1,2", "--warmup", "0", "--window", "0.1", "--max-duration", "0.3",
+        "--json", "-",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -415,7 +419,7 @@ def test_bench_measures_a_served_model_with_the_same_table(model_server: ModelSe
         "remote/threads=0/batch=8/concurrency=2",
     ]
     assert all(r["rows_per_s"] > 0 and r["provider_used"] == "remote" for r in report["results"])
-    assert report["model"]["path"] == model_server.model("fraud_columns", "1")
+    assert report["model"]["path"] == model_server.model("fraud_columns", "1", grpc=grpc)
 
 
 def test_bench_model_and_url_compares_embedded_and_served_on_the_same_inputs(
