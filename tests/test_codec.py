@@ -426,3 +426,54 @@ def test_a_small_batch_of_scores_is_written_byte_for_byte_as_polars_writes_a_lar
     large = frame.write_ndjson().encode().splitlines()  # polars, as for a large batch
 
     assert small == large
+
+
+MIXED_FIELDS = {"a": pa.float64(), "n": pa.int64(), "on": pa.bool_(), "b": pa.float64()}
+mixed_values = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.integers(-(2**64), 2**64),
+    st.booleans(),
+    st.none(),
+    st.just("1.5"),
+)
+
+
+@st.composite
+def mixed_records(draw: st.DrawFn) -> dict[str, Any]:
+    """Mostly well-typed records; now and then a field missing or of another type."""
+    record = {
+        "a": draw(st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**53), 2**53)),
+        "n": draw(st.integers(-(2**63), 2**63 - 1)),
+        "on": draw(st.booleans()),
+        "b": draw(st.floats(allow_nan=False, allow_infinity=False)),
+        "id": draw(st.integers(0, 10)),
+    }
+    if draw(st.integers(0, 4)) == 0:
+        name = draw(st.sampled_from(list(MIXED_FIELDS)))
+        if draw(st.booleans()):
+            del record[name]
+        else:
+            record[name] = draw(mixed_values)
+    return record
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(mixed_records(), min_size=1, max_size=12))
+def test_a_small_batch_of_number_integer_and_boolean_fields_decodes_as_a_large_one(
+    items: list[dict[str, Any]],
+) -> None:
+    """The small-batch path stacks every number field at once and checks the others field
+    by field: what it decodes, and what it refuses, is what polars' path does."""
+    values = [orjson.dumps(item) for item in items]
+
+    small = JsonDecoder(MIXED_FIELDS).decode(values)
+    large = JsonDecoder(MIXED_FIELDS, small_batch=0).decode(values)
+
+    assert small.index.tolist() == large.index.tolist()
+    assert small.rows.schema == large.rows.schema
+    assert small.rows.to_pydict() == large.rows.to_pydict()
+    assert small.failures == large.failures
+    n = len(small.index)
+    found = encode_values(small.passthrough, np.arange(n), scores(n))
+    expected = encode_values(large.passthrough, np.arange(n), scores(n))
+    assert [orjson.loads(v) for v in found] == [orjson.loads(v) for v in expected]

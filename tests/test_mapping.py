@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from helpers.data import dense_table, write_parquet
 from helpers.models import TrainedModel
 from helpers.runs import score
+from streamscore import mapping
 from streamscore.errors import InputError, MappingError
 from streamscore.mapping import InputPlan, build_feeds, plan_inputs
 from streamscore.model import ModelSignature, resolve_model
@@ -453,3 +454,36 @@ def test_an_all_null_column_feeding_a_string_input_rejects_its_rows(
 
     assert feeds.rejected.tolist() == [0, 1, 2]
     assert all("null in column 'category'" in reason for reason in feeds.reasons)
+
+
+@st.composite
+def float_batches(draw: st.DrawFn) -> pa.RecordBatch:
+    """Float columns of one type in any order: large, infinite and NaN values included."""
+    dtype = draw(st.sampled_from([pa.float32(), pa.float64()]))
+    rows = draw(st.integers(1, 40))
+    values = st.floats(width=32 if dtype == pa.float32() else 64) | st.sampled_from([1e300])
+    order = draw(st.permutations(FEATURES))
+    columns = {
+        name: pa.array(draw(st.lists(values, min_size=rows, max_size=rows)), type=dtype)
+        for name in order
+    }
+    return pa.RecordBatch.from_pydict(columns)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=float_batches())
+def test_a_small_batch_stacked_at_once_feeds_what_column_by_column_feeds(
+    dense_model: TrainedModel, batch: pa.RecordBatch
+) -> None:
+    """Small batches (a live tail's) are stacked in one Arrow call: same values, same rejects."""
+    plan = plan_for(dense_model, batch)
+
+    at_once = build_feeds(plan, batch)
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(mapping, "SMALL_MATRIX_ROWS", 0)
+        by_column = build_feeds(plan, batch)
+
+    assert at_once.accepted.tolist() == by_column.accepted.tolist()
+    assert at_once.reasons == by_column.reasons
+    assert at_once.arrays["input"].dtype == by_column.arrays["input"].dtype == np.float32
+    np.testing.assert_array_equal(at_once.arrays["input"], by_column.arrays["input"])

@@ -32,6 +32,21 @@ def to_numpy(array: pa.Array) -> np.ndarray:
 
 def _numeric_dtype(dtype: pa.DataType) -> np.dtype[np.generic] | None:
     """The NumPy type of an Arrow integer or float type (``to_pandas_dtype`` imports pandas)."""
+    # Keyed by Arrow's type id (one per integer and float width): hashing the type costs more.
+    known = _NUMPY_TYPES.get(dtype.id)
+    if known is not None:
+        return known
+    found = _numeric_dtype_of(dtype)
+    if found is not None:
+        _NUMPY_TYPES[dtype.id] = found
+    return found
+
+
+_NUMPY_TYPES: dict[int, np.dtype[np.generic]] = {}
+_ARROW_TYPES: dict[np.dtype[np.generic], pa.DataType] = {}
+
+
+def _numeric_dtype_of(dtype: pa.DataType) -> np.dtype[np.generic] | None:
     if pa.types.is_integer(dtype):
         kind = "i" if pa.types.is_signed_integer(dtype) else "u"
         return np.dtype(f"{kind}{dtype.bit_width // 8}")
@@ -45,6 +60,8 @@ def from_numpy(values: np.ndarray) -> pa.Array:
     share their buffer (made contiguous first), others go through ``pa.array``."""
     if values.ndim == 1 and values.dtype.kind in _NUMERIC_KINDS and values.dtype.isnative:
         contiguous = np.ascontiguousarray(values)
-        arrow_type = pa.from_numpy_dtype(contiguous.dtype)
+        arrow_type = _ARROW_TYPES.get(contiguous.dtype)
+        if arrow_type is None:
+            arrow_type = _ARROW_TYPES[contiguous.dtype] = pa.from_numpy_dtype(contiguous.dtype)
         return pa.Array.from_buffers(arrow_type, len(contiguous), [None, pa.py_buffer(contiguous)])
     return pa.array(values if values.dtype != object else values.tolist())

@@ -109,6 +109,8 @@ class Scorer:
         :data:`MIN_CALL_ROWS`, so scores do not depend on where slices end. None runs the
         feeds in one call, as they come."""
         self.model = model
+        # Checked once: a runtime protocol check costs microseconds, on every small batch.
+        self._submitting = model if isinstance(model, SubmittingModel) else None
         self.plan = plan
         self.reject_nan = reject_nan
         self.batch_size = batch_size
@@ -165,17 +167,18 @@ class Scorer:
     @property
     def in_flight(self) -> int:
         """How many prepared batches may wait for ``run`` (a remote model's concurrency)."""
-        return self.model.in_flight if isinstance(self.model, SubmittingModel) else 0
+        return self._submitting.in_flight if self._submitting is not None else 0
 
     def prepare(self, batch: pa.RecordBatch) -> Feeds | Submitted:
         """Convert a batch into model feeds (CPU work a reader thread can do ahead); a
         remote model gets them sent now."""
         feeds = build_feeds(self.plan, batch, reject_nan=self.reject_nan)
-        if isinstance(self.model, SubmittingModel) and len(feeds.accepted):
+        model = self._submitting
+        if model is not None and len(feeds.accepted):
             rows = len(feeds.accepted)
             step = self.batch_size or rows  # one request per --batch-size rows
             pending = tuple(
-                self.model.submit(
+                model.submit(
                     self.outputs.run,
                     {name: values[start : start + step] for name, values in feeds.arrays.items()},
                 )

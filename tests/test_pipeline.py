@@ -1,0 +1,123 @@
+"""The shared pipeline: every batch written once, in source order, one sink call at a time;
+small batches read while nothing is in flight are finished on the reader thread (``tail``'s
+latency), and a failure there aborts the sink as any other."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from streamscore.errors import KafkaError
+from streamscore.pipeline import Sink, Source, SourceBatch, run_pipeline
+from streamscore.scoring import ScoredBatch
+
+
+def rows(first: int, count: int) -> pa.RecordBatch:
+    return pa.record_batch({"x": np.arange(first, first + count, dtype=np.float64)})
+
+
+class Batches(Source):
+    """Batches of the given sizes, numbered row by row; ``pause_s`` between them."""
+
+    def __init__(self, sizes: list[int], pause_s: float = 0.0) -> None:
+        self.sizes = sizes
+        self.pause_s = pause_s
+
+    def batches(self) -> Iterator[SourceBatch]:
+        first = 0
+        for size in self.sizes:
+            yield SourceBatch(rows(first, size), context=first)
+            first += size
+            time.sleep(self.pause_s)
+
+
+class PassThrough:
+    def prepare(self, batch: pa.RecordBatch) -> Any:
+        return batch
+
+    def run(self, prepared: Any) -> ScoredBatch:
+        accepted = np.arange(prepared.num_rows, dtype=np.int64)
+        return ScoredBatch(prepared, accepted, np.empty(0, dtype=np.int64), [])
+
+
+class Recording(Sink):
+    """Records what it wrote and on which thread; fails if two calls overlap."""
+
+    def __init__(self, write_s: float = 0.0, fail_at: int | None = None) -> None:
+        self.write_s = write_s
+        self.fail_at = fail_at
+        self.written: list[int] = []  # first row of each batch, in write order
+        self.threads: list[str] = []
+        self.aborted = self.closed = False
+        self._busy = threading.Lock()
+
+    def write(self, batch: SourceBatch, scored: ScoredBatch) -> None:
+        assert self._busy.acquire(blocking=False), "two sink calls at once"
+        try:
+            if batch.context == self.fail_at:
+                raise KafkaError("the broker refused the batch")
+            time.sleep(self.write_s)
+            self.written.append(batch.context)
+            self.threads.append(threading.current_thread().name)
+        finally:
+            self._busy.release()
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def starts(sizes: list[int]) -> list[int]:
+    return [sum(sizes[:i]) for i in range(len(sizes))]
+
+
+def test_small_batches_read_while_nothing_is_in_flight_are_written_by_the_reader() -> None:
+    sizes = [3] * 5
+    sink = Recording()
+
+    run_pipeline(Batches(sizes, pause_s=0.02), PassThrough(), sink, inline_rows=10)
+
+    assert sink.written == starts(sizes)
+    assert set(sink.threads) == {"streamscore-reader"}
+    assert sink.closed
+
+
+def test_without_inline_rows_every_batch_goes_through_the_writer_thread() -> None:
+    sizes = [3] * 5
+    sink = Recording()
+
+    run_pipeline(Batches(sizes, pause_s=0.02), PassThrough(), sink)
+
+    assert set(sink.threads) == {"streamscore-writer"}
+
+
+def test_batches_behind_work_in_flight_keep_their_order_and_are_written_once() -> None:
+    # Large batches go through the threads and a slow sink keeps them in flight, so the
+    # small ones between them must wait their turn rather than be written at once.
+    sizes = [1, 50, 2, 2, 50, 1, 1, 3, 50, 2] * 3
+    sink = Recording(write_s=0.005)
+
+    stats = run_pipeline(Batches(sizes), PassThrough(), sink, inline_rows=10)
+
+    assert sink.written == starts(sizes)
+    assert stats.rows_scored == sum(sizes)
+    assert {"streamscore-reader", "streamscore-writer"} <= set(sink.threads)
+
+
+def test_a_failure_writing_a_batch_on_the_reader_aborts_the_run() -> None:
+    sizes = [3] * 4
+    sink = Recording(fail_at=6)
+
+    with pytest.raises(KafkaError, match="refused the batch"):
+        run_pipeline(Batches(sizes, pause_s=0.01), PassThrough(), sink, inline_rows=10)
+
+    assert sink.written == [0, 3]
+    assert sink.aborted and not sink.closed
