@@ -279,7 +279,8 @@ def ray_cluster() -> Iterator[Any]:
 # --- Model server: a real MLServer serving the sample models (tests/support/model_server.py) ---
 #
 # model_server   a ModelServer for the whole session in .model-server/test-<pid>/ (REST and
-#                gRPC on free 127.0.0.1 ports, no metrics port); .url is its base URL. A test
+#                gRPC on free 127.0.0.1 ports, no metrics port); .url is its REST base URL,
+#                .grpc_url its gRPC one (model(..., grpc=True) names a model there). A test
 #                may stop() it and start() it again (same ports); the next test finds it
 #                running again.
 
@@ -288,11 +289,13 @@ class ModelServer:
     def __init__(self, home: Path) -> None:
         self.home = home
         self.url = ""
+        self.grpc_url = ""
 
     def start(self) -> str:
         from support import model_server
 
         self.url = model_server.start(self.home)
+        self.grpc_url = model_server.grpc_url(self.home)
         return self.url
 
     def stop(self, *, hard: bool = False) -> None:
@@ -300,8 +303,9 @@ class ModelServer:
 
         model_server.stop(self.home, hard=hard)
 
-    def model(self, name: str, version: str | None = None) -> str:
-        return f"{self.url}/v2/models/{name}" + (f"/versions/{version}" if version else "")
+    def model(self, name: str, version: str | None = None, *, grpc: bool = False) -> str:
+        base = self.grpc_url if grpc else self.url
+        return f"{base}/v2/models/{name}" + (f"/versions/{version}" if version else "")
 
 
 @pytest.fixture(scope="session")

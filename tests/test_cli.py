@@ -311,6 +311,8 @@ def test_start_up_does_not_load_the_heavy_libraries() -> None:
         "mlflow",
         "ray",
         "httpx",
+        "grpc",
+        "google.protobuf",
     )
     code = (
         "import sys, streamscore.cli.app; "

@@ -403,10 +403,14 @@ def test_a_mismatch_in_on_error_fail_mode_stops_the_run_with_exit_12(
 # ---------------------------------------------------------------- bench
 
 
-def test_bench_measures_a_served_model_with_the_same_table(model_server: ModelServer) -> None:
+@pytest.mark.parametrize("grpc", [False, True], ids=["rest", "grpc"])
+def test_bench_measures_a_served_model_with_the_same_table(
+    model_server: ModelServer, grpc: bool
+) -> None:
     result = invoke(
-        "bench", model_server.model("fraud_columns"), "--batch-sizes", "8", "--concurrency",
-        "1,2", "--warmup", "0", "--window", "0.1", "--max-duration", "0.3", "--json", "-",
+        "bench", model_server.model("fraud_columns", grpc=grpc), "--batch-sizes", "8",
+        "--concurrency", "1,2", "--warmup", "0", "--window", "0.1", "--max-duration", "0.3",
+        "--json", "-",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -415,7 +419,7 @@ def test_bench_measures_a_served_model_with_the_same_table(model_server: ModelSe
         "remote/threads=0/batch=8/concurrency=2",
     ]
     assert all(r["rows_per_s"] > 0 and r["provider_used"] == "remote" for r in report["results"])
-    assert report["model"]["path"] == model_server.model("fraud_columns", "1")
+    assert report["model"]["path"] == model_server.model("fraud_columns", "1", grpc=grpc)
 
 
 def test_bench_model_and_url_compares_embedded_and_served_on_the_same_inputs(
@@ -534,11 +538,12 @@ def test_tls_is_verified_and_ca_file_trusts_a_server_and_secrets_stay_hidden(
     assert _TinyOip.seen[-1].get("Authorization") == "Bearer tls-s3cret"
 
 
+@pytest.mark.parametrize("grpc", [False, True], ids=["rest", "grpc"])
 def test_closing_a_remote_model_gives_up_on_a_request_waiting_to_retry(
-    model_server: ModelServer,
+    model_server: ModelServer, grpc: bool
 ) -> None:
     patient = RemoteSettings(retries=50, backoff_s=1.0, max_backoff_s=5.0)
-    model = open_model(model_server.model("fraud_columns", "1"), remote=patient)
+    model = open_model(model_server.model("fraud_columns", "1", grpc=grpc), remote=patient)
     assert isinstance(model, SubmittingModel)
     feeds = {s.name: np.zeros((2, 1), dtype=s.dtype) for s in model.signature.inputs}
     feeds["merchant_category"] = np.array([["grocery"], ["fuel"]], dtype=object)

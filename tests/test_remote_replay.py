@@ -89,15 +89,19 @@ def test_replay_through_the_server_scores_as_embedded_and_names_the_server(
     assert (first[h.MODEL], first[h.MODEL_VERSION]) == ("fraud", "2")
 
 
+@pytest.mark.parametrize("grpc", [False, True], ids=["rest", "grpc"])
 def test_a_server_killed_mid_replay_stops_it_with_exit_12_and_a_rerun_writes_each_input_once(
-    kafka_bootstrap: str, topics: Callable[[int], tuple[str, str]], model_server: ModelServer
+    kafka_bootstrap: str,
+    topics: Callable[[int], tuple[str, str]],
+    model_server: ModelServer,
+    grpc: bool,
 ) -> None:
     source, target = topics(3)
     total = 2000  # 200 requests: the server dies with most of them still to come
     produce_rows(kafka_bootstrap, source, sample_rows(total))
     command = [
         sys.executable, "-m", "streamscore", "replay", "-b", kafka_bootstrap, "-i", source,
-        "-o", target, "-m", model_server.model("fraud"), "--features", FEATURES,
+        "-o", target, "-m", model_server.model("fraud", grpc=grpc), "--features", FEATURES,
         "--batch-size", "10", "--concurrency", "2", "--retries", "2", "--timeout", "2",
         "--log-format", "json",
         # A transaction per batch, as the test was written for: with the default 1 s of

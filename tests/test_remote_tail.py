@@ -41,17 +41,20 @@ def tails() -> Iterator[list[TailProcess]]:
         tail.close()
 
 
+@pytest.mark.parametrize("grpc", [False, True], ids=["rest", "grpc"])
 def test_tail_pauses_through_a_server_outage_and_resumes_without_loss_or_dead_letters(
     kafka_bootstrap: str,
     unique_topic: Callable[..., str],
     tails: list[TailProcess],
     model_server: ModelServer,
+    grpc: bool,
 ) -> None:
+    server = model_server.grpc_url if grpc else model_server.url
     source = unique_topic(partitions=2)
     out = f"{source}.out"
     tail = TailProcess(
         kafka_bootstrap, "-i", source, "-o", out, "-g", f"{source}-g",
-        "-m", model_server.model("fraud"), "--features", FEATURES, "--metrics-port", "0",
+        "-m", model_server.model("fraud", grpc=grpc), "--features", FEATURES, "--metrics-port", "0",
         "--max-wait", "5", "--retries", "1", "--timeout", "1",
     )  # fmt: skip
     tails.append(tail)
@@ -69,9 +72,9 @@ def test_tail_pauses_through_a_server_outage_and_resumes_without_loss_or_dead_le
         lambda e: e["event"] == "status" and "open" in (e.get("model_servers") or {}).values(),
         "an open circuit breaker in its status",
     )
-    assert list(status["model_servers"]) == [model_server.url]
+    assert list(status["model_servers"]) == [server]
     metrics = scrape(started["metrics_port"])["streamscore_model_server_breaker"]
-    assert metrics[(("server", model_server.url), ("state", "closed"))] == 0
+    assert metrics[(("server", server), ("state", "closed"))] == 0
     time.sleep(2)  # the server stays away a few seconds
     model_server.start()
     tail.wait_for(lambda e: "consumption resumed" in e.get("message", ""), "the resume")
@@ -82,7 +85,7 @@ def test_tail_pauses_through_a_server_outage_and_resumes_without_loss_or_dead_le
     assert tail.stop(signal.SIGTERM) == 0
     summary = tail.summary()
     assert summary["outage_pauses"] >= 1 and summary["records_dead_lettered"] == 0
-    assert summary["serving"] == {"primary": f"fraud:2 @ {model_server.url}"}
+    assert summary["serving"] == {"primary": f"fraud:2 @ {server}"}
 
 
 @pytest.fixture
@@ -142,18 +145,21 @@ def test_tail_switches_to_a_version_loaded_on_the_server_and_rejects_one_that_do
     assert summary["serving"] == {"primary": f"{served_name}:2 @ {model_server.url}"}
 
 
+@pytest.mark.parametrize("grpc", [False, True], ids=["rest", "grpc"])
 def test_canary_and_shadow_are_versions_on_the_same_server(
     kafka_bootstrap: str,
     unique_topic: Callable[..., str],
     tails: list[TailProcess],
     model_server: ModelServer,
+    grpc: bool,
 ) -> None:
     source = unique_topic(partitions=1)
     out = f"{source}.out"
     tail = TailProcess(
         kafka_bootstrap, "-i", source, "-o", out, "-g", f"{source}-g",
-        "-m", model_server.model("fraud", "1"), "--features", FEATURES,
-        "--canary", "2:30", "--shadow", model_server.model("fraud", "2"), "--max-wait", "5",
+        "-m", model_server.model("fraud", "1", grpc=grpc), "--features", FEATURES,
+        "--canary", "2:30", "--shadow", model_server.model("fraud", "2", grpc=grpc),
+        "--max-wait", "5",
     )  # fmt: skip
     tails.append(tail)
     keys = [f"customer-{i}".encode() for i in range(300)]
@@ -167,6 +173,7 @@ def test_canary_and_shadow_are_versions_on_the_same_server(
     assert on_canary == {k for k in keys if key_bucket(k) < 3000}
     assert {o.headers[MODEL_VERSION] for o in shadow} == {"2"}
     assert sorted(o.source for o in shadow) == sorted(o.source for o in outputs)
-    assert {o.headers[MODEL_SERVER] for o in outputs + shadow} == {model_server.url}
+    server = model_server.grpc_url if grpc else model_server.url
+    assert {o.headers[MODEL_SERVER] for o in outputs + shadow} == {server}
     assert status["shadow"]["compared"] == 300
     assert status["versions"] == {"primary": "fraud:1", "canary": "fraud:2", "shadow": "fraud:2"}

@@ -2,8 +2,8 @@
 
 Every port (REST, gRPC) binds 127.0.0.1 and is chosen free at the first start; the metrics
 server is off. State lives in HOME: ``settings.json``, one folder per model, ``server.pid``,
-``server.log`` and ``url`` (the REST base URL). A restart reuses HOME's ports, so a URL
-stays valid across ``stop`` and ``start``.
+``server.log``; :func:`url` is the REST base URL and :func:`grpc_url` the gRPC one. A
+restart reuses HOME's ports, so a URL stays valid across ``stop`` and ``start``.
 
 Models served (all from ``sample_data/models``): ``fraud`` versions 1 and 2, ``fraud_columns``,
 ``fraud_mlp``, and three variants of fraud v1 for failure tests: ``fraud_unsigned`` (publishes
@@ -84,6 +84,12 @@ def url(home: Path) -> str:
     """The REST base URL, e.g. ``http://127.0.0.1:40123``."""
     port = json.loads((home / "settings.json").read_text())["http_port"]
     return f"http://127.0.0.1:{port}"
+
+
+def grpc_url(home: Path) -> str:
+    """The gRPC base URL, e.g. ``grpc://127.0.0.1:40124``."""
+    port = json.loads((home / "settings.json").read_text())["grpc_port"]
+    return f"grpc://127.0.0.1:{port}"
 
 
 def _pid(home: Path) -> int | None:
@@ -192,7 +198,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         prog="scripts/model-server", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("command", choices=["start", "stop", "url", "status"])
+    parser.add_argument("command", choices=["start", "stop", "url", "grpc-url", "status"])
     parser.add_argument(
         "--home", default=os.environ.get("MODEL_SERVER_HOME", str(REPO / ".model-server"))
     )
@@ -204,6 +210,8 @@ def main() -> int:
         stop(home)
     elif args.command == "url":
         print(url(home))
+    elif args.command == "grpc-url":
+        print(grpc_url(home))
     else:
         running = _pid(home) is not None and _ready(url(home))
         print("running" if running else "stopped")

@@ -63,13 +63,16 @@ class OnnxRuntime(MLModel):
     def _feeds(self, payload: InferenceRequest) -> dict[str, np.ndarray]:
         feeds = {}
         for item in payload.inputs:
-            array = NumpyCodec.decode_input(item)
             if item.datatype == "BYTES":
-                array = np.vectorize(
-                    lambda v: v.decode() if isinstance(v, bytes) else str(v), otypes=[object]
-                )(array)
-            elif self.types.get(item.name) == "tensor(float)":
-                array = array.astype(np.float32)
+                # One value per element, as text: NumpyCodec would join the values that
+                # gRPC's raw contents carry as bytes into one buffer.
+                data = getattr(item.data, "root", item.data)
+                values = [v.decode() if isinstance(v, bytes) else str(v) for v in data]
+                array = np.array(values, dtype=object).reshape(item.shape)
+            else:
+                array = NumpyCodec.decode_input(item)
+                if self.types.get(item.name) == "tensor(float)":
+                    array = array.astype(np.float32)
             feeds[item.name] = array
         return feeds
 

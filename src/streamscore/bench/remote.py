@@ -1,7 +1,7 @@
 """``bench URL`` and ``bench MODEL URL``: a served model measured like an embedded one.
 
 A model server URL is swept over batch sizes, concurrency and rates exactly as a session is
-(provider ``remote``; each call is one OIP request: encode, HTTP, decode). With an embedded
+(provider ``remote``; each call is one OIP request: encode, REST or gRPC, decode). With an embedded
 MODEL beside it, both run on the same inputs in the same run, and every embedded
 configuration is compared with the served one at the same batch, concurrency and rate
 (:class:`streamscore.bench.report.RemoteComparison`).
@@ -32,7 +32,6 @@ from streamscore.model.base import close_model
 from streamscore.model.repository import resolve_model
 from streamscore.model.session import load_model
 from streamscore.remote.model import RemoteModel, open_remote_model
-from streamscore.remote.protocol import encode_request
 from streamscore.remote.settings import RemoteSettings
 from streamscore.reporting import Reporter
 
@@ -51,12 +50,11 @@ def serialization_ms(model: RemoteModel, inputs: InputSource, batch_size: int) -
     """Median time the client spends encoding one request and decoding its answer."""
     names = model.signature.output_names()
     feeds = inputs.feeds(batch_size)
-    body = encode_request(model.signature, feeds, names)
-    answer = model.client.post(model.infer_path, body, "infer")
+    answer = model.send(model.encode(names, feeds))
     times = []
     for _ in range(SERIALIZATION_CALLS):
         started = time.perf_counter_ns()
-        encode_request(model.signature, feeds, names)
+        model.encode(names, feeds)
         model.decode(answer, names, batch_size)
         times.append(time.perf_counter_ns() - started)
     return float(np.median(times)) / 1e6

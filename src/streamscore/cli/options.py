@@ -13,7 +13,7 @@ MODEL_HELP = (
     "An .onnx file, REPO/NAME (highest version), REPO/NAME/VERSION, an MLflow URI "
     "(models:/NAME/VERSION, models:/NAME@ALIAS, models:/NAME/latest, runs:/RUN_ID/PATH), or a "
     "model on an Open Inference Protocol server: http(s)://HOST:PORT/v2/models/NAME (or "
-    ".../NAME/versions/V)."
+    ".../NAME/versions/V; grpc(s):// for its gRPC port)."
 )
 Model = Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)]
 # Where models:/ and runs:/ MODELs come from (turned into config.RegistryOptions).
@@ -103,18 +103,19 @@ ConnectTimeout = Annotated[
     typer.Option(help="Seconds to wait for the Kafka cluster to answer before giving up."),
 ]
 
-# Remote model options (MODEL is an http(s):// URL): turned into RemoteSettings.
+# Remote model options (MODEL is an http(s):// or grpc(s):// URL): turned into RemoteSettings.
 Header = Annotated[
     list[str] | None,
     typer.Option(
         "--header",
-        help="HTTP header 'Name: value' for the model server, repeatable (e.g. 'Authorization: "
-        "Bearer TOKEN'; or set $STREAMSCORE_REMOTE_TOKEN). Values are never printed.",
+        help="HTTP header 'Name: value' for the model server (gRPC metadata for grpc://), "
+        "repeatable (e.g. 'Authorization: Bearer TOKEN'; or set $STREAMSCORE_REMOTE_TOKEN). "
+        "Values are never printed.",
     ),
 ]
 CaFile = Annotated[
     Path | None,
-    typer.Option(help="PEM file of CA certificates to trust for an https model server."),
+    typer.Option(help="PEM file of CA certificates to trust for an https or grpcs model server."),
 ]
 Timeout = Annotated[
     float, typer.Option("--timeout", help="Seconds a model server may take per request.")

@@ -1,25 +1,36 @@
-"""HTTP to a model server: the only module that imports httpx (the ``remote`` extra).
+"""OIP over REST: the only module that imports httpx (the ``remote`` extra).
 
 One keep-alive connection pool per client, shared by the worker threads. Every request goes
-through one retry policy: an outage (connection refused or reset, timeout, 429, any 5xx) is
-retried with exponential backoff and jitter behind the server's circuit breaker, then
-raised as :class:`RemoteUnavailable`. Other answers are translated here: 400/413/422 (the
-server rejects the data) -> :class:`DataRejected`; 401/403 -> RemoteError; 404 -> ModelError.
+through the retry policy of :mod:`streamscore.remote.policy`: an outage (connection refused
+or reset, timeout, 429, any 5xx) is retried with backoff behind the server's circuit
+breaker. Other answers are read there too: 400/413/422 (the server rejects the data) ->
+DataRejected; 401/403 -> RemoteError; 404 -> ModelError.
 """
 
 from __future__ import annotations
 
-import random
 import ssl
 import threading
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import orjson
 
-from streamscore.errors import ModelError, RemoteError, RemoteUnavailable
-from streamscore.remote.breaker import BreakerState, CircuitBreaker, breaker_for
-from streamscore.remote.protocol import error_message
+from streamscore.errors import ModelError, RemoteError
+from streamscore.model.signature import ModelSignature
+from streamscore.remote.breaker import CircuitBreaker, breaker_for
+from streamscore.remote.policy import (
+    DataRejected,
+    Outage,
+    Refusal,
+    refusal,
+    untrusted,
+    with_retries,
+)
+from streamscore.remote.protocol import decode_response, encode_request, error_message
 from streamscore.remote.settings import RemoteSettings
+from streamscore.remote.url import ModelURL
 
 try:
     import httpx
@@ -30,18 +41,11 @@ except ImportError as exc:  # the remote extra is not installed
     ) from exc
 
 REJECTED_STATUSES = frozenset({400, 413, 422})
-
-
-class DataRejected(Exception):
-    """The server refused the rows it was sent (4xx about the data); ``message`` is its own."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+_REFUSALS = {401: Refusal.access, 403: Refusal.access, 404: Refusal.missing}
 
 
 class OipClient:
-    """A pooled HTTP client for one server's OIP REST API, with retries and a breaker."""
+    """A pooled HTTP client for one server's OIP REST API (an :class:`OipTransport`)."""
 
     def __init__(
         self,
@@ -72,9 +76,40 @@ class OipClient:
         )
 
     def close(self) -> None:
-        """Close the pool; requests waiting to retry give up at once."""
         self._closing.set()
         self._http.close()
+
+    def metadata(self, url: ModelURL, what: str) -> dict[str, Any]:
+        return self.get_json(url.model_path(), what)
+
+    def model_ready(self, url: ModelURL, version: str | None) -> bool:
+        return self.is_ready(url.model_path(version) + "/ready")
+
+    def server_ready(self) -> bool:
+        return self.is_ready("/v2/health/ready")
+
+    def encode(
+        self,
+        url: ModelURL,
+        version: str | None,
+        signature: ModelSignature,
+        arrays: Mapping[str, np.ndarray],
+        outputs: Sequence[str],
+    ) -> bytes:
+        return encode_request(signature, arrays, outputs)
+
+    def infer(self, url: ModelURL, version: str | None, request: bytes) -> bytes:
+        return self.post(url.model_path(version) + "/infer", request, "infer")
+
+    def decode(
+        self,
+        answer: bytes,
+        signature: ModelSignature,
+        outputs: Sequence[str],
+        rows: int,
+        where: str,
+    ) -> tuple[list[np.ndarray], str]:
+        return decode_response(answer, signature, outputs, rows, where)
 
     def get_json(self, path: str, what: str) -> dict[str, Any]:
         """``GET path`` as JSON; ``what`` names the resource in errors."""
@@ -106,62 +141,39 @@ class OipClient:
 
     def _raise_for_status(self, response: httpx.Response, what: str) -> None:
         code = response.status_code
-        if code < 300:
-            return
-        message = error_message(response.content)
-        if code in (401, 403):
-            raise RemoteError(
-                f"model server {self.server} refused access to {what} (HTTP {code})",
-                hint="check --header 'Authorization: …' or $STREAMSCORE_REMOTE_TOKEN",
-            )
-        if code == 404:
-            raise ModelError(f"model server {self.server} has no {what}: {message}")
-        raise RemoteError(f"model server {self.server} answered HTTP {code} for {what}: {message}")
+        if code >= 300:
+            kind = _REFUSALS.get(code, Refusal.other)
+            raise refusal(kind, self.server, what, f"HTTP {code}", error_message(response.content))
 
     def _send(self, method: str, path: str, body: bytes | None, what: str) -> httpx.Response:
-        """One request, retried through outages; see the module docstring."""
-        s = self.settings
-        attempt = 0
-        while True:
-            delay: float | None = None
-            if self.breaker.allow():
-                try:
-                    response = self._http.request(method, path, content=body)
-                except httpx.TimeoutException:
-                    failure = f"no answer within {s.timeout_s:g} s"
-                except httpx.ConnectError as exc:
-                    if "CERTIFICATE_VERIFY_FAILED" in str(exc):  # not an outage: no retry
-                        raise RemoteError(
-                            f"model server {self.server}: its TLS certificate is not trusted",
-                            hint="add the CA that signed it with --ca-file PEM",
-                        ) from exc
-                    failure = f"ConnectError: {str(exc)[:200] or 'connection failed'}"
-                except httpx.TransportError as exc:
-                    failure = f"{type(exc).__name__}: {str(exc)[:200] or 'connection failed'}"
-                else:
-                    code = response.status_code
-                    if code != 429 and code < 500:
-                        self.breaker.record_success()
-                        return response
-                    failure = f"HTTP {code}: {error_message(response.content)}"
-                    delay = _retry_after(response)
-                self.breaker.record_failure()
-                if self.breaker.state is BreakerState.open:  # the next try is its probe
-                    delay = max(delay or 0.0, self.breaker.remaining_s())
-            else:
-                failure = "circuit breaker open after repeated failures"
-                delay = max(self.breaker.remaining_s(), 0.01)
-            if attempt >= s.retries:
-                self.breaker.trip()
-                raise RemoteUnavailable(
-                    f"model server {self.server} unavailable for {what} after "
-                    f"{attempt + 1} attempt(s): {failure}",
-                    hint="nothing was dead-lettered; a rerun resumes once the server answers",
-                )
-            backoff = min(s.max_backoff_s, s.backoff_s * 2**attempt)
-            if self._closing.wait(delay if delay is not None else backoff * random.uniform(0.5, 1)):
-                raise RemoteUnavailable(f"model server {self.server}: stopped while retrying")
-            attempt += 1
+        """One request, retried through outages (:func:`with_retries`)."""
+
+        def attempt() -> httpx.Response:
+            try:
+                response = self._http.request(method, path, content=body)
+            except httpx.TimeoutException:
+                raise Outage(f"no answer within {self.settings.timeout_s:g} s") from None
+            except httpx.ConnectError as exc:
+                if "CERTIFICATE_VERIFY_FAILED" in str(exc):  # not an outage: no retry
+                    raise untrusted(self.server) from exc
+                raise Outage(f"ConnectError: {str(exc)[:200] or 'connection failed'}") from None
+            except httpx.TransportError as exc:
+                failure = f"{type(exc).__name__}: {str(exc)[:200] or 'connection failed'}"
+                raise Outage(failure) from None
+            code = response.status_code
+            if code == 429 or code >= 500:
+                failure = f"HTTP {code}: {error_message(response.content)}"
+                raise Outage(failure, _retry_after(response))
+            return response
+
+        return with_retries(
+            attempt,
+            server=self.server,
+            what=what,
+            settings=self.settings,
+            breaker=self.breaker,
+            closing=self._closing,
+        )
 
 
 def _retry_after(response: httpx.Response) -> float | None:

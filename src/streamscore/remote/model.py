@@ -8,9 +8,9 @@ many more wait encoded (a worker that gets its answer sends the next at once, wi
 waiting for the reader thread to wake), and results are taken in submission order, so
 scores stay on their rows.
 
-A batch the server rejects as data (400/413/422) is split in halves until the rows it
-refuses are isolated; those rows come back rejected with the server's message, the others
-scored.
+A batch the server rejects as data (HTTP 400/413/422, gRPC INVALID_ARGUMENT & co.) is
+split in halves until the rows it refuses are isolated; those rows come back rejected with
+the server's message, the others scored.
 """
 
 from __future__ import annotations
@@ -30,15 +30,10 @@ from streamscore.errors import ModelError, RemoteError, RemoteUnavailable
 from streamscore.model.base import Answer
 from streamscore.model.repository import ModelRef
 from streamscore.model.signature import ModelSignature
-from streamscore.remote.client import DataRejected, OipClient
-from streamscore.remote.protocol import (
-    SIGNATURE_EXAMPLE,
-    decode_response,
-    encode_request,
-    parse_signature,
-    signature_from_metadata,
-)
+from streamscore.remote.policy import DataRejected
+from streamscore.remote.protocol import SIGNATURE_EXAMPLE, parse_signature, signature_from_metadata
 from streamscore.remote.settings import RemoteSettings
+from streamscore.remote.transport import OipTransport, connect
 from streamscore.remote.url import ModelURL
 
 PROVIDER = "remote"
@@ -82,14 +77,14 @@ class RemoteCall:
 
 
 class RemoteModel:
-    """A model served over OIP REST; implements :class:`streamscore.model.base.Model`."""
+    """A model served over OIP (REST or gRPC); implements :class:`streamscore.model.base.Model`."""
 
     provider = PROVIDER
 
     def __init__(
         self,
         url: ModelURL,
-        client: OipClient,
+        client: OipTransport,
         signature: ModelSignature,
         settings: RemoteSettings,
         version: str,
@@ -102,7 +97,6 @@ class RemoteModel:
         # Submissions pending at most: those on the wire and as many queued behind them.
         self.in_flight = 2 * settings.concurrency
         self.ref = model_ref(url, version, signature)
-        self.infer_path = url.model_path(version or None) + "/infer"
         self._where = f"model server {url.server} (model {self.ref.label})"
         self._slots = threading.BoundedSemaphore(self.in_flight)
         self._closed = threading.Event()
@@ -117,7 +111,7 @@ class RemoteModel:
     def probe(self) -> bool:
         """Does the model answer its readiness endpoint now? A yes closes the breaker, so
         the next request goes out at once."""
-        ready = self.client.is_ready(self.url.model_path(self.version or None) + "/ready")
+        ready = self.client.model_ready(self.url, self.version or None)
         if ready:
             self.client.breaker.record_success()
         return ready
@@ -133,7 +127,7 @@ class RemoteModel:
     def submit(self, output_names: Sequence[str], feeds: dict[str, np.ndarray]) -> RemoteCall:
         """Encode now, send on a worker thread; blocks while ``in_flight`` calls are out."""
         names = list(output_names)
-        body = encode_request(self.signature, feeds, names)
+        body = self.encode(names, feeds)
         while not self._slots.acquire(timeout=0.1):
             if self._closed.is_set():
                 raise RemoteUnavailable(f"{self._where}: closed")
@@ -145,9 +139,17 @@ class RemoteModel:
         future.add_done_callback(lambda _: self._slots.release())
         return RemoteCall(self, future, names)
 
+    def encode(self, names: Sequence[str], feeds: dict[str, np.ndarray]) -> bytes:
+        """The request scoring ``feeds`` (on the caller's thread)."""
+        return self.client.encode(self.url, self.version or None, self.signature, feeds, names)
+
+    def send(self, body: bytes) -> bytes:
+        """Send an encoded request to the pinned version, retrying outages; its answer."""
+        return self.client.infer(self.url, self.version or None, body)
+
     def decode(self, body: bytes, names: Sequence[str], rows: int) -> list[np.ndarray]:
         """Check and decode one answer of ``rows`` rows (on the scoring thread)."""
-        values, answered = decode_response(body, self.signature, names, rows, self._where)
+        values, answered = self.client.decode(body, self.signature, names, rows, self._where)
         if self.version and answered and answered != self.version:
             raise RemoteError(
                 f"{self._where} answered with version {answered}; this run is pinned to "
@@ -170,9 +172,9 @@ class RemoteModel:
         exchange: _Exchange,
     ) -> None:
         if body is None:
-            body = encode_request(self.signature, feeds, names)
+            body = self.encode(names, feeds)
         try:
-            exchange.parts.append((positions, self.client.post(self.infer_path, body, "infer")))
+            exchange.parts.append((positions, self.send(body)))
             return
         except DataRejected as exc:
             if len(positions) == 1:
@@ -208,17 +210,17 @@ def _probe_feeds(signature: ModelSignature) -> dict[str, np.ndarray]:
     return feeds
 
 
-def server_signature(url: ModelURL, client: OipClient) -> tuple[ModelSignature, dict[str, Any]]:
+def server_signature(url: ModelURL, client: OipTransport) -> tuple[ModelSignature, dict[str, Any]]:
     """The signature the server publishes for ``url``, and its raw metadata."""
     what = f"model {url.name}" + (f" version {url.version}" if url.version else "")
-    metadata = client.get_json(url.model_path(), what)
+    metadata = client.metadata(url, what)
     return signature_from_metadata(metadata, f"model server {url.server}"), metadata
 
 
 def open_remote_model(spec: str, settings: RemoteSettings) -> RemoteModel:
     """Connect to MODEL's server, read the signature and pin the version that answers."""
     url = ModelURL.parse(spec)
-    client = OipClient(url.server, settings)
+    client = connect(url, settings)
     try:
         signature = scoring_signature(url, client, settings)
         version = url.version or answering_version(url, client, signature)
@@ -228,7 +230,9 @@ def open_remote_model(spec: str, settings: RemoteSettings) -> RemoteModel:
     return RemoteModel(url, client, signature, settings, version)
 
 
-def scoring_signature(url: ModelURL, client: OipClient, settings: RemoteSettings) -> ModelSignature:
+def scoring_signature(
+    url: ModelURL, client: OipTransport, settings: RemoteSettings
+) -> ModelSignature:
     """The signature to score ``url`` with: the user's ``--signature`` when given, else the
     one the server publishes (ModelError when it publishes none)."""
     signature, _ = server_signature(url, client)
@@ -249,22 +253,22 @@ def scoring_signature(url: ModelURL, client: OipClient, settings: RemoteSettings
     return signature
 
 
-def answering_version(url: ModelURL, client: OipClient, signature: ModelSignature) -> str:
+def answering_version(url: ModelURL, client: OipTransport, signature: ModelSignature) -> str:
     """The version that answers ``/v2/models/NAME`` now ('' if the server does not say)."""
     names = signature.output_names()
-    body = encode_request(signature, _probe_feeds(signature), names)
+    body = client.encode(url, None, signature, _probe_feeds(signature), names)
     try:
-        answer = client.post(url.model_path() + "/infer", body, "infer")
+        answer = client.infer(url, None, body)
     except DataRejected:
         return ""
-    _, version = decode_response(answer, signature, names, 1, f"model server {url.server}")
+    _, version = client.decode(answer, signature, names, 1, f"model server {url.server}")
     return version
 
 
 def inspect_remote_model(spec: str, settings: RemoteSettings) -> dict[str, Any]:
     """What ``models inspect URL`` shows: the server's metadata, readiness, answering version."""
     url = ModelURL.parse(spec)
-    client = OipClient(url.server, settings, pool=1)
+    client = connect(url, settings, pool=1)
     try:
         signature, metadata = server_signature(url, client)
         version = url.version or ""
@@ -274,8 +278,8 @@ def inspect_remote_model(spec: str, settings: RemoteSettings) -> dict[str, Any]:
             "server": url.server,
             "name": url.name,
             "version": version,
-            "ready": client.is_ready(url.model_path() + "/ready"),
-            "server_ready": client.is_ready("/v2/health/ready"),
+            "ready": client.model_ready(url, url.version),
+            "server_ready": client.server_ready(),
             "platform": signature.producer,
             "versions": [str(v) for v in metadata.get("versions") or []],
             "signature_published": bool(signature.inputs and signature.outputs),

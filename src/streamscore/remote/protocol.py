@@ -8,7 +8,8 @@ metadata promised (row count, every output present, datatype, shape); any differ
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -139,6 +140,17 @@ def encode_request(
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+@dataclass(frozen=True)
+class AnsweredTensor:
+    """One output tensor of an answer as it came (JSON or gRPC): ``values(datatype)`` gives its
+    flat values (raising KeyError, TypeError or ValueError when they do not fit)."""
+
+    name: str
+    datatype: str
+    shape: Sequence[Any]
+    values: Callable[[str], np.ndarray]
+
+
 def decode_response(
     body: bytes,
     signature: ModelSignature,
@@ -152,34 +164,56 @@ def decode_response(
     """
     try:
         answer = orjson.loads(body)
-        tensors = {str(t["name"]): t for t in answer["outputs"]}
-    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        tensors = {
+            str(t["name"]): AnsweredTensor(
+                str(t["name"]), str(t.get("datatype")), t.get("shape"), _json_values(t)
+            )
+            for t in answer["outputs"]
+        }
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
         raise RemoteError(f"{where} answered something that is not an OIP response") from exc
-    missing = [name for name in outputs if name not in tensors]
-    if missing:
-        raise RemoteError(f"{where} left out output(s) {', '.join(missing)} from its answer")
-    values = [_decode_tensor(tensors[name], signature, rows, where) for name in outputs]
+    values = checked_outputs(tensors, signature, outputs, rows, where)
     return values, str(answer.get("model_version") or "")
 
 
+def _json_values(tensor: Mapping[str, Any]) -> Callable[[str], np.ndarray]:
+    def values(datatype: str) -> np.ndarray:
+        if datatype == "BYTES":
+            return np.array(tensor["data"], dtype=object)
+        return np.asarray(tensor["data"], dtype=numpy_dtype(datatype))
+
+    return values
+
+
+def checked_outputs(
+    tensors: Mapping[str, AnsweredTensor],
+    signature: ModelSignature,
+    outputs: Sequence[str],
+    rows: int,
+    where: str,
+) -> list[np.ndarray]:
+    """The requested ``outputs`` of an answer, checked against the request (every output,
+    ``rows`` rows) and the metadata (datatype, dimensions); RemoteError naming ``where``."""
+    missing = [name for name in outputs if name not in tensors]
+    if missing:
+        raise RemoteError(f"{where} left out output(s) {', '.join(missing)} from its answer")
+    return [_decode_tensor(tensors[name], signature, rows, where) for name in outputs]
+
+
 def _decode_tensor(
-    tensor: Mapping[str, Any], signature: ModelSignature, rows: int, where: str
+    tensor: AnsweredTensor, signature: ModelSignature, rows: int, where: str
 ) -> np.ndarray:
-    name = str(tensor["name"])
+    name = tensor.name
     spec = next((s for s in signature.outputs if s.name == name), None)
     expected = datatype_of(spec) if spec is not None else None
-    datatype = str(tensor.get("datatype"))
+    datatype = tensor.datatype
     if expected is not None and datatype != expected:
         raise RemoteError(
             f"{where} answered output '{name}' as {datatype}; metadata says {expected}"
         )
     try:
-        shape = [int(d) for d in tensor["shape"]]
-        if datatype == "BYTES":
-            array = np.array(tensor["data"], dtype=object)
-        else:
-            array = np.asarray(tensor["data"], dtype=_numpy_dtype(datatype))
-        array = array.reshape(shape)
+        shape = [int(d) for d in tensor.shape]
+        array: np.ndarray = tensor.values(datatype).reshape(shape)
     except (KeyError, TypeError, ValueError) as exc:
         raise RemoteError(f"{where} answered output '{name}' with data that fits no shape") from exc
     if not shape or shape[0] != rows:
@@ -195,7 +229,8 @@ def _decode_tensor(
     return array
 
 
-def _numpy_dtype(datatype: str) -> np.dtype[np.generic]:
+def numpy_dtype(datatype: str) -> np.dtype[np.generic]:
+    """The numpy dtype of an OIP datatype (object for BYTES; ValueError if unknown)."""
     dtype = TensorSpec("x", f"tensor({_ELEMENTS.get(datatype, '?')})").dtype
     if dtype is None:
         raise ValueError(datatype)

@@ -9,6 +9,8 @@ from pathlib import Path
 from streamscore.errors import UsageError
 
 TOKEN_ENV = "STREAMSCORE_REMOTE_TOKEN"  # sent as "Authorization: Bearer <token>"
+# Headers of the HTTP request that gRPC writes itself (it refuses them as metadata).
+_HTTP_ONLY = frozenset({"content-type", "accept-encoding", "te", "host", "connection"})
 
 
 def parse_header(text: str) -> tuple[str, str]:
@@ -96,6 +98,16 @@ class RemoteSettings:
         sent = {name: value for name, value in sent.items() if name not in given}
         sent.update(self.headers)
         return sent
+
+    def grpc_metadata(self) -> tuple[tuple[str, str], ...]:
+        """The headers as gRPC metadata (lower-case keys): the token from $STREAMSCORE_REMOTE_TOKEN
+        and every ``--header``, less those HTTP/2 and gRPC keep for themselves."""
+        sent = {
+            name: value
+            for name, value in self.request_headers().items()
+            if name.lower() not in _HTTP_ONLY and not name.lower().startswith("grpc-")
+        }
+        return tuple((name.lower(), value) for name, value in sent.items())
 
     def __repr__(self) -> str:
         names = ", ".join(name for name, _ in self.headers)

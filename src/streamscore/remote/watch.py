@@ -24,9 +24,9 @@ from streamscore.errors import RemoteUnavailable
 from streamscore.model.repository import ModelRef
 from streamscore.model.watch import Candidate
 from streamscore.remote.breaker import CircuitBreaker
-from streamscore.remote.client import OipClient
 from streamscore.remote.model import answering_version, model_ref, scoring_signature
 from streamscore.remote.settings import RemoteSettings
+from streamscore.remote.transport import connect
 from streamscore.remote.url import ModelURL
 
 POLL_TIMEOUT_S = 5.0
@@ -50,7 +50,7 @@ class ServerFeed:
     def candidate(self) -> Candidate | None:
         """The version answering now, with a stamp that changes with it or its signature;
         None during an outage or when the server names no version."""
-        client = OipClient(self.url.server, self.settings, pool=1, breaker=CircuitBreaker())
+        client = connect(self.url, self.settings, pool=1, breaker=CircuitBreaker())
         try:
             signature = scoring_signature(self.url, client, self.settings)
             version = answering_version(self.url, client, signature)
