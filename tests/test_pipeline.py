@@ -4,6 +4,7 @@ latency), and a failure there aborts the sink as any other."""
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -121,3 +122,56 @@ def test_a_failure_writing_a_batch_on_the_reader_aborts_the_run() -> None:
 
     assert sink.written == [0, 3]
     assert sink.aborted and not sink.closed
+
+
+class _Interrupted(Exception):
+    """Raised in the calling thread by a signal handler, as Ctrl-C raises KeyboardInterrupt."""
+
+
+class Watched(Sink):
+    """Says whether ``abort`` ran while a write was under way; the write of the batch
+    starting at ``interrupt_at`` interrupts the calling thread and takes a while."""
+
+    def __init__(self, interrupt_at: int) -> None:
+        self.interrupt_at = interrupt_at
+        self.written: list[int] = []
+        self.writing = False
+        self.aborted_while_writing = False
+        self.aborted = False
+
+    def write(self, batch: SourceBatch, scored: ScoredBatch) -> None:
+        self.writing = True
+        try:
+            if batch.context == self.interrupt_at:
+                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
+                time.sleep(0.3)  # the calling thread is interrupted meanwhile
+            self.written.append(batch.context)
+        finally:
+            self.writing = False
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        self.aborted_while_writing = self.aborted_while_writing or self.writing
+        self.aborted = True
+
+
+def test_ctrl_c_aborts_the_sink_only_after_the_batch_the_reader_writes_inline() -> None:
+    """An exception in the calling thread (Ctrl-C) while the reader writes a batch inline:
+    the sink is aborted once that write is over, and nothing is written after the abort."""
+    sizes = [3] * 20
+    sink = Watched(interrupt_at=3)
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise _Interrupted
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    try:
+        with pytest.raises(_Interrupted):
+            run_pipeline(Batches(sizes, pause_s=0.01), PassThrough(), sink, inline_rows=10)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+    assert sink.written == [0, 3]
+    assert sink.aborted and not sink.aborted_while_writing
