@@ -259,8 +259,13 @@ def run_pipeline(
         writer.queue.put(_DONE)
         threads[1].join()
         reader.stop.set()
-        with inline:
+        # After the batch the reader may be writing inline, unless it is stuck in it.
+        waited = inline.acquire(timeout=READER_EXIT_TIMEOUT_S)
+        try:
             sink.abort()
+        finally:
+            if waited:
+                inline.release()
         raise
     finally:
         stats.cpu_seconds["score"] = time.thread_time() - started
