@@ -175,3 +175,16 @@ def test_ctrl_c_aborts_the_sink_only_after_the_batch_the_reader_writes_inline() 
 
     assert sink.written == [0, 3]
     assert sink.aborted and not sink.aborted_while_writing
+
+
+def test_after_the_writer_thread_fails_no_batch_is_written_inline() -> None:
+    """A batch the writer thread could not write stays in flight: the small batches read
+    after it are not written by the reader (they would follow a batch never written)."""
+    sizes = [50] + [1] * 30
+    sink = Recording(fail_at=0)
+
+    with pytest.raises(KafkaError, match="refused the batch"):
+        run_pipeline(Batches(sizes, pause_s=0.005), PassThrough(), sink, inline_rows=10)
+
+    assert sink.written == []
+    assert sink.aborted and not sink.closed
