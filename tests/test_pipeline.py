@@ -18,6 +18,8 @@ from streamscore.errors import KafkaError
 from streamscore.pipeline import Sink, Source, SourceBatch, run_pipeline
 from streamscore.scoring import ScoredBatch
 
+WAIT_S = 10.0
+
 
 def rows(first: int, count: int) -> pa.RecordBatch:
     return pa.record_batch({"x": np.arange(first, first + count, dtype=np.float64)})
@@ -130,21 +132,24 @@ class _Interrupted(Exception):
 
 class Watched(Sink):
     """Says whether ``abort`` ran while a write was under way; the write of the batch
-    starting at ``interrupt_at`` interrupts the calling thread and takes a while."""
+    starting at ``interrupt_at`` interrupts the calling thread and then gives an abort a
+    second to come in."""
 
     def __init__(self, interrupt_at: int) -> None:
         self.interrupt_at = interrupt_at
+        self.interrupted = threading.Event()  # set by the calling thread's signal handler
         self.written: list[int] = []
         self.writing = False
         self.aborted_while_writing = False
-        self.aborted = False
+        self.aborted = threading.Event()
 
     def write(self, batch: SourceBatch, scored: ScoredBatch) -> None:
         self.writing = True
         try:
             if batch.context == self.interrupt_at:
                 signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
-                time.sleep(0.3)  # the calling thread is interrupted meanwhile
+                assert self.interrupted.wait(WAIT_S)
+                self.aborted.wait(1.0)
             self.written.append(batch.context)
         finally:
             self.writing = False
@@ -154,7 +159,7 @@ class Watched(Sink):
 
     def abort(self) -> None:
         self.aborted_while_writing = self.aborted_while_writing or self.writing
-        self.aborted = True
+        self.aborted.set()
 
 
 def test_ctrl_c_aborts_the_sink_only_after_the_batch_the_reader_writes_inline() -> None:
@@ -164,6 +169,7 @@ def test_ctrl_c_aborts_the_sink_only_after_the_batch_the_reader_writes_inline() 
     sink = Watched(interrupt_at=3)
 
     def interrupt(signum: int, frame: Any) -> None:
+        sink.interrupted.set()
         raise _Interrupted
 
     previous = signal.signal(signal.SIGUSR1, interrupt)
@@ -174,7 +180,7 @@ def test_ctrl_c_aborts_the_sink_only_after_the_batch_the_reader_writes_inline() 
         signal.signal(signal.SIGUSR1, previous)
 
     assert sink.written == [0, 3]
-    assert sink.aborted and not sink.aborted_while_writing
+    assert sink.aborted.is_set() and not sink.aborted_while_writing
 
 
 def test_after_the_writer_thread_fails_no_batch_is_written_inline() -> None:
