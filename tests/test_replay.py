@@ -65,14 +65,17 @@ def produce_rows(bootstrap: str, topic: str, rows: list[dict[str, Any]]) -> None
     produce(bootstrap, topic, [orjson.dumps(row) for row in rows], keys)
 
 
-def read_topic(bootstrap: str, topic: str, timeout_s: float = 30) -> list[Message]:
-    """Every record a read_committed consumer sees in ``topic``, up to its current end."""
+def read_topic(
+    bootstrap: str, topic: str, timeout_s: float = 30, *, committed: bool = True
+) -> list[Message]:
+    """Every record a read_committed consumer (or, with ``committed=False``, a
+    read_uncommitted one) sees in ``topic``, up to its current end."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
             "group.id": f"reader-{time.monotonic_ns()}",
             "enable.auto.commit": False,
-            "isolation.level": "read_committed",
+            "isolation.level": "read_committed" if committed else "read_uncommitted",
             "enable.partition.eof": True,
         }
     )
@@ -264,6 +267,50 @@ def test_a_replay_interrupted_then_killed_at_random_points_writes_each_input_exa
     produced = [source_of(m) for m in read_topic(kafka_bootstrap, target)]
     assert len(expected) == total
     assert sorted(produced) == expected  # none lost, none twice, none beyond the snapshot
+
+
+def test_a_replay_killed_inside_a_transaction_of_several_batches_resumes_exactly_once(
+    kafka_bootstrap: str, topics: Callable[[int], tuple[str, str]]
+) -> None:
+    """The default: one transaction holds the batches of a commit interval. SIGKILL lands
+    while one is open, many batches in (outputs produced, offsets not committed): the rerun
+    aborts it (same transactional id) and writes each input once."""
+    source, target = topics(3)
+    total = 3000
+    produce_rows(kafka_bootstrap, source, sample_rows(total))
+    command = [
+        sys.executable, "-m", "streamscore", "replay", "-b", kafka_bootstrap, "-i", source,
+        "-o", target, "-m", str(MODEL), "--batch-size", "10", "--threads", "1",
+        "--provider", "cpu", "--log-format", "json", "--commit-interval", "0.5",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    end_offsets = json.loads(process.stdout.readline())["end_offsets"]
+    counter = CommittedCounter(kafka_bootstrap, target)
+    counter.wait_for(1)  # the first transaction is committed: the next one is open now
+    assert process.poll() is None, "the replay finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    committed_before = counter.count
+    counter.consumer.close()
+    uncommitted = read_topic(kafka_bootstrap, target, committed=False)
+
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+    assert finished.returncode == 0, finished.stderr
+    summary = json.loads(finished.stdout.splitlines()[-1])
+    assert summary["resumed"] is True
+    assert 0 < committed_before < total
+    assert len(uncommitted) > committed_before  # the killed run left outputs uncommitted
+    ends = {int(p): end for p, end in end_offsets.items()}
+    expected = sorted(
+        (m.partition(), m.offset())
+        for m in read_topic(kafka_bootstrap, source)
+        if m.offset() < ends[m.partition()]
+    )
+    produced = [source_of(m) for m in read_topic(kafka_bootstrap, target)]
+    assert len(expected) == total
+    assert sorted(produced) == expected  # none lost, none twice
 
 
 # ---------------------------------------------------------------- dead letters

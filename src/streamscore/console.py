@@ -11,6 +11,7 @@ import json
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from enum import Enum
 from typing import Any, TextIO
 
 from rich.console import Console
@@ -27,7 +28,25 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from streamscore.errors import UsageError
 from streamscore.reporting import Reporter
+
+
+class LogFormat(str, Enum):
+    """``--log-format``: ``auto`` (rich on a terminal, JSON lines otherwise), ``json``, ``text``."""
+
+    AUTO = "auto"
+    JSON = "json"
+    TEXT = "text"
+
+    @classmethod
+    def parse(cls, text: str) -> LogFormat:
+        """The format named ``text``; a one-line UsageError otherwise."""
+        try:
+            return cls(text)
+        except ValueError:
+            raise UsageError(f"--log-format must be auto, json or text, not {text!r}") from None
+
 
 _stdout = Console(highlight=False)
 _stderr = Console(stderr=True, highlight=False)
@@ -71,9 +90,9 @@ def print_note(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def machine_readable(log_format: str) -> bool:
+def machine_readable(log_format: LogFormat) -> bool:
     """Whether stdout carries JSON lines only: ``json``, or ``auto`` off a terminal."""
-    return log_format == "json" or (log_format == "auto" and not stdout_is_tty())
+    return log_format is LogFormat.JSON or (log_format is LogFormat.AUTO and not stdout_is_tty())
 
 
 def json_line(payload: Mapping[str, Any], stream: TextIO | None = None) -> None:
@@ -156,9 +175,9 @@ class RichReporter:
         self._progress.stop()
 
 
-def make_reporter(log_format: str) -> Reporter:
+def make_reporter(log_format: LogFormat) -> Reporter:
     """``auto`` means rich on a terminal and JSON lines otherwise."""
-    if log_format == "json" or (log_format == "auto" and not stdout_is_tty()):
+    if machine_readable(log_format):
         return JsonReporter()
     return RichReporter()
 
@@ -193,9 +212,9 @@ class LiveStatusReporter:
         self._live.stop()
 
 
-def make_status_reporter(log_format: str) -> Reporter:
+def make_status_reporter(log_format: LogFormat) -> Reporter:
     """Like :func:`make_reporter`, with a live status panel instead of progress bars."""
-    if log_format == "json" or (log_format == "auto" and not stdout_is_tty()):
+    if machine_readable(log_format):
         return JsonReporter()
     return LiveStatusReporter()
 
@@ -299,9 +318,9 @@ def format_summary(summary: Mapping[str, Any], title: str) -> Table:
     return table
 
 
-def print_summary(summary: Mapping[str, Any], *, title: str, log_format: str) -> None:
+def print_summary(summary: Mapping[str, Any], *, title: str, log_format: LogFormat) -> None:
     """The final summary: a table on a terminal, one JSON line otherwise."""
-    if log_format == "json" or (log_format == "auto" and not stdout_is_tty()):
+    if machine_readable(log_format):
         json_line({"event": "summary", **summary})
     else:
         _stdout.print(format_summary(summary, title))

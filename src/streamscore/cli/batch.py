@@ -102,8 +102,7 @@ def batch(
     mapping error, 5 model, 7 OUT locked by another run, 10 OUT not writable, 11 Ray
     cluster, 12 model server, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
     """
-    if log_format not in ("auto", "json", "text"):
-        raise UsageError(f"--log-format must be auto, json or text, not {log_format!r}")
+    fmt = console.LogFormat.parse(log_format)
     if workers is not None and ray is None:
         raise UsageError("--workers needs --ray", hint="without --ray, batch runs in this process")
     options = BatchOptions(
@@ -133,8 +132,8 @@ def batch(
 
     stop = StopSignal()
     with stop_on_signals(stop, grace_s=STOP_GRACE_S):
-        summary = run_batch(options, console.make_reporter(log_format), stop=stop)
-    console.print_summary(summary.as_dict(), title="streamscore batch", log_format=log_format)
+        summary = run_batch(options, console.make_reporter(fmt), stop=stop)
+    console.print_summary(summary.as_dict(), title="streamscore batch", log_format=fmt)
     if summary.summary_error is not None:
         raise OutputError(summary.summary_error)
     if summary.interrupted:

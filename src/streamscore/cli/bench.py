@@ -152,8 +152,7 @@ def bench(
     8 slower than --baseline allows, 10 --json/--plot cannot be written,
     12 model server unavailable or answering out of protocol.
     """
-    if log_format not in ("auto", "json", "text"):
-        raise UsageError(f"--log-format must be auto, json or text, not {log_format!r}")
+    fmt = console.LogFormat.parse(log_format)
     to_stdout = json_out == "-"
     options = BenchOptions(
         model=model,
@@ -186,13 +185,13 @@ def bench(
             signature=signature,
         ),
     )
-    reporter: Reporter = SilentReporter() if to_stdout else console.make_reporter(log_format)
+    reporter: Reporter = SilentReporter() if to_stdout else console.make_reporter(fmt)
     from streamscore.bench import dumps_report, regression_error, run_bench  # heavy
 
     report = run_bench(options, reporter)
     # stdout carries the report: JSON with --json -, JSON lines when not a terminal (or with
     # --log-format json), the table on a terminal. Human text goes to stderr otherwise.
-    machine = to_stdout or console.machine_readable(log_format)
+    machine = to_stdout or console.machine_readable(fmt)
     shown = json.loads(dumps_report(report))
     if to_stdout:
         console.print_text(dumps_report(report))

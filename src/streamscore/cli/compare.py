@@ -116,8 +116,7 @@ def compare(
     """
     from streamscore.compare.options import CompareMode, CompareOptions
 
-    if log_format not in ("auto", "json", "text"):
-        raise UsageError(f"--log-format must be auto, json or text, not {log_format!r}")
+    fmt = console.LogFormat.parse(log_format)
     given = [name for name, value in (("DATA", data), ("--scored", scored), ("--topics", topics))
              if value is not None]  # fmt: skip
     if len(given) != 1:
@@ -180,11 +179,11 @@ def compare(
     )
     from streamscore.compare import dumps_report, gate_error, run_compare  # heavy
 
-    reporter: Reporter = SilentReporter() if to_stdout else console.make_reporter(log_format)
+    reporter: Reporter = SilentReporter() if to_stdout else console.make_reporter(fmt)
     result = run_compare(options, reporter)
     # stdout carries the report: JSON with --json -, one JSON line off a terminal (or with
     # --log-format json), the tables on a terminal. Human text goes to stderr otherwise.
-    machine = to_stdout or console.machine_readable(log_format)
+    machine = to_stdout or console.machine_readable(fmt)
     shown = json.loads(dumps_report(result))
     if to_stdout:
         console.print_text(dumps_report(result).rstrip("\n"))

@@ -180,8 +180,7 @@ def replay(
     dead-lettered, 4 records do not fit the model, 5 model, 6 Kafka, 12 model server, 13 a
     worker of --workers was killed, 130 interrupted (SIGINT), 143 terminated (SIGTERM).
     """
-    if log_format not in ("auto", "json", "text"):
-        raise UsageError(f"--log-format must be auto, json or text, not {log_format!r}")
+    fmt = console.LogFormat.parse(log_format)
     settings = KafkaSettings.resolve(
         bootstrap_servers,
         kafka_property or [],
@@ -214,14 +213,14 @@ def replay(
         commit_interval_s=commit_interval,
     )
     if workers is not None:
-        run_workers(ctx, options, workers, member or default_prefix(), log_format)
+        run_workers(ctx, options, workers, member or default_prefix(), fmt)
         return
     from streamscore.replay import run_replay  # heavy: loaded only when run
 
     # SIGTERM stops a replay as Ctrl-C does: every committed batch stays, a rerun resumes.
     with interrupt_on_signals():
-        summary = run_replay(options, console.make_reporter(log_format))
-    console.print_summary(summary.as_dict(), title="streamscore replay", log_format=log_format)
+        summary = run_replay(options, console.make_reporter(fmt))
+    console.print_summary(summary.as_dict(), title="streamscore replay", log_format=fmt)
     failure = too_many_dead_letters(
         summary.records_read, summary.records_dead_lettered, max_dead_letter_ratio
     )
@@ -246,7 +245,11 @@ def too_many_dead_letters(read: int, dead: int, max_ratio: float | None) -> Part
 
 
 def run_workers(
-    ctx: typer.Context, options: ReplayOptions, count: int, prefix: str, log_format: str
+    ctx: typer.Context,
+    options: ReplayOptions,
+    count: int,
+    prefix: str,
+    log_format: console.LogFormat,
 ) -> None:
     """``--workers N``: the same command in N child processes, one worker each; their JSON
     lines relayed (their summaries as ``worker_summary``), then one summary of them all."""

@@ -18,7 +18,6 @@ from streamscore.cli.option_groups import (
     remote_options,
 )
 from streamscore.config import RegistryOptions, TailOptions
-from streamscore.errors import UsageError
 from streamscore.kafka.settings import KafkaSettings
 from streamscore.remote.settings import RemoteSettings
 from streamscore.shutdown import stop_on_signals
@@ -141,15 +140,14 @@ def tail(
     server, 130/143 a second Ctrl-C/SIGTERM (or the shutdown timeout) ended it
     at once.
     """
-    if log_format not in ("auto", "json", "text"):
-        raise UsageError(f"--log-format must be auto, json or text, not {log_format!r}")
+    fmt = console.LogFormat.parse(log_format)
     from streamscore.routing import CanarySpec  # heavy (pyarrow): loaded only when run
     from streamscore.tail import run_tail
 
     settings = KafkaSettings.resolve(
         bootstrap_servers, kafka_property or [], config, connect_timeout_s=connect_timeout
     )
-    live = log_format == "text" or (log_format == "auto" and console.stdout_is_tty())
+    live = not console.machine_readable(fmt)
     options = TailOptions(
         kafka=settings,
         input_topic=input_topic,
@@ -183,5 +181,5 @@ def tail(
     )
     stop = threading.Event()
     with stop_on_signals(stop, grace_s=options.shutdown_timeout_s):
-        summary = run_tail(options, console.make_status_reporter(log_format), stop=stop)
-    console.print_summary(summary.as_dict(), title="streamscore tail", log_format=log_format)
+        summary = run_tail(options, console.make_status_reporter(fmt), stop=stop)
+    console.print_summary(summary.as_dict(), title="streamscore tail", log_format=fmt)
