@@ -4,6 +4,7 @@ latency), and a failure there aborts the sink as any other."""
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +17,8 @@ import pytest
 from streamscore.errors import KafkaError
 from streamscore.pipeline import Sink, Source, SourceBatch, run_pipeline
 from streamscore.scoring import ScoredBatch
+
+WAIT_S = 10.0
 
 
 def rows(first: int, count: int) -> pa.RecordBatch:
@@ -120,4 +123,74 @@ def test_a_failure_writing_a_batch_on_the_reader_aborts_the_run() -> None:
         run_pipeline(Batches(sizes, pause_s=0.01), PassThrough(), sink, inline_rows=10)
 
     assert sink.written == [0, 3]
+    assert sink.aborted and not sink.closed
+
+
+class _Interrupted(Exception):
+    """Raised in the calling thread by a signal handler, as Ctrl-C raises KeyboardInterrupt."""
+
+
+class Watched(Sink):
+    """Says whether ``abort`` ran while a write was under way; the write of the batch
+    starting at ``interrupt_at`` interrupts the calling thread and then gives an abort a
+    second to come in."""
+
+    def __init__(self, interrupt_at: int) -> None:
+        self.interrupt_at = interrupt_at
+        self.interrupted = threading.Event()  # set by the calling thread's signal handler
+        self.written: list[int] = []
+        self.writing = False
+        self.aborted_while_writing = False
+        self.aborted = threading.Event()
+
+    def write(self, batch: SourceBatch, scored: ScoredBatch) -> None:
+        self.writing = True
+        try:
+            if batch.context == self.interrupt_at:
+                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
+                assert self.interrupted.wait(WAIT_S)
+                self.aborted.wait(1.0)
+            self.written.append(batch.context)
+        finally:
+            self.writing = False
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        self.aborted_while_writing = self.aborted_while_writing or self.writing
+        self.aborted.set()
+
+
+def test_ctrl_c_aborts_the_sink_only_after_the_batch_the_reader_writes_inline() -> None:
+    """An exception in the calling thread (Ctrl-C) while the reader writes a batch inline:
+    the sink is aborted once that write is over, and nothing is written after the abort."""
+    sizes = [3] * 20
+    sink = Watched(interrupt_at=3)
+
+    def interrupt(signum: int, frame: Any) -> None:
+        sink.interrupted.set()
+        raise _Interrupted
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    try:
+        with pytest.raises(_Interrupted):
+            run_pipeline(Batches(sizes, pause_s=0.01), PassThrough(), sink, inline_rows=10)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+    assert sink.written == [0, 3]
+    assert sink.aborted.is_set() and not sink.aborted_while_writing
+
+
+def test_after_the_writer_thread_fails_no_batch_is_written_inline() -> None:
+    """A batch the writer thread could not write stays in flight: the small batches read
+    after it are not written by the reader (they would follow a batch never written)."""
+    sizes = [50] + [1] * 30
+    sink = Recording(fail_at=0)
+
+    with pytest.raises(KafkaError, match="refused the batch"):
+        run_pipeline(Batches(sizes, pause_s=0.005), PassThrough(), sink, inline_rows=10)
+
+    assert sink.written == []
     assert sink.aborted and not sink.closed

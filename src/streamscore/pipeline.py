@@ -178,6 +178,9 @@ def run_pipeline(
     writer: _Stage[tuple[SourceBatch, ScoredBatch]] = _Stage(depth)
     errors: list[BaseException] = []
     handed = _Counter()  # batches handed to the scoring thread and not written yet
+    # Held by the reader while it finishes a batch inline: an abort from the calling thread
+    # (an exception there, Ctrl-C) waits for that write and stops the next one.
+    inline = threading.Lock()
 
     whole_batch = isinstance(scorer, SourceBatchScorer)  # checked once: it costs microseconds
 
@@ -198,7 +201,10 @@ def run_pipeline(
             for batch in source.batches():
                 prepared = prepare(batch)
                 if batch.rows.num_rows <= inline_rows and handed.value == 0:
-                    sink.write(batch, score(batch, prepared))  # nothing ahead of it
+                    with inline:  # nothing ahead of it
+                        if reader.stop.is_set():  # the run failed meanwhile: the sink aborts
+                            return
+                        sink.write(batch, score(batch, prepared))
                     continue
                 handed.add(1)
                 if not reader.put((batch, prepared)):
@@ -252,7 +258,14 @@ def run_pipeline(
         _drain(writer.queue)
         writer.queue.put(_DONE)
         threads[1].join()
-        sink.abort()
+        reader.stop.set()
+        # After the batch the reader may be writing inline, unless it is stuck in it.
+        waited = inline.acquire(timeout=READER_EXIT_TIMEOUT_S)
+        try:
+            sink.abort()
+        finally:
+            if waited:
+                inline.release()
         raise
     finally:
         stats.cpu_seconds["score"] = time.thread_time() - started
