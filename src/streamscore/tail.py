@@ -360,9 +360,9 @@ class TailRun:
                 if rewind:
                     source.rewind()
                     rewind = False
-                run_pipeline(
-                    source, self.scorer, sink, on_batch=self._on_batch, inline_rows=INLINE_ROWS
-                )
+                # A full batch means a backlog: it goes through the threads, to overlap.
+                inline = min(INLINE_ROWS, self.options.max_batch - 1)
+                run_pipeline(source, self.scorer, sink, on_batch=self._on_batch, inline_rows=inline)
                 return
             except ProducerFenced:
                 raise
