@@ -97,8 +97,9 @@ class PipelineStats:
     rows_rejected: int = 0
     batches: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
-    # CPU seconds of each pipeline thread (read: reading and feed conversion; score: the
-    # model and output columns; write: the sink), to see which one limits a run.
+    # CPU seconds of each pipeline thread (read: reading and feed conversion, and whole
+    # batches finished inline; score: the model and output columns; write: the sink), to see
+    # which one limits a run.
     cpu_seconds: dict[str, float] = field(default_factory=dict)
 
     def add(self, scored: ScoredBatch) -> None:
