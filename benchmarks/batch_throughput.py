@@ -295,18 +295,24 @@ def main() -> None:
                 src: streamscore_batch(tiny, model, args.batch_size, threads, extra, src)[2]
                 for src in (None, base_src)
             }
-            # Interleaved rounds (raw, batch, naive, baseline), ratios taken per round: on a
-            # shared machine the load drifts, and a round's runs see about the same load.
+            # Interleaved rounds (raw, batch and baseline, naive), ratios taken per round: on
+            # a shared machine the load drifts, and a round's runs see about the same load.
+            # Batch and baseline swap places every other round: the same code measured ~5%
+            # slower in the slot right after raw than in the next one.
             rounds: list[Round] = []
-            for _ in range(args.repeat):
+            for i in range(args.repeat):
                 raw = raw_rows_per_second(model, source, args.batch_size, threads)
-                batch = streamscore_batch(source, model, args.batch_size, threads, extra)
-                naive_rate, _ = naive(source, model, threads, args.rows)
                 base = (0.0, 0, startup[base_src])
-                if base_src:
+                if base_src and i % 2:
                     base = streamscore_batch(
                         source, model, args.batch_size, threads, extra, base_src
                     )
+                batch = streamscore_batch(source, model, args.batch_size, threads, extra)
+                if base_src and not i % 2:
+                    base = streamscore_batch(
+                        source, model, args.batch_size, threads, extra, base_src
+                    )
+                naive_rate, _ = naive(source, model, threads, args.rows)
                 rounds.append(
                     Round(
                         raw[0], raw[1], batch[0], batch[1],
