@@ -112,9 +112,6 @@ class GroupReplayRun(ReplayRun):
         o = self.options
         assert o.member is not None
         partitions = list(range(topics.partitions))
-        given = {key for key, _ in o.kafka.properties}
-        config = {k: v for k, v in WORKER_CONSUMER_DEFAULTS.items() if k not in given}
-        config["group.instance.id"] = o.member
         with (
             Producer(
                 o.kafka,
@@ -124,7 +121,12 @@ class GroupReplayRun(ReplayRun):
             # Not a member: reads the offsets as committed, without waiting for the offsets
             # peers' open transactions hold (a read_committed consumer would: KIP-447).
             Consumer(o.kafka, o.group_id, read_committed=False) as reader,
-            Consumer(o.kafka, o.group_id, config=config) as consumer,
+            Consumer(
+                o.kafka,
+                o.group_id,
+                config={"group.instance.id": o.member},
+                defaults=WORKER_CONSUMER_DEFAULTS,
+            ) as consumer,
         ):
             producer.init_transactions()  # fences our predecessor, aborts its transaction
             self._abort_hanging_of_worker(admin, producer, reader, topics, partitions)

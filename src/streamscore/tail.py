@@ -147,12 +147,6 @@ def run_tail(
         reporter.close()
 
 
-def _client_config(options: TailOptions, defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """``defaults`` minus what the user set with -X or --config."""
-    given = {key for key, _ in options.kafka.properties}
-    return {key: value for key, value in defaults.items() if key not in given}
-
-
 class TailRun:
     """One ``streamscore tail`` process; use :func:`run_tail`."""
 
@@ -192,15 +186,14 @@ class TailRun:
         if o.exactly_once:
             defaults.update(TRANSACTIONAL_DEFAULTS)
             transactional_id = f"streamscore-tail.{o.group}.{uuid.uuid4().hex[:12]}"
-        consumer_config = {
-            **_client_config(o, {**CONSUMER_DEFAULTS, "auto.offset.reset": o.start_from}),
-            "statistics.interval.ms": STATS_INTERVAL_MS,
-            "stats_cb": self._on_stats,
-        }
+        consumer_config = {"statistics.interval.ms": STATS_INTERVAL_MS, "stats_cb": self._on_stats}
+        consumer_defaults = {**CONSUMER_DEFAULTS, "auto.offset.reset": o.start_from}
         with (
             self.metrics,
             Producer(o.kafka, transactional_id=transactional_id, defaults=defaults) as producer,
-            Consumer(o.kafka, o.group, config=consumer_config) as consumer,
+            Consumer(
+                o.kafka, o.group, config=consumer_config, defaults=consumer_defaults
+            ) as consumer,
         ):
             producer.poll()  # connects while the models load: the first batch does not wait
             self.serving = self._first_serving()

@@ -41,7 +41,9 @@ class Consumer(KafkaClient):
         *,
         read_committed: bool = True,
         config: Mapping[str, Any] | None = None,
+        defaults: Mapping[str, Any] | None = None,
     ) -> None:
+        """``config`` is forced; ``defaults`` yield to the user's -X/--config properties."""
         super().__init__(
             settings,
             {
@@ -52,7 +54,7 @@ class Consumer(KafkaClient):
                 "enable.partition.eof": True,
                 **(config or {}),
             },
-            defaults={"auto.offset.reset": "earliest"},
+            defaults={"auto.offset.reset": "earliest", **(defaults or {})},
         )
         self.group_id = group_id
 
