@@ -602,21 +602,36 @@ def test_an_overloaded_or_failing_server_is_retried_until_it_answers() -> None:
         server.server_close()
 
 
-def test_without_the_remote_extra_a_model_url_fails_in_one_line_naming_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("module", "url", "message"),
+    [
+        (
+            "httpx",
+            "http://127.0.0.1:9/v2/models/m",
+            "error: a model URL needs the remote extra (pip install 'streamscore[remote]')",
+        ),
+        (
+            "grpc",
+            "grpc://127.0.0.1:9/v2/models/m",
+            "error: a grpc:// model URL needs the grpc extra (pip install 'streamscore[grpc]')",
+        ),
+    ],
+)
+def test_without_its_extra_a_model_url_fails_in_one_line_naming_it(
+    module: str, url: str, message: str
+) -> None:
     code = (
-        "import sys; sys.modules['httpx'] = None; sys.argv = ['streamscore', *sys.argv[1:]]; "
+        f"import sys; sys.modules[{module!r}] = None; sys.argv = ['streamscore', *sys.argv[1:]]; "
         "from streamscore.cli.app import main; main()"
     )
     done = subprocess.run(
-        [sys.executable, "-c", code, "models", "inspect", "http://127.0.0.1:9/v2/models/m"],
+        [sys.executable, "-c", code, "models", "inspect", url],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert done.returncode == 5
-    assert done.stderr.strip().splitlines() == [
-        "error: a model URL needs the remote extra (pip install 'streamscore[remote]')"
-    ]
+    assert done.stderr.strip().splitlines() == [message]
 
 
 def test_the_tail_status_panel_shows_each_model_servers_breaker() -> None:

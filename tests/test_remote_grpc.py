@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -77,23 +76,6 @@ def test_headers_and_the_token_go_as_grpc_metadata_without_http_only_ones(
         "x-api-key": "k3y",
     }
     assert "k3y" not in repr(settings)
-
-
-def test_without_the_grpc_extra_a_grpc_url_fails_in_one_line_naming_it() -> None:
-    code = (
-        "import sys; sys.modules['grpc'] = None; sys.argv = ['streamscore', *sys.argv[1:]]; "
-        "from streamscore.cli.app import main; main()"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code, "models", "inspect", "grpc://127.0.0.1:9/v2/models/m"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 5
-    assert done.stderr.strip().splitlines() == [
-        "error: a grpc:// model URL needs the grpc extra (pip install 'streamscore[grpc]')"
-    ]
 
 
 # ---------------------------------------------------------------- a tiny gRPC server

@@ -79,6 +79,35 @@ class Output:
         return int(self.headers[SOURCE_PARTITION]), int(self.headers[SOURCE_OFFSET])
 
 
+class SteadyFeed:
+    """``with SteadyFeed(...) as sent:`` produces 40 sample records to ``topic`` every
+    ``pause_s`` on a thread until the block ends; ``sent["records"]`` counts them."""
+
+    def __init__(self, bootstrap: str, topic: str, *, pause_s: float) -> None:
+        self.bootstrap, self.topic, self.pause_s = bootstrap, topic, pause_s
+        self.sent = Counter[str]()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._feed, daemon=True)
+
+    def _feed(self) -> None:
+        batch = 0
+        while not self._stop.is_set():
+            values = sample_values(40, start=batch * 40)
+            keys = [f"k{batch}-{i}".encode() for i in range(40)]
+            produce(self.bootstrap, self.topic, values, keys)
+            self.sent["records"] += 40
+            batch += 1
+            time.sleep(self.pause_s)
+
+    def __enter__(self) -> Counter[str]:
+        self._thread.start()
+        return self.sent
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=WAIT_S)
+
+
 def read_topic(
     bootstrap: str, topic: str, expected: int, *, read_committed: bool = True, quiet_s: float = 1
 ) -> list[Output]:
@@ -314,21 +343,7 @@ def test_group_members_share_partitions_and_lose_nothing_when_stopped_or_killed(
         return all(owned) and len(set.union(*owned)) == sum(map(len, owned)) == 6
 
     wait_until(split_three_ways, "the three members to split the six partitions")
-    feeder_stop = threading.Event()
-    sent = Counter[str]()
-
-    def feed() -> None:  # a steady stream while members come and go
-        batch = 0
-        while not feeder_stop.is_set():
-            values = sample_values(40, start=batch * 40)
-            produce(kafka_bootstrap, source, values, [f"k{batch}-{i}".encode() for i in range(40)])
-            sent["records"] += 40
-            batch += 1
-            time.sleep(0.1)
-
-    feeder = threading.Thread(target=feed, daemon=True)
-    feeder.start()
-    try:
+    with SteadyFeed(kafka_bootstrap, source, pause_s=0.1) as sent:  # while members come and go
         wait_until(lambda: sent["records"] >= 200, "records to flow")
         assert members[0].stop(signal.SIGTERM) == 0
         wait_until(lambda: sent["records"] >= 400, "more records")
@@ -336,9 +351,6 @@ def test_group_members_share_partitions_and_lose_nothing_when_stopped_or_killed(
         assert members[1].stop(signal.SIGKILL) == -signal.SIGKILL
         wait_until(lambda: members[2].owned() == set(range(6)), "the survivor to own all")
         wait_until(lambda: sent["records"] >= 800, "records after the rebalance")
-    finally:
-        feeder_stop.set()
-        feeder.join(timeout=WAIT_S)
 
     inputs = input_offsets(kafka_bootstrap, source)
     outputs = read_topic(kafka_bootstrap, out, expected=len(inputs), read_committed=True)
@@ -363,21 +375,8 @@ def test_a_member_joining_mid_stream_takes_its_share_promptly_and_exactly_once(
     first = TailProcess(kafka_bootstrap, *args)
     tails.append(first)
     wait_until(lambda: first.owned() == set(range(4)), "the first member to own all four")
-    feeder_stop = threading.Event()
-    sent = Counter[str]()
-
-    def feed() -> None:  # batches in flight whenever the group rebalances
-        batch = 0
-        while not feeder_stop.is_set():
-            values = sample_values(40, start=batch * 40)
-            produce(kafka_bootstrap, source, values, [f"k{batch}-{i}".encode() for i in range(40)])
-            sent["records"] += 40
-            batch += 1
-            time.sleep(0.02)
-
-    feeder = threading.Thread(target=feed, daemon=True)
-    feeder.start()
-    try:
+    # Batches in flight whenever the group rebalances.
+    with SteadyFeed(kafka_bootstrap, source, pause_s=0.02) as sent:
         wait_until(lambda: sent["records"] >= 400, "records to flow")
         second = TailProcess(kafka_bootstrap, *args)
         tails.append(second)
@@ -393,9 +392,6 @@ def test_a_member_joining_mid_stream_takes_its_share_promptly_and_exactly_once(
         assert time.monotonic() - joined < 30, "the handover waited out the barrier"
         floor = sent["records"] + 400
         wait_until(lambda: sent["records"] >= floor, "records after the rebalance")
-    finally:
-        feeder_stop.set()
-        feeder.join(timeout=WAIT_S)
 
     inputs = input_offsets(kafka_bootstrap, source)
     outputs = read_topic(kafka_bootstrap, out, expected=len(inputs), read_committed=True)
