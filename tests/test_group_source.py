@@ -110,6 +110,7 @@ def test_partitions_move_to_a_new_member_only_after_the_batches_handed_on_are_wr
         reader = threading.Thread(target=keep_reading, daemon=True)
         reader.start()
         joined = threading.Event()
+        checked = threading.Event()
 
         def second_member() -> None:
             other = RawConsumer({**config, "bootstrap.servers": kafka_bootstrap, "group.id": group})
@@ -117,6 +118,7 @@ def test_partitions_move_to_a_new_member_only_after_the_batches_handed_on_are_wr
             deadline = time.monotonic() + WAIT_S
             while not joined.is_set() and time.monotonic() < deadline:
                 other.poll(0.1)
+            checked.wait(WAIT_S)  # leaving hands its partition back to the first member
             other.close()
 
         member = threading.Thread(target=second_member, daemon=True)
@@ -129,11 +131,12 @@ def test_partitions_move_to_a_new_member_only_after_the_batches_handed_on_are_wr
         written_at = time.monotonic()
         for _ in handed:  # the sink wrote what was handed on: the partitions may move now
             progress.written()
-        member.join(timeout=WAIT_S)
-        assert joined.is_set(), "the second member never got a partition"
+        assert joined.wait(WAIT_S), "the second member never got a partition"
         revoked = [(parts, at) for how, parts, at in changes if how == "revoked"]
         assert settled.is_set() and len(revoked) == 1 and revoked[0][1] >= written_at
         assert progress.owned == {0, 1} - set(revoked[0][0])
+        checked.set()
+        member.join(timeout=WAIT_S)
         stop.set()
         reader.join(timeout=WAIT_S)
 
