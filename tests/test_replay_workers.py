@@ -324,6 +324,16 @@ def test_batches_read_before_partitions_were_lost_are_never_committed() -> None:
     assert progress.may_commit()
 
 
+def test_only_aborts_with_no_batch_written_between_count_towards_giving_up() -> None:
+    progress = GroupProgress()
+    progress.yielded()
+    assert not progress.wrote_any()  # aborted now: one more in a row
+    progress.written()
+    assert progress.wrote_any()  # aborted now: the count starts again
+    progress.restart()
+    assert not progress.wrote_any()
+
+
 @pytest.mark.parametrize(
     ("codes", "worst"),
     [([0, 0], 0), ([0, 130], 130), ([143, 130], 143), ([130, 6, 3], 6), ([0, -9], 13)],
@@ -355,3 +365,78 @@ def test_a_group_member_refuses_a_commit_interval() -> None:
 
     with pytest.raises(ValueError, match="commits every batch"):
         GroupExactlyOnce(None, None, commit_interval_s=1.0)  # type: ignore[arg-type]
+
+
+def test_a_worker_refuses_a_cooperative_assignor() -> None:
+    from streamscore.config import ReplayOptions, ScoringOptions
+    from streamscore.errors import UsageError
+    from streamscore.kafka.settings import KafkaSettings
+
+    kafka = KafkaSettings("127.0.0.1:9", (("partition.assignment.strategy", "cooperative-sticky"),))
+    with pytest.raises(UsageError, match="cooperative-sticky cannot share a replay") as refused:
+        ReplayOptions(kafka, "in", "out", ScoringOptions(MODEL), member="w0")
+    assert "range or roundrobin" in (refused.value.hint or "")
+    ReplayOptions(kafka, "in", "out", ScoringOptions(MODEL))  # a single replay: no group
+
+
+# A static member of a replay group that dies inside its revocation callback, in the middle of
+# a rebalance (argv: bootstrap, topic, group, "die" or "live"); prints what it is assigned.
+MEMBER = """
+import os, sys, time
+from streamscore.kafka.client import Consumer
+from streamscore.kafka.settings import KafkaSettings
+from streamscore.replay_group import WORKER_CONSUMER_DEFAULTS
+bootstrap, topic, group, fate = sys.argv[1:]
+settings = KafkaSettings(bootstrap, (("session.timeout.ms", "6000"),))
+config = {"group.instance.id": "first"}
+with Consumer(settings, group, config=config, defaults=WORKER_CONSUMER_DEFAULTS) as consumer:
+    def revoked(partitions):
+        if fate == "die":
+            os._exit(0)
+    consumer.subscribe(topic, on_assign=lambda p: print(*p, flush=True), on_revoke=revoked)
+    while True:
+        consumer.consume(1, 0.1)
+"""
+
+
+def test_a_worker_killed_inside_a_rebalance_and_restarted_at_once_leaves_no_partition_unowned(
+    kafka_bootstrap: str, six_partitions: tuple[str, str]
+) -> None:
+    """A static member restarted in a stable group gets its last assignment back without a
+    rebalance. Under cooperative-sticky, a member killed between the rounds of a rebalance
+    (after giving partitions up, before the round that hands them on) would come back to
+    fewer partitions and leave the rest unowned: the replay would wait for them forever."""
+    from streamscore.kafka.client import Consumer
+    from streamscore.kafka.settings import KafkaSettings
+    from streamscore.replay_group import WORKER_CONSUMER_DEFAULTS
+
+    source, _ = six_partitions
+    group = f"{source}.group"
+
+    def member(fate: str) -> subprocess.Popen[str]:
+        argv = [sys.executable, "-c", MEMBER, kafka_bootstrap, source, group, fate]
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+
+    first = member("die")
+    assert first.stdout is not None
+    assert len(first.stdout.readline().split()) == 6  # the only member: owns every partition
+    owned: set[int] = set()
+    settings = KafkaSettings(kafka_bootstrap, (("session.timeout.ms", "6000"),))
+    config = {"group.instance.id": "second"}
+    with Consumer(settings, group, config=config, defaults=WORKER_CONSUMER_DEFAULTS) as second:
+        second.subscribe(source, on_assign=owned.update, on_revoke=owned.difference_update)
+        deadline = time.monotonic() + 30
+        while first.poll() is None and time.monotonic() < deadline:  # it dies in the rebalance
+            second.consume(1, 0.1)
+        assert first.wait(timeout=1) == 0
+        restarted = member("live")  # at once: well within session.timeout.ms
+        try:
+            assert restarted.stdout is not None
+            back = {int(p) for p in restarted.stdout.readline().split()}
+            deadline = time.monotonic() + 10  # the second member's share arrives too
+            while owned | back != set(range(6)) and time.monotonic() < deadline:
+                second.consume(1, 0.1)
+            assert owned | back == set(range(6)) and not owned & back
+        finally:
+            restarted.kill()
+            restarted.wait()

@@ -253,6 +253,15 @@ class ReplayOptions:
                     "--member (or --workers) needs exactly-once delivery",
                     hint="drop --at-least-once: workers hand partitions over through transactions",
                 )
+            strategy = str(dict(self.kafka.properties).get("partition.assignment.strategy", ""))
+            if "cooperative" in strategy:
+                raise UsageError(
+                    f"-X partition.assignment.strategy={strategy} cannot share a replay among "
+                    "workers: a worker restarted between the two rounds of a cooperative "
+                    "rebalance leaves partitions unowned",
+                    hint="drop the -X (workers use the eager range assignor) or name range "
+                    "or roundrobin",
+                )
         check_topic_name(self.input_topic, "--input-topic")
         check_topic_name(self.output_topic, "--output-topic")
         check_topic_name(self.dead_letter_topic, "--dlq-topic")

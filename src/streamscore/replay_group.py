@@ -14,8 +14,12 @@ offsets, exactly once, into OUT (or the dead letters). How a worker goes:
 2. If the group's committed offsets already hold a snapshot and every partition is committed
    at its end, the replay is complete: the worker says "already complete" and stops.
 3. It joins the group as static member ``NAME`` (``group.instance.id``: a restarted worker
-   takes its place back at once, without a rebalance), cooperative-sticky assignment, with
-   every partition paused until the snapshot is agreed on.
+   takes its place back at once, without a rebalance), with an eager assignor (``range``),
+   every partition paused until the snapshot is agreed on. Not cooperative-sticky: a static
+   member that restarts in a stable group gets its last assignment back and no rebalance
+   follows, so partitions a cooperative first round had taken from a member killed before
+   the second round would stay unowned, and the replay would never finish. An eager round
+   assigns every partition at once.
 4. **One snapshot.** The snapshot is taken by the member that owns partition 0, and only by
    it; the others (staying in the group) read the committed offsets again until a snapshot
    is there. Why exactly one snapshot takes effect, even when workers start together:
@@ -24,8 +28,8 @@ offsets, exactly once, into OUT (or the dead letters). How a worker goes:
      every partition's start with it in one transaction whose offsets carry the member's
      group metadata (KIP-447), all on the thread that polls the consumer: no rebalance
      callback runs in between, so partition 0 cannot move to a live peer before that
-     commit is in (cooperative assignment moves a partition only after its owner released
-     it in a callback, and the next owner is assigned it in a later generation);
+     commit is in (a rebalance moves a partition only after its owner released it in a
+     callback, and the next owner is assigned it in a later generation);
    * a member that lost partition 0 without knowing it (expelled while paused, say) commits
      with a generation the coordinator no longer accepts (ILLEGAL_GENERATION, UNKNOWN_MEMBER
      or FENCED_INSTANCE_ID): its transaction is aborted, its snapshot never becomes visible,
@@ -80,14 +84,15 @@ from streamscore.scoring import ScoredBatch, Scorer
 
 # Defaults for a worker's consumer; a -X property of the same name wins.
 WORKER_CONSUMER_DEFAULTS: dict[str, Any] = {
-    "partition.assignment.strategy": "cooperative-sticky",
-    # A cooperative rebalance takes two rounds; members hear of the second at their next
-    # heartbeat (3 s by default), while the partitions it moves are read by nobody.
+    # Eager, not cooperative-sticky: see the module docstring, step 3.
+    "partition.assignment.strategy": "range",
+    # Members hear of a rebalance at their next heartbeat (3 s by default), and nobody reads
+    # meanwhile.
     "heartbeat.interval.ms": 1000,
 }
 DEFAULT_TXN_TIMEOUT_MS = 60_000  # librdkafka's transaction.timeout.ms
 REVOKE_WAIT_S = 2.0  # how long a revocation waits for the writer to abort (see source)
-MAX_REWINDS = 10  # aborted batches in a row (rebalances) before the worker gives up
+MAX_REWINDS = 10  # aborted batches in a row, none written between, before the worker gives up
 SNAPSHOT_POLL_S = 0.2  # how often a member waiting for the snapshot reads the offsets
 
 
@@ -327,7 +332,7 @@ class GroupReplayRun(ReplayRun):
                 except ProducerFenced:
                     raise
                 except TransactionAborted as exc:
-                    rewinds += 1
+                    rewinds = rewinds + 1 if not progress.wrote_any() else 1
                     if rewinds > MAX_REWINDS or sink.producer.fatal:
                         raise  # a producer the broker fenced (timed out) starts afresh
                     self.reporter.event(
@@ -346,7 +351,7 @@ class GroupReplayRun(ReplayRun):
             summary.dead_letter_kinds[kind] = summary.dead_letter_kinds.get(kind, 0) + count
 
     def _on_change(self, how: str, partitions: list[int]) -> None:
-        if not partitions:  # a cooperative rebalance that moved nothing of ours
+        if not partitions:  # a rebalance that gave this member nothing
             return
         self.reporter.event(
             {"event": how, "partitions": sorted(partitions), "member": self.options.member}

@@ -1,8 +1,8 @@
 """A replay worker's share of the input: group-assigned partitions, each read up to its end.
 
 Workers of one replay (:mod:`streamscore.replay_group`) subscribe to IN in one consumer group,
-as ``tail`` does (:class:`~streamscore.kafka.group_source.GroupSource`: cooperative-sticky
-assignment, the revocation barrier, records of lost partitions dropped). What this source
+as ``tail`` does (:class:`~streamscore.kafka.group_source.GroupSource`: the revocation
+barrier, records of lost partitions dropped), with an eager assignor. What this source
 adds is the replay's end: each partition the group assigns is read from its committed offset
 (the snapshot's first transaction committed every partition's start) up to its end offset in
 the snapshot, then paused, and its end offset itself is committed (in a transaction of

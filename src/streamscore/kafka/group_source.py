@@ -92,6 +92,11 @@ class GroupProgress:
             self._abandoned = True
             self._cond.notify_all()
 
+    def wrote_any(self) -> bool:
+        """Whether the writer wrote a batch since :meth:`restart`."""
+        with self._cond:
+            return self._written > 0
+
     def restart(self) -> None:
         """Before the pipeline runs again (after a failed batch)."""
         with self._cond:
