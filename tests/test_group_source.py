@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -18,9 +19,11 @@ from confluent_kafka import Consumer as RawConsumer
 from confluent_kafka import Producer as RawProducer
 
 from streamscore.errors import KafkaError
-from streamscore.kafka.client import Admin, Consumer, KafkaSettings
+from streamscore.kafka.client import Admin, CommittedOffset, Consumer, KafkaSettings
 from streamscore.kafka.codec import DecodedBatch
+from streamscore.kafka.group_range_source import GroupRangeSource
 from streamscore.kafka.group_source import GroupProgress, GroupSource
+from streamscore.kafka.offsets import EndOffsets
 from streamscore.kafka.topics import prepare_output_topics
 
 WAIT_S = 60
@@ -42,6 +45,41 @@ def test_drain_waits_until_every_batch_handed_on_is_written_then_settles() -> No
     progress.written()
     waiter.join(timeout=5)
     assert drained == [True] and len(settled) == 1 and settled[0] >= released
+
+
+def test_a_worker_done_with_its_partitions_says_which_it_waits_for_and_when_they_stall() -> None:
+    offsets = {0: 10, 1: 4, 2: 3}  # committed; the snapshot ends at 10, 8 and 9
+    waits: list[tuple[list[int], float]] = []
+    consumer = SimpleNamespace(
+        settings=KafkaSettings("127.0.0.1:9"),
+        consume=lambda count, timeout_s: ([], {}),  # its own partitions are read to their ends
+        group_metadata=lambda: None,
+    )
+    source = GroupRangeSource(
+        consumer,  # type: ignore[arg-type]
+        "in",
+        SimpleNamespace(decode=_no_decode),  # type: ignore[arg-type]
+        GroupProgress(),
+        threading.Event(),
+        batch_size=10,
+        check_interval_s=0,
+        committed=lambda ps: {p: CommittedOffset(offsets[p], "") for p in ps},
+        on_wait=lambda partitions, stalled_s: waits.append((partitions, stalled_s)),
+        stall_report_s=0.2,
+    )
+    source.start(EndOffsets.take({0: 0, 1: 0, 2: 0}, {0: 10, 1: 8, 2: 9}, "model"))
+    batches = source.batches()
+    next(batches)
+    next(batches)
+    assert waits == [([1, 2], 0.0)]  # said once, when it starts waiting
+    offsets[1] = 6
+    next(batches)
+    assert len(waits) == 1  # progress: nothing to say
+    time.sleep(0.25)
+    next(batches)
+    assert len(waits) == 2 and waits[1][0] == [1, 2] and waits[1][1] >= 0.2  # stalled
+    offsets.update({1: 8, 2: 9})
+    assert next(batches, None) is None and source.complete
 
 
 def test_a_failed_sink_releases_the_barrier_without_settling() -> None:

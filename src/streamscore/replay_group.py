@@ -54,7 +54,8 @@ offsets, exactly once, into OUT (or the dead letters). How a worker goes:
    (a broker rolling back a slow transaction). A commit that slipped through with the old
    generation before the partitions moved is pending, and their next owner's stable offset
    read waits for it: never read twice, never skipped.
-6. A worker whose partitions are all read up to their ends stays in the group, and stops
+6. A worker whose partitions are all read up to their ends stays in the group, saying which
+   partitions it waits for (and warning when they make no progress for a minute), and stops
    (exit 0) once every partition of the snapshot is committed at its end: until then a dead
    peer's partitions can still move to it (after ``session.timeout.ms``, 45 s unless set
    with -X, when that peer does not come back).
@@ -152,6 +153,7 @@ class GroupReplayRun(ReplayRun):
                 committed=lambda partitions: reader.committed(o.input_topic, partitions),
                 pending_wait_s=self._pending_wait_s(),
                 on_change=self._on_change,
+                on_wait=self._on_wait,
             )
             delivery = GroupExactlyOnce(
                 producer, consumer, may_commit=progress.may_commit, metadata=source.group_metadata
@@ -355,4 +357,27 @@ class GroupReplayRun(ReplayRun):
             return
         self.reporter.event(
             {"event": how, "partitions": sorted(partitions), "member": self.options.member}
+        )
+
+    def _on_wait(self, partitions: list[int], stalled_s: float) -> None:
+        o = self.options
+        if not stalled_s:
+            message = (
+                f"worker '{o.member}' read its partitions to their ends; it waits until "
+                f"partitions {partitions} of '{o.input_topic}' are committed at their ends "
+                "by the workers that own them"
+            )
+        else:
+            message = (
+                f"partitions {partitions} of '{o.input_topic}' made no progress for "
+                f"{stalled_s:.0f}s: check that the workers owning them run (a stopped "
+                "worker's partitions move to the others after session.timeout.ms)"
+            )
+        self.reporter.event(
+            {
+                "event": "warning" if stalled_s else "info",
+                "message": message,
+                "member": o.member,
+                "waiting_for": partitions,
+            }
         )

@@ -36,6 +36,7 @@ from streamscore.pipeline import SourceBatch
 
 CHECK_INTERVAL_S = 0.5  # how often a worker with nothing left to read asks if all are done
 CHECK_FAILURES = 3  # completion checks that may fail in a row before the run fails
+STALL_REPORT_S = 60.0  # waiting on peers' partitions that long without progress is reported
 
 
 class GroupRangeSource(GroupSource):
@@ -56,8 +57,14 @@ class GroupRangeSource(GroupSource):
         committed: Callable[[list[int]], Mapping[int, CommittedOffset]] | None = None,
         pending_wait_s: float = 0.0,
         on_change: Callable[[str, list[int]], None] = lambda how, partitions: None,
+        on_wait: Callable[[list[int], float], None] = lambda partitions, stalled_s: None,
+        stall_report_s: float = STALL_REPORT_S,
     ) -> None:
-        """``committed(partitions)`` reads the committed offsets for the completion check;
+        """``on_wait(partitions, stalled_s)`` hears which partitions of the snapshot are not
+        committed at their end yet, once this worker has nothing left to read: when it starts
+        waiting (``stalled_s`` 0), and when their committed offsets have not moved for
+        ``stall_report_s`` (a peer stopped or cut off), again every ``stall_report_s``.
+        ``committed(partitions)`` reads the committed offsets for the completion check;
         better not as a read_committed consumer (this one) does: that read waits while any
         peer's transaction holds offsets, and peers commit batch after batch.
         ``pending_wait_s``: how long a stable read of the owned partitions may keep failing
@@ -88,6 +95,10 @@ class GroupRangeSource(GroupSource):
         self._last_progress = time.monotonic()
         self._check_failures = 0
         self._paused = True  # until start(): partitions assigned meanwhile are paused
+        self.on_wait = on_wait
+        self.stall_report_s = stall_report_s
+        self._waiting: dict[int, int] | None = None  # peers' unfinished partitions -> offset
+        self._waiting_since = 0.0  # when they last moved
 
     # --- before the snapshot -----------------------------------------------------------------
 
@@ -244,15 +255,33 @@ class GroupRangeSource(GroupSource):
                 raise
             return False
         self._check_failures = 0
-        return all(
-            p in committed and committed[p].offset >= r.end for p, r in snapshot.ranges.items()
-        )
+        waiting = {
+            p: committed[p].offset if p in committed else -1
+            for p, r in snapshot.ranges.items()
+            if p not in committed or committed[p].offset < r.end
+        }
+        if waiting:
+            self._report_wait(waiting, now)
+        return not waiting
+
+    def _report_wait(self, waiting: dict[int, int], now: float) -> None:
+        if self._waiting is None:
+            self.on_wait(sorted(waiting), 0.0)
+            self._waiting_since = now
+        elif waiting != self._waiting:
+            self._waiting_since = now  # progress
+        elif now - self._waiting_since >= self.stall_report_s:
+            self.on_wait(sorted(waiting), now - self._waiting_since)
+            self._waiting_since = now  # said again after another stall_report_s
+        self._waiting = waiting
 
     # --- group membership --------------------------------------------------------------------
 
     def _on_assign(self, partitions: list[int]) -> None:
         if self.snapshot is not None:
             self.remaining.update(partitions)
+            if partitions:
+                self._waiting = None  # reading again: a later wait is reported afresh
         if not self._paused and partitions:
             # A partition this member read to its end before is paused still (librdkafka
             # keeps the flag across assignments): it must be read again up to its end.
