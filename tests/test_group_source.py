@@ -50,10 +50,12 @@ def test_drain_waits_until_every_batch_handed_on_is_written_then_settles() -> No
 def test_a_worker_done_with_its_partitions_says_which_it_waits_for_and_when_they_stall() -> None:
     offsets = {0: 10, 1: 4, 2: 3}  # committed; the snapshot ends at 10, 8 and 9
     waits: list[tuple[list[int], float]] = []
+    callbacks: dict[str, Callable[[list[int]], None]] = {}
     consumer = SimpleNamespace(
         settings=KafkaSettings("127.0.0.1:9"),
         consume=lambda count, timeout_s: ([], {}),  # its own partitions are read to their ends
         group_metadata=lambda: None,
+        subscribe=lambda topic, **given: callbacks.update(given),
     )
     source = GroupRangeSource(
         consumer,  # type: ignore[arg-type]
@@ -67,9 +69,14 @@ def test_a_worker_done_with_its_partitions_says_which_it_waits_for_and_when_they
         on_wait=lambda partitions, stalled_s: waits.append((partitions, stalled_s)),
         stall_report_s=0.2,
     )
+    source.subscribe()
     source.start(EndOffsets.take({0: 0, 1: 0, 2: 0}, {0: 10, 1: 8, 2: 9}, "model"))
+    callbacks["on_revoke"]([])  # an (eager) rebalance: nothing to read until it assigns
     batches = source.batches()
     next(batches)
+    next(batches)
+    assert waits == []  # not done: it may be assigned partitions to read
+    callbacks["on_assign"]([])  # nothing for this worker: it waits for its peers
     next(batches)
     assert waits == [([1, 2], 0.0)]  # said once, when it starts waiting
     offsets[1] = 6

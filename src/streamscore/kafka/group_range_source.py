@@ -99,6 +99,7 @@ class GroupRangeSource(GroupSource):
         self.stall_report_s = stall_report_s
         self._waiting: dict[int, int] | None = None  # peers' unfinished partitions -> offset
         self._waiting_since = 0.0  # when they last moved
+        self._rebalancing = False  # partitions revoked, the new assignment not here yet
 
     # --- before the snapshot -----------------------------------------------------------------
 
@@ -265,6 +266,8 @@ class GroupRangeSource(GroupSource):
         return not waiting
 
     def _report_wait(self, waiting: dict[int, int], now: float) -> None:
+        if self._rebalancing:  # nothing to read only until the new assignment comes
+            return
         if self._waiting is None:
             self.on_wait(sorted(waiting), 0.0)
             self._waiting_since = now
@@ -282,6 +285,7 @@ class GroupRangeSource(GroupSource):
             self.remaining.update(partitions)
             if partitions:
                 self._waiting = None  # reading again: a later wait is reported afresh
+        self._rebalancing = False
         if not self._paused and partitions:
             # A partition this member read to its end before is paused still (librdkafka
             # keeps the flag across assignments): it must be read again up to its end.
@@ -289,6 +293,7 @@ class GroupRangeSource(GroupSource):
         super()._on_assign(partitions)
 
     def _drop(self, partitions: list[int]) -> None:
+        self._rebalancing = True  # revoked or lost: an (eager) assignment follows
         super()._drop(partitions)
         for partition in partitions:
             self._next.pop(partition, None)
