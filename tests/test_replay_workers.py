@@ -325,14 +325,51 @@ def test_batches_read_before_partitions_were_lost_are_never_committed() -> None:
     assert progress.may_commit()
 
 
-def test_only_aborts_with_no_batch_written_between_count_towards_giving_up() -> None:
+@pytest.mark.parametrize("write_between", [False, True])
+def test_a_worker_gives_up_after_ten_aborted_batches_in_a_row_with_nothing_written_between(
+    monkeypatch: pytest.MonkeyPatch, write_between: bool
+) -> None:
+    from types import SimpleNamespace
+
+    from streamscore import replay_group
+    from streamscore.config import ReplayOptions, ScoringOptions
+    from streamscore.errors import TransactionAborted
+    from streamscore.kafka.settings import KafkaSettings
+    from streamscore.replay import ReplaySummary
+    from streamscore.reporting import SilentReporter
+
     progress = GroupProgress()
-    progress.yielded()
-    assert not progress.wrote_any()  # aborted now: one more in a row
-    progress.written()
-    assert progress.wrote_any()  # aborted now: the count starts again
-    progress.restart()
-    assert not progress.wrote_any()
+    runs = 0
+
+    def pipeline(*args: Any, **kwargs: Any) -> None:  # each run: a batch rolled back
+        nonlocal runs
+        runs += 1
+        if runs > 30:
+            return  # the replay is done
+        if write_between:
+            progress.yielded()
+            progress.written()
+        raise TransactionAborted("the group moved partitions")
+
+    monkeypatch.setattr(replay_group, "run_pipeline", pipeline)
+    options = ReplayOptions(
+        KafkaSettings("127.0.0.1:9"), "in", "out", ScoringOptions(MODEL), member="w0"
+    )
+    run = replay_group.GroupReplayRun(options, SilentReporter())
+    source = SimpleNamespace(rewind=lambda: None)
+    sink = SimpleNamespace(producer=SimpleNamespace(fatal=False))
+    summary = ReplaySummary("in", "out", "out.dlq", "g", "m", "1", "sha", "exactly-once")
+
+    def serve() -> None:
+        run._serve(source, None, sink, progress, summary, check_first=False)  # type: ignore[arg-type]
+
+    if write_between:
+        serve()
+        assert runs == 31
+    else:
+        with pytest.raises(TransactionAborted):
+            serve()
+        assert runs == replay_group.MAX_REWINDS + 1
 
 
 @pytest.mark.parametrize(
@@ -380,14 +417,17 @@ def test_a_worker_refuses_a_cooperative_assignor() -> None:
     ReplayOptions(kafka, "in", "out", ScoringOptions(MODEL))  # a single replay: no group
 
 
-# A static member of a replay group that dies inside its revocation callback, in the middle of
-# a rebalance (argv: bootstrap, topic, group, "die" or "live"); prints what it is assigned.
+# A static member of a replay group (argv: bootstrap, topic, group, fate): prints each
+# assignment it gets. Fate "die": exits inside its first revocation callback, in the middle of
+# a rebalance. "live": joins once told to on stdin (its imports done by then), and stays.
 MEMBER = """
-import os, sys, time
+import os, sys
 from streamscore.kafka.client import Consumer
 from streamscore.kafka.settings import KafkaSettings
 from streamscore.replay_group import WORKER_CONSUMER_DEFAULTS
 bootstrap, topic, group, fate = sys.argv[1:]
+if fate == "live":
+    sys.stdin.readline()
 settings = KafkaSettings(bootstrap, (("session.timeout.ms", "6000"),))
 config = {"group.instance.id": "first"}
 with Consumer(settings, group, config=config, defaults=WORKER_CONSUMER_DEFAULTS) as consumer:
@@ -398,6 +438,32 @@ with Consumer(settings, group, config=config, defaults=WORKER_CONSUMER_DEFAULTS)
     while True:
         consumer.consume(1, 0.1)
 """
+
+
+class Member:
+    """A MEMBER process; ``assigned`` collects the assignments it printed."""
+
+    def __init__(self, bootstrap: str, topic: str, group: str, fate: str) -> None:
+        argv = [sys.executable, "-c", MEMBER, bootstrap, topic, group, fate]
+        self.process = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        self.assigned: list[set[int]] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.assigned.append({int(p) for p in line.split()})
+
+    def join(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write("join\n")
+        self.process.stdin.flush()
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
 
 
 def test_a_worker_killed_inside_a_rebalance_and_restarted_at_once_leaves_no_partition_unowned(
@@ -413,31 +479,31 @@ def test_a_worker_killed_inside_a_rebalance_and_restarted_at_once_leaves_no_part
 
     source, _ = six_partitions
     group = f"{source}.group"
-
-    def member(fate: str) -> subprocess.Popen[str]:
-        argv = [sys.executable, "-c", MEMBER, kafka_bootstrap, source, group, fate]
-        return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
-
-    first = member("die")
-    assert first.stdout is not None
-    assert len(first.stdout.readline().split()) == 6  # the only member: owns every partition
-    owned: set[int] = set()
-    settings = KafkaSettings(kafka_bootstrap, (("session.timeout.ms", "6000"),))
-    config = {"group.instance.id": "second"}
-    with Consumer(settings, group, config=config, defaults=WORKER_CONSUMER_DEFAULTS) as second:
-        second.subscribe(source, on_assign=owned.update, on_revoke=owned.difference_update)
-        deadline = time.monotonic() + 30
-        while first.poll() is None and time.monotonic() < deadline:  # it dies in the rebalance
-            second.consume(1, 0.1)
-        assert first.wait(timeout=1) == 0
-        restarted = member("live")  # at once: well within session.timeout.ms
-        try:
-            assert restarted.stdout is not None
-            back = {int(p) for p in restarted.stdout.readline().split()}
-            deadline = time.monotonic() + 10  # the second member's share arrives too
-            while owned | back != set(range(6)) and time.monotonic() < deadline:
+    first = Member(kafka_bootstrap, source, group, "die")
+    restarted = Member(kafka_bootstrap, source, group, "live")
+    try:
+        wait_until(lambda: bool(first.assigned), timeout_s=30)
+        assert first.assigned == [set(range(6))]  # the only member: owns every partition
+        owned: set[int] = set()
+        settings = KafkaSettings(kafka_bootstrap, (("session.timeout.ms", "6000"),))
+        config = {"group.instance.id": "second"}
+        with Consumer(settings, group, config=config, defaults=WORKER_CONSUMER_DEFAULTS) as second:
+            second.subscribe(source, on_assign=owned.update, on_revoke=owned.difference_update)
+            deadline = time.monotonic() + 30
+            while first.process.poll() is None:  # it dies in the rebalance
+                assert time.monotonic() < deadline, "the first member saw no rebalance"
                 second.consume(1, 0.1)
-            assert owned | back == set(range(6)) and not owned & back
-        finally:
-            restarted.kill()
-            restarted.wait()
+            assert first.process.returncode == 0
+            restarted.join()  # at once: well within session.timeout.ms
+
+            def everything_owned() -> bool:
+                back = restarted.assigned[-1] if restarted.assigned else set()
+                return owned | back == set(range(6)) and not owned & back
+
+            deadline = time.monotonic() + 20  # the second member's share arrives too
+            while not everything_owned() and time.monotonic() < deadline:
+                second.consume(1, 0.1)
+            assert everything_owned(), (owned, restarted.assigned)
+    finally:
+        first.kill()
+        restarted.kill()
