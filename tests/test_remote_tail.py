@@ -146,6 +146,54 @@ def test_tail_switches_to_a_version_loaded_on_the_server_and_rejects_one_that_do
 
 
 @pytest.mark.parametrize("grpc", [False, True], ids=["rest", "grpc"])
+def test_tail_waits_for_the_next_version_when_its_version_goes_away_on_the_server(
+    kafka_bootstrap: str,
+    unique_topic: Callable[..., str],
+    tails: list[TailProcess],
+    model_server: ModelServer,
+    served_name: str,
+    grpc: bool,
+) -> None:
+    """A version replaced in place (unloaded, its successor loaded a moment later): tail
+    pauses instead of failing, serves the version the server answers with, loses nothing."""
+    from support import model_server as support
+
+    support.add_version(model_server.home, served_name, "1", MODELS / "fraud" / "1" / "model.onnx")
+    source = unique_topic(partitions=1)
+    out = f"{source}.out"
+    tail = TailProcess(
+        kafka_bootstrap, "-i", source, "-o", out, "-g", f"{source}-g",
+        "-m", model_server.model(served_name, grpc=grpc), "--features", FEATURES,
+        "--reload-interval", "600", "--max-wait", "5",  # no poll of its own meanwhile
+    )  # fmt: skip
+    tails.append(tail)
+    tail.wait_for(lambda e: e["event"] == "assigned", "its partitions")
+    keys = [f"k{i}".encode() for i in range(200)]
+    values = sample_values(200)
+    produce(kafka_bootstrap, source, values[:100], keys[:100])
+    tail.wait_for(lambda e: e["event"] == "status" and e["records_out"] >= 100, "100 scored")
+
+    support.remove_model(model_server.home, served_name)  # version 1 is gone
+    produce(kafka_bootstrap, source, values[100:], keys[100:])
+    paused = tail.wait_for(lambda e: "another version" in e.get("message", ""), "a pause")
+    support.add_version(model_server.home, served_name, "2", MODELS / "fraud" / "2" / "model.onnx")
+    loaded = tail.wait_for(lambda e: e["event"] == "model_loaded", "version 2 loaded")
+    outputs = read_topic(kafka_bootstrap, out, expected=200)
+    assert tail.stop() == 0
+
+    assert paused["event"] == "warning" and "consumption paused" in paused["message"]
+    assert loaded["version"] == "2" and loaded["previous_version"] == "1"
+    versions = {o.key: o.headers[MODEL_VERSION] for o in outputs}
+    assert len(outputs) == 200
+    assert {versions[k] for k in keys[:100]} == {"1"}
+    assert {versions[k] for k in keys[100:]} == {"2"}
+    summary = tail.summary()
+    assert summary["records_dead_lettered"] == 0 and summary["reloads"] == 1
+    server = model_server.grpc_url if grpc else model_server.url
+    assert summary["serving"] == {"primary": f"{served_name}:2 @ {server}"}
+
+
+@pytest.mark.parametrize("grpc", [False, True], ids=["rest", "grpc"])
 def test_canary_and_shadow_are_versions_on_the_same_server(
     kafka_bootstrap: str,
     unique_topic: Callable[..., str],

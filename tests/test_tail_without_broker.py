@@ -160,3 +160,77 @@ def test_a_stop_finished_in_time_exits_normally() -> None:
         """
     )
     assert (done.returncode, done.stdout) == (0, "done\n")
+
+
+class _Paused:
+    """A tail source that records pauses and resumes."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def pause(self) -> None:
+        self.calls.append("pause")
+
+    def idle(self) -> None:
+        pass
+
+    def resume(self) -> None:
+        self.calls.append("resume")
+
+
+def _successor_wait(
+    monkeypatch: pytest.MonkeyPatch, *, answers: bool, successor_after: int | None
+) -> tuple[bool, _Paused, int]:
+    """Tail's wait for the successor of a server model version that went away: the primary
+    answers its readiness probe or not; the watcher finds a new version at the given check."""
+    import threading
+    from types import SimpleNamespace
+
+    from streamscore import tail as tail_module
+    from streamscore.errors import ModelError
+    from streamscore.reporting import SilentReporter
+
+    monkeypatch.setattr(tail_module, "VANISHED_GRACE_S", 0.3)
+    monkeypatch.setattr(tail_module, "SERVER_PROBE_S", 0.01)
+    run = tail_module.TailRun(options(), SilentReporter(), threading.Event())
+    primary = SimpleNamespace(
+        ref=SimpleNamespace(server="http://127.0.0.1:9"),
+        scorer=SimpleNamespace(model=SimpleNamespace(probe=lambda: answers)),
+    )
+    run.serving = SimpleNamespace(primary=primary)  # type: ignore[assignment]
+    checks = 0
+
+    def check_now() -> bool:
+        nonlocal checks
+        checks += 1
+        if checks == successor_after:
+            watcher.current = object()  # a new version serves
+            return True
+        return False
+
+    watcher = SimpleNamespace(current=primary, check_now=check_now)
+    run.watcher = watcher  # type: ignore[assignment]
+    source = _Paused()
+    waited = run._wait_for_successor(source, ModelError("version 1 not found"))  # type: ignore[arg-type]
+    return waited, source, checks
+
+
+def test_a_vanished_server_version_pauses_tail_until_its_successor_serves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    waited, source, checks = _successor_wait(monkeypatch, answers=False, successor_after=3)
+    assert waited and checks == 3 and source.calls == ["pause", "resume"]
+
+
+def test_a_vanished_server_version_with_no_successor_in_time_fails_as_before(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    waited, source, checks = _successor_wait(monkeypatch, answers=False, successor_after=None)
+    assert not waited and checks > 1 and source.calls == ["pause"]
+
+
+def test_a_model_error_while_the_primary_version_still_answers_is_not_waited_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    waited, source, checks = _successor_wait(monkeypatch, answers=True, successor_after=1)
+    assert not waited and checks == 0 and source.calls == []

@@ -35,6 +35,9 @@ over) fails at once. A model server that stays away through its retries (RemoteU
 is an outage, not bad data: nothing of the batch was written, consumption pauses (the
 member stays in the group) until every remote model answers its readiness probe, then the
 owned partitions are read again from their committed offsets; nothing is dead-lettered.
+Likewise, when the version of a followed server model goes away (404 / NOT_FOUND mid-run),
+consumption pauses for up to ``VANISHED_GRACE_S`` until the server answers with another
+version that fits, which then serves (otherwise the ModelError stands).
 
 Stopping: setting ``stop`` (the CLI sets it on SIGINT/SIGTERM with
 :func:`streamscore.shutdown.stop_on_signals`) stops fetching; the batch in flight is finished
@@ -57,7 +60,14 @@ import numpy as np
 import orjson
 
 from streamscore.config import TailOptions
-from streamscore.errors import KafkaError, ProducerFenced, RemoteUnavailable, TransactionAborted
+from streamscore.errors import (
+    KafkaError,
+    ModelError,
+    ProducerFenced,
+    RemoteUnavailable,
+    StreamscoreError,
+    TransactionAborted,
+)
 from streamscore.kafka.client import Admin, Consumer, Producer
 from streamscore.kafka.dead_letter import DeadLetters
 from streamscore.kafka.group_source import GroupProgress, GroupSource
@@ -91,6 +101,8 @@ REVOKE_WAIT_S = 2.0  # exactly-once: how long a revocation waits for the writer 
 RETRY_BACKOFF_S = 1.0
 STATS_INTERVAL_MS = 1000
 SERVER_PROBE_S = 1.0  # how often a paused tail asks a model server whether it is back
+# How long a server model's version that went away mid-run waits for its successor.
+VANISHED_GRACE_S = 30.0
 
 # Defaults for live serving; a -X property of the same name wins.
 CONSUMER_DEFAULTS: dict[str, Any] = {
@@ -372,6 +384,10 @@ class TailRun:
                 # the ones kept are read again from their committed offsets once it answers.
                 self._wait_for_model_servers(source, exc)
                 rewind = True
+            except ModelError as exc:
+                if not self._wait_for_successor(source, exc):
+                    raise
+                rewind = True  # nothing of the batch was written (as for an outage)
             except KafkaError as exc:
                 self._retry_or_raise(exc)
                 rewind = True
@@ -457,6 +473,43 @@ class TailRun:
         self.reporter.event(
             {"event": "info", "message": "model server answers again; consumption resumed"}
         )
+
+    def _wait_for_successor(self, source: GroupSource, exc: ModelError) -> bool:
+        """The version of a watched server model that tail pinned went away mid-run (its
+        server answers 404 / NOT_FOUND: a version replaced in place, say). Pause consumption
+        for up to VANISHED_GRACE_S, asking the server which version answers the model's
+        unversioned URL now; one that loads and fits serves from the batch that failed on, as
+        a reload would. False (the error stands) for any other model error, or when no
+        version came."""
+        primary = self.serving.primary
+        watcher = self.watcher
+        probe = getattr(primary.scorer.model, "probe", None)
+        if watcher is None or not primary.ref.server or probe is None:
+            return False
+        with contextlib.suppress(StreamscoreError):
+            if probe():
+                return False  # the primary answers: the error is not its version's
+        source.pause()
+        self.reporter.event(
+            {
+                "event": "warning",
+                "message": f"{exc.one_line()}; consumption paused, waiting up to "
+                f"{VANISHED_GRACE_S:g}s for the server to answer with another version",
+            }
+        )
+        deadline = time.monotonic() + VANISHED_GRACE_S
+        while not self.stop.is_set():
+            source.idle()  # stays in the group meanwhile
+            with contextlib.suppress(StreamscoreError):  # no version yet, or an outage
+                watcher.check_now()
+            self._tick()  # reports model_loaded / model_rejected
+            if watcher.current is not primary:
+                break
+            if time.monotonic() >= deadline:
+                return False
+            self.stop.wait(SERVER_PROBE_S)
+        source.resume()
+        return True
 
     # --- group membership, statistics, reporting ---------------------------------------------
 
