@@ -99,6 +99,37 @@ def served_name(model_server: ModelServer) -> Iterator[str]:
     support.remove_model(model_server.home, name)
 
 
+def _following_version_1(
+    kafka_bootstrap: str,
+    unique_topic: Callable[..., str],
+    tails: list[TailProcess],
+    model_server: ModelServer,
+    served_name: str,
+    *,
+    url: str,
+    reload_interval: str,
+) -> tuple[TailProcess, str, str, list[bytes], list[Any]]:
+    """Version 1 of ``served_name`` loaded on the server, and a tail following ``url`` (the
+    model without a version) that has scored the first 100 of 200 records: the tail, its
+    input and output topics, the 200 keys and values."""
+    from support import model_server as support
+
+    support.add_version(model_server.home, served_name, "1", MODELS / "fraud" / "1" / "model.onnx")
+    source = unique_topic(partitions=1)
+    out = f"{source}.out"
+    tail = TailProcess(
+        kafka_bootstrap, "-i", source, "-o", out, "-g", f"{source}-g", "-m", url,
+        "--features", FEATURES, "--reload-interval", reload_interval, "--max-wait", "5",
+    )  # fmt: skip
+    tails.append(tail)
+    tail.wait_for(lambda e: e["event"] == "assigned", "its partitions")
+    keys = [f"k{i}".encode() for i in range(200)]
+    values = sample_values(200)
+    produce(kafka_bootstrap, source, values[:100], keys[:100])
+    tail.wait_for(lambda e: e["event"] == "status" and e["records_out"] >= 100, "100 scored")
+    return tail, source, out, keys, values
+
+
 def test_tail_switches_to_a_version_loaded_on_the_server_and_rejects_one_that_does_not_fit(
     kafka_bootstrap: str,
     unique_topic: Callable[..., str],
@@ -109,20 +140,10 @@ def test_tail_switches_to_a_version_loaded_on_the_server_and_rejects_one_that_do
 ) -> None:
     from support import model_server as support
 
-    support.add_version(model_server.home, served_name, "1", MODELS / "fraud" / "1" / "model.onnx")
-    source = unique_topic(partitions=1)
-    out = f"{source}.out"
-    tail = TailProcess(
-        kafka_bootstrap, "-i", source, "-o", out, "-g", f"{source}-g",
-        "-m", model_server.model(served_name), "--features", FEATURES,
-        "--reload-interval", "0.2", "--max-wait", "5",
+    tail, source, out, keys, values = _following_version_1(
+        kafka_bootstrap, unique_topic, tails, model_server, served_name,
+        url=model_server.model(served_name), reload_interval="0.2",
     )  # fmt: skip
-    tails.append(tail)
-    tail.wait_for(lambda e: e["event"] == "assigned", "its partitions")
-    keys = [f"k{i}".encode() for i in range(200)]
-    values = sample_values(200)
-    produce(kafka_bootstrap, source, values[:100], keys[:100])
-    tail.wait_for(lambda e: e["event"] == "status" and e["records_out"] >= 100, "100 scored")
 
     support.add_version(model_server.home, served_name, "2", MODELS / "fraud" / "2" / "model.onnx")
     loaded = tail.wait_for(lambda e: e["event"] == "model_loaded", "version 2 loaded")
@@ -158,20 +179,11 @@ def test_tail_waits_for_the_next_version_when_its_version_goes_away_on_the_serve
     pauses instead of failing, serves the version the server answers with, loses nothing."""
     from support import model_server as support
 
-    support.add_version(model_server.home, served_name, "1", MODELS / "fraud" / "1" / "model.onnx")
-    source = unique_topic(partitions=1)
-    out = f"{source}.out"
-    tail = TailProcess(
-        kafka_bootstrap, "-i", source, "-o", out, "-g", f"{source}-g",
-        "-m", model_server.model(served_name, grpc=grpc), "--features", FEATURES,
-        "--reload-interval", "600", "--max-wait", "5",  # no poll of its own meanwhile
+    tail, source, out, keys, values = _following_version_1(
+        kafka_bootstrap, unique_topic, tails, model_server, served_name,
+        url=model_server.model(served_name, grpc=grpc),
+        reload_interval="600",  # no poll of its own meanwhile
     )  # fmt: skip
-    tails.append(tail)
-    tail.wait_for(lambda e: e["event"] == "assigned", "its partitions")
-    keys = [f"k{i}".encode() for i in range(200)]
-    values = sample_values(200)
-    produce(kafka_bootstrap, source, values[:100], keys[:100])
-    tail.wait_for(lambda e: e["event"] == "status" and e["records_out"] >= 100, "100 scored")
 
     support.remove_model(model_server.home, served_name)  # version 1 is gone
     produce(kafka_bootstrap, source, values[100:], keys[100:])
