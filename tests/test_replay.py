@@ -209,6 +209,15 @@ def test_replay_scores_a_topic_exactly_as_batch_scores_the_same_records(
 # ---------------------------------------------------------------- exactly once across crashes
 
 
+def expected_sources(bootstrap: str, source: str, ends: dict[str, int]) -> list[tuple[int, int]]:
+    """(partition, offset) of every record of ``source`` below the snapshot's end offsets."""
+    return sorted(
+        (m.partition(), m.offset())
+        for m in read_topic(bootstrap, source)
+        if m.offset() < ends[str(m.partition())]
+    )
+
+
 class CommittedCounter:
     """Counts the records a read_committed consumer has seen in ``topic`` so far."""
 
@@ -282,12 +291,7 @@ def test_a_replay_interrupted_then_killed_at_random_points_writes_each_input_exa
     assert lines[0]["end_offsets"] == end_offsets
     assert lines[-1]["event"] == "summary" and lines[-1]["resumed"] is True
     assert end_offsets is not None
-    ends = {int(p): end for p, end in end_offsets.items()}
-    expected = sorted(
-        (m.partition(), m.offset())
-        for m in read_topic(kafka_bootstrap, source)
-        if m.offset() < ends[m.partition()]
-    )
+    expected = expected_sources(kafka_bootstrap, source, end_offsets)
     produced = [source_of(m) for m in read_topic(kafka_bootstrap, target)]
     assert len(expected) == total
     assert sorted(produced) == expected  # none lost, none twice, none beyond the snapshot
@@ -326,12 +330,7 @@ def test_a_replay_killed_inside_a_transaction_of_several_batches_resumes_exactly
     assert summary["resumed"] is True
     assert 0 < committed_before < total
     assert len(uncommitted) > committed_before  # the killed run left outputs uncommitted
-    ends = {int(p): end for p, end in end_offsets.items()}
-    expected = sorted(
-        (m.partition(), m.offset())
-        for m in read_topic(kafka_bootstrap, source)
-        if m.offset() < ends[m.partition()]
-    )
+    expected = expected_sources(kafka_bootstrap, source, end_offsets)
     produced = [source_of(m) for m in read_topic(kafka_bootstrap, target)]
     assert len(expected) == total
     assert sorted(produced) == expected  # none lost, none twice

@@ -28,6 +28,7 @@ from streamscore.replay import run_replay
 from test_replay import (
     MODEL,
     CommittedCounter,
+    expected_sources,
     options,
     produce_rows,
     read_topic,
@@ -87,14 +88,6 @@ class Worker:
     def summary(self) -> dict[str, Any]:
         (found,) = [e for e in self.events if e["event"] == "summary"]
         return found
-
-
-def expected_sources(bootstrap: str, source: str, ends: dict[str, int]) -> list[tuple[int, int]]:
-    return sorted(
-        (m.partition(), m.offset())
-        for m in read_topic(bootstrap, source)
-        if m.offset() < ends[str(m.partition())]
-    )
 
 
 def wait_until_no_open_transaction(bootstrap: str, topic: str) -> None:
