@@ -28,6 +28,7 @@ import pytest
 from conftest import ModelServer
 from helpers.data import streamscore_metadata
 from helpers.runs import batch_options, invoke, score
+from helpers.tls import self_signed_certificate
 from streamscore.batch import REJECTED_DIR, BatchRun
 from streamscore.config import OnError
 from streamscore.errors import RemoteError, RemoteUnavailable, UsageError
@@ -498,13 +499,7 @@ class _TinyOip(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def https_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A tiny OIP server on https://127.0.0.1 with a self-signed certificate; (url, cert)."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
-         "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    cert, key = self_signed_certificate(tmp_path)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _TinyOip)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)

@@ -8,7 +8,6 @@ fixture; a tiny in-process gRPC server stands in for servers MLServer cannot imi
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +22,7 @@ import pytest
 from conftest import ModelServer
 from helpers.data import streamscore_metadata
 from helpers.runs import invoke, score
+from helpers.tls import self_signed_certificate
 from streamscore.batch import REJECTED_DIR
 from streamscore.errors import RemoteUnavailable, UsageError
 from streamscore.model.base import close_model, open_model
@@ -195,13 +195,7 @@ def test_refused_credentials_exit_12_with_a_hint_and_headers_go_as_metadata_unse
 
 
 def test_grpcs_verifies_tls_and_ca_file_trusts_a_server(tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
-         "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    cert, key = self_signed_certificate(tmp_path)
     credentials = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
     server, port = _serve(credentials)
     try:
