@@ -52,7 +52,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -463,13 +463,7 @@ class TailRun:
         )
         models = [arm.scorer.model for arm in self.serving.arms]
         probes = [probe for m in models if (probe := getattr(m, "probe", None)) is not None]
-        while not self.stop.is_set():
-            source.idle()  # stays in the group meanwhile
-            self._tick()
-            if all(probe() for probe in probes):
-                break
-            self.stop.wait(SERVER_PROBE_S)
-        source.resume()
+        self._paused_until(source, lambda: all(probe() for probe in probes))
         self.reporter.event(
             {"event": "info", "message": "model server answers again; consumption resumed"}
         )
@@ -489,7 +483,6 @@ class TailRun:
         with contextlib.suppress(StreamscoreError):
             if probe():
                 return False  # the primary answers: the error is not its version's
-        source.pause()
         self.reporter.event(
             {
                 "event": "warning",
@@ -497,15 +490,29 @@ class TailRun:
                 f"{VANISHED_GRACE_S:g}s for the server to answer with another version",
             }
         )
-        deadline = time.monotonic() + VANISHED_GRACE_S
-        while not self.stop.is_set():
-            source.idle()  # stays in the group meanwhile
+
+        def switched() -> bool:
             with contextlib.suppress(StreamscoreError):  # no version yet, or an outage
                 watcher.check_now()
-            self._tick()  # reports model_loaded / model_rejected
-            if watcher.current is not primary:
+            return watcher.current is not primary
+
+        return self._paused_until(source, switched, within_s=VANISHED_GRACE_S)
+
+    def _paused_until(
+        self, source: GroupSource, ready: Callable[[], bool], *, within_s: float | None = None
+    ) -> bool:
+        """Pause consumption (memory stays bounded, nothing is skipped; the member stays in
+        the group) until ``ready()`` or a stop, then resume. False when ``within_s`` passed
+        first: consumption stays paused, the run is failing."""
+        source.pause()
+        deadline = None if within_s is None else time.monotonic() + within_s
+        while not self.stop.is_set():
+            source.idle()
+            done = ready()
+            self._tick()  # status, and model_loaded / model_rejected events
+            if done:
                 break
-            if time.monotonic() >= deadline:
+            if deadline is not None and time.monotonic() >= deadline:
                 return False
             self.stop.wait(SERVER_PROBE_S)
         source.resume()
