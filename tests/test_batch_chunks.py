@@ -23,7 +23,7 @@ from helpers.data import dense_table, read_output, write_parquet
 from helpers.models import TrainedModel
 from helpers.runs import invoke, score
 from streamscore.batch import REJECTED_DIR
-from streamscore.config import BatchOptions, ScoringOptions
+from streamscore.config import BatchOptions, Parallelism, ScoringOptions
 from streamscore.errors import UsageError
 from streamscore.mapping import build_feeds, plan_inputs
 from streamscore.model import resolve_model
@@ -54,9 +54,12 @@ def messy_table(rows: int = ROWS, seed: int = 7) -> pa.Table:
     return table
 
 
-def expected_scores(model: TrainedModel, table: pa.Table) -> tuple[np.ndarray, list[int]]:
+def expected_scores(
+    model: TrainedModel, table: pa.Table, threads: int = 1
+) -> tuple[np.ndarray, list[int]]:
     """The reference: every feature cast to float32 by numpy, rows with nulls or float32
-    overflow left out, the rest scored by bare onnxruntime in one call."""
+    overflow left out, the rest scored by bare onnxruntime in one call on ``threads``
+    intra-op threads (a tree ensemble's last bit can depend on them)."""
     x64 = np.column_stack([table.column(c).to_numpy(zero_copy_only=False) for c in FEATURES])
     nulls = np.column_stack([table.column(c).is_null().to_numpy(zero_copy_only=False)
                              for c in FEATURES]).any(axis=1)  # fmt: skip
@@ -64,7 +67,9 @@ def expected_scores(model: TrainedModel, table: pa.Table) -> tuple[np.ndarray, l
         x32 = x64.astype(np.float32)
         overflow = (np.isinf(x32) & np.isfinite(x64)).any(axis=1)
     ok = ~nulls & ~overflow
-    session = ort.InferenceSession(str(model.path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(model.path), options, providers=["CPUExecutionProvider"])
     _, proba = session.run(None, {"input": x32[ok]})
     keep = ~np.isnan(proba).any(axis=1)
     return proba[keep], table.column("id").to_numpy()[ok][keep].tolist()
@@ -109,6 +114,30 @@ def test_scores_are_bit_identical_to_one_bare_model_call_whatever_the_chunking(
         assert other_scored.equals(scored)
         assert other_rejected.schema.equals(rejected.schema)
         assert rows_of(other_rejected) == rows_of(rejected)
+
+
+@pytest.mark.parametrize("model_name", ["dense_model", "hgb_model"])
+def test_scores_do_not_depend_on_threads_with_calls_and_match_intra_op_calls(
+    tmp_path: Path, model_name: str, request: pytest.FixtureRequest
+) -> None:
+    """With --parallelism calls, --threads N runs N one-thread calls at once: the scores are
+    a one-thread bare call's whatever N. With intra-op, they are an N-thread call's."""
+    model: TrainedModel = request.getfixturevalue(model_name)
+    table = messy_table()
+    write_parquet(tmp_path / "in" / "part.parquet", table)
+    runs = [(1, Parallelism.calls), (3, Parallelism.calls), (2, Parallelism.intra_op)]
+    for run, (threads, parallelism) in enumerate(runs):
+        out = tmp_path / f"out{run}"
+        score(  # in 1000-row chunks, so several are scored at once
+            tmp_path / "in", out, model.path,
+            threads=threads, parallelism=parallelism, read_rows=1000, batch_size=512,
+        )  # fmt: skip
+        scored = read_output(out / "part.parquet")
+        reference = 1 if parallelism is Parallelism.calls else threads
+        proba, ids = expected_scores(model, table, threads=reference)
+        assert scored.column("id").to_pylist() == ids
+        got = np.column_stack([scored.column(f"probabilities_{i}").to_numpy() for i in (0, 1)])
+        assert np.array_equal(bits(got), bits(proba))
 
 
 def test_rejects_and_reasons_do_not_depend_on_where_chunks_and_blocks_end(

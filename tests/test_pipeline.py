@@ -194,3 +194,55 @@ def test_after_the_writer_thread_fails_no_batch_is_written_inline() -> None:
 
     assert sink.written == []
     assert sink.aborted and not sink.closed
+
+
+class SlowConcurrent(PassThrough):
+    """Scores slowly, later batches faster (so they finish first), and records how many
+    calls ran at once; fails on the batch starting at ``fail_at``."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.fail_at = fail_at
+        self.running = self.most = 0
+        self._lock = threading.Lock()
+
+    def run(self, prepared: Any) -> ScoredBatch:
+        with self._lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            first = int(prepared.column("x")[0].as_py())
+            time.sleep(0.05 if first % 20 == 0 else 0.01)
+            if first == self.fail_at:
+                raise ValueError("the model failed")
+            return super().run(prepared)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+def test_score_workers_run_batches_at_once_and_hand_them_on_in_source_order() -> None:
+    sizes = [10] * 12
+    sink, scorer = Recording(), SlowConcurrent()
+    seen: list[int] = []
+
+    stats = run_pipeline(
+        Batches(sizes), scorer, sink, score_workers=3,
+        on_batch=lambda batch, _: seen.append(batch.context),
+    )  # fmt: skip
+
+    assert scorer.most == 3
+    assert sink.written == seen == starts(sizes)
+    assert stats.rows_scored == sum(sizes) and sink.closed and not sink.aborted
+    assert stats.cpu_seconds["score"] >= 0
+
+
+def test_a_failure_in_a_score_worker_aborts_the_run_after_the_batches_before_it() -> None:
+    sizes = [10] * 12
+    sink = Recording()
+
+    with pytest.raises(ValueError, match="the model failed"):
+        run_pipeline(Batches(sizes), SlowConcurrent(fail_at=50), sink, score_workers=2)
+
+    assert sink.aborted and not sink.closed
+    assert sink.written == starts(sizes)[: len(sink.written)]
+    assert 50 not in sink.written

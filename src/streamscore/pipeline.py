@@ -6,6 +6,8 @@ thread hands each result to the sink. So the thread that owns the model does lit
 Queues are bounded, so memory stays a few batches deep whatever the input size. A live
 source's small batches, read while nothing is in flight, may be finished on the reader
 thread instead (``inline_rows``): for them the hand-offs cost more than they overlap.
+With ``score_workers`` above 1, that many batches are scored at once on a pool of threads
+(each model call on one core, say) and still handed to the sink in order.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import queue
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
@@ -122,13 +126,13 @@ class _Failure:
 
 
 class _Counter:
-    """An integer several threads change."""
+    """A number several threads change."""
 
     def __init__(self) -> None:
-        self.value = 0
+        self.value: float = 0
         self._lock = threading.Lock()
 
-    def add(self, delta: int) -> None:
+    def add(self, delta: float) -> None:
         with self._lock:
             self.value += delta
 
@@ -158,6 +162,7 @@ def run_pipeline(
     on_batch: Callable[[SourceBatch, ScoredBatch], None] | None = None,
     depth: int = 2,
     inline_rows: int = 0,
+    score_workers: int = 1,
 ) -> PipelineStats:
     """Read, score and write every batch of ``source``; return row counts.
 
@@ -172,6 +177,13 @@ def run_pipeline(
     part of a small batch's latency on a busy machine); batches read while others are in
     flight go through the threads, so work still overlaps under load. Sink calls stay on
     one thread at a time: a batch goes inline only once every batch before it is written.
+
+    ``score_workers``: run the model on that many batches at once, each on a thread of a
+    pool (the scorer's ``run`` must be thread-safe; an ONNX Runtime session is). A model
+    given one core per call then uses N cores with no synchronisation inside a call, where
+    one call split over N intra-op threads waits for its slowest thread, and a core the
+    reader or writer takes slows every call. ``on_batch`` and the sink still see batches
+    one at a time, in source order.
     """
     depth = max(depth, getattr(scorer, "in_flight", 0))
     stats = PipelineStats()
@@ -191,7 +203,9 @@ def run_pipeline(
         return scorer.prepare(batch.rows)  # type: ignore[union-attr]
 
     def score(batch: SourceBatch, prepared: Any) -> ScoredBatch:
-        scored = scorer.run(prepared)
+        return scored_in_order(batch, scorer.run(prepared))
+
+    def scored_in_order(batch: SourceBatch, scored: ScoredBatch) -> ScoredBatch:
         stats.add(scored)
         if on_batch is not None:
             on_batch(batch, scored)
@@ -233,6 +247,7 @@ def run_pipeline(
         finally:
             stats.cpu_seconds["write"] = time.thread_time()
 
+    pool = _ScoringPool(scorer.run, score_workers) if score_workers > 1 else None
     threads = [
         threading.Thread(target=read, name="streamscore-reader", daemon=True),
         threading.Thread(target=write, name="streamscore-writer", daemon=True),
@@ -241,7 +256,9 @@ def run_pipeline(
         thread.start()
     started = time.thread_time()
     try:
-        while not errors:
+        if pool is not None:
+            pool.serve(reader, writer, errors, scored_in_order)
+        while pool is None and not errors:
             try:
                 # Not forever: a writer that failed must not wait for a slow reader.
                 item = reader.queue.get(timeout=0.1)
@@ -270,6 +287,8 @@ def run_pipeline(
         raise
     finally:
         stats.cpu_seconds["score"] = time.thread_time() - started
+        if pool is not None:
+            stats.cpu_seconds["score"] += pool.close()
         reader.stop.set()
         source.stop()
         _drain(reader.queue)
@@ -287,6 +306,66 @@ def run_pipeline(
         sink.abort()
         raise
     return stats
+
+
+class _ScoringPool:
+    """Scores up to ``workers`` batches at once on a thread pool; the calling thread hands
+    them on in source order."""
+
+    def __init__(self, run: Callable[[Any], ScoredBatch], workers: int) -> None:
+        self.run = run  # the scorer's: prepared feeds in, scores out
+        self.workers = workers
+        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="streamscore-score")
+        self.in_flight: deque[tuple[SourceBatch, Future[ScoredBatch]]] = deque()
+        self.cpu = _Counter()
+
+    def _run(self, prepared: Any) -> ScoredBatch:
+        started = time.thread_time()
+        try:
+            return self.run(prepared)
+        finally:
+            self.cpu.add(time.thread_time() - started)
+
+    def serve(
+        self,
+        reader: _Stage[Any],
+        writer: _Stage[Any],
+        errors: list[BaseException],
+        finish: Callable[[SourceBatch, ScoredBatch], ScoredBatch],
+    ) -> None:
+        """Take batches from ``reader`` until it is done, score them, put them on ``writer``."""
+        reading = True
+        while not errors:
+            head = self.in_flight[0][1] if self.in_flight else None
+            if head is not None and (head.done() or not reading or self._full()):
+                batch, future = self.in_flight.popleft()
+                if not writer.put((batch, finish(batch, future.result()))):
+                    return
+                continue
+            if not reading:
+                return
+            try:
+                # A short wait while a batch is scored, so it is handed on soon after.
+                item = reader.queue.get(timeout=0.1 if head is None else 0.002)
+            except queue.Empty:
+                continue
+            if item is _DONE:
+                reading = False
+            elif isinstance(item, _Failure):
+                raise item.exc
+            else:
+                batch, prepared = item
+                self.in_flight.append((batch, self.executor.submit(self._run, prepared)))
+
+    def _full(self) -> bool:
+        return len(self.in_flight) >= self.workers
+
+    def close(self) -> float:
+        """Wait for the calls still running (their results are dropped); the pool's CPU."""
+        for _, future in self.in_flight:
+            future.cancel()
+        self.executor.shutdown(wait=True)
+        return self.cpu.value
 
 
 def _drain(q: queue.Queue[Any]) -> None:

@@ -47,6 +47,7 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from streamscore.arrays import use_reusing_allocator
 from streamscore.batch import META_PREFIX, BatchRun, FileResult, _PlannedFile
 from streamscore.config import BatchOptions, OnError, RayOptions
 from streamscore.errors import (
@@ -58,7 +59,7 @@ from streamscore.errors import (
     UsageError,
 )
 from streamscore.model.repository import ModelRef
-from streamscore.model.session import load_model
+from streamscore.model.session import load_model, runs_on_cpu
 from streamscore.pipeline import PipelineStats
 from streamscore.sinks.parquet import TEMP_MARKER, AtomicParquetWriter, remove_stale_temp_files
 from streamscore.sources.parquet import ParquetInput
@@ -287,18 +288,21 @@ class BatchWorker:
         if self.error is not None:
             raise self.error
         if self.run is None:
+            use_reusing_allocator()
             s = self.options.scoring
             with tempfile.TemporaryDirectory(prefix="streamscore-model-") as folder:
                 local = Path(folder) / "model.onnx"
                 local.write_bytes(ray.get(model_bytes))
+                # --threads is this worker's CPUs (default 1), used as a local run uses them.
+                threads, calls = self.options.placement(on_cpu=runs_on_cpu(s.provider), cores=1)
                 loaded = load_model(
                     dataclasses.replace(self.model, path=local),
                     provider=s.provider,
-                    threads=s.threads or 1,
+                    threads=threads or 1,
                     spin=False,
                 )
             loaded = dataclasses.replace(loaded, ref=self.model)  # named as the driver names it
-            self.run = BatchRun(self.options, loaded, self.tally, run_id=self.run_id)
+            self.run = BatchRun(self.options, loaded, self.tally, run_id=self.run_id, calls=calls)
         return self.run
 
     def score(self, task: Task, model_bytes: list[Any]) -> Outcome:

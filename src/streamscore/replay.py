@@ -132,7 +132,7 @@ class ReplayRun:
         model = open_model(
             s.model,
             provider=s.provider,
-            threads=s.threads,
+            threads=s.call_threads,
             spin=False,
             remote=s.remote,
             registry=s.registry,

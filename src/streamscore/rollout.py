@@ -59,7 +59,7 @@ def prepare_arm(role: str, ref: ModelRef | str, scoring: ScoringOptions) -> Arm:
         spec = ref if isinstance(ref, str) else ref.location
         model = open_model(spec, provider=scoring.provider, remote=scoring.remote)
     else:
-        model = load_model(ref, provider=scoring.provider, threads=scoring.threads)
+        model = load_model(ref, provider=scoring.provider, threads=scoring.call_threads)
     scorer, fields = scorer_for_records(
         model,
         features=scoring.features,

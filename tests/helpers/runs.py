@@ -9,7 +9,7 @@ from typer.testing import CliRunner, Result
 
 from streamscore.batch import BatchSummary, run_batch
 from streamscore.cli import app
-from streamscore.config import BatchOptions, KeepColumns, OnError, ScoringOptions
+from streamscore.config import BatchOptions, KeepColumns, OnError, Parallelism, ScoringOptions
 from streamscore.reporting import RecordingReporter
 
 
@@ -24,6 +24,7 @@ def batch_options(
     keep: str | None = None,
     row_group_rows: int | None = None,
     read_rows: int | None = None,
+    parallelism: Parallelism = Parallelism.calls,
     **scoring: Any,
 ) -> BatchOptions:
     """BatchOptions as the CLI would build them; ``scoring`` goes to ScoringOptions."""
@@ -37,6 +38,7 @@ def batch_options(
         on_error=on_error,
         force=force,
         prune=prune,
+        parallelism=parallelism,
         **{name: value for name, value in sizes.items() if value is not None},
     )
 

@@ -21,6 +21,7 @@ from streamscore.config import (
     ROW_GROUP_ROWS,
     BatchOptions,
     OnError,
+    Parallelism,
     RayOptions,
     RegistryOptions,
 )
@@ -58,7 +59,21 @@ def batch(
     outputs: opt.Outputs = None,
     keep: opt.Keep = None,
     batch_size: opt.BatchSize = 4096,
-    threads: opt.Threads = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help="CPU cores for the model (default: every core; with --ray, 1 per worker). "
+            "Scores do not depend on it with --parallelism calls."
+        ),
+    ] = None,
+    parallelism: Annotated[
+        Parallelism,
+        typer.Option(
+            help="How the model uses --threads cores on CPU: calls (that many model calls at "
+            "once, one core each: the most rows/s) or intra-op (one call at a time over that "
+            "many ONNX Runtime threads)."
+        ),
+    ] = Parallelism.calls,
     provider: opt.Provider = "auto",
     on_error: Annotated[
         OnError,
@@ -124,6 +139,7 @@ def batch(
         force=force,
         prune=prune,
         row_group_rows=row_group_rows,
+        parallelism=parallelism,
         ray=None
         if ray is None
         else RayOptions(address=None if ray == LOCAL_RAY else ray, workers=workers),

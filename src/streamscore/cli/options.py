@@ -53,7 +53,11 @@ Keep = Annotated[
 ]
 BatchSize = Annotated[int, typer.Option(help="Rows per model call.")]
 Threads = Annotated[
-    int | None, typer.Option(help="ONNX Runtime intra-op threads (default: ONNX Runtime decides).")
+    int | None,
+    typer.Option(
+        help="ONNX Runtime intra-op threads per model call (default 1, as batch's calls; "
+        "0: ONNX Runtime decides)."
+    ),
 ]
 Provider = Annotated[
     str,

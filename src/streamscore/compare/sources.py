@@ -208,7 +208,7 @@ class ModelPairs(PairSource):
             load_model(
                 resolve_model(s.model, s.registry),
                 provider=s.provider,
-                threads=s.threads,
+                threads=s.call_threads,
                 spin=False,
             )
             for s in (scoring_a, scoring_b)

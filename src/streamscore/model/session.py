@@ -81,6 +81,11 @@ def _provider_chain(provider: str) -> list[str]:
     return [PROVIDERS[name] for name in chain]
 
 
+def runs_on_cpu(provider: str) -> bool:
+    """Whether ``provider`` (``auto`` included) can only mean CPU on this installation."""
+    return _provider_chain(provider) == [PROVIDERS["cpu"]]
+
+
 def _signature(session: Any, data: bytes) -> ModelSignature:
     header = read_onnx_header(data)
 
