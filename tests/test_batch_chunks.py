@@ -23,7 +23,7 @@ from helpers.data import dense_table, read_output, write_parquet
 from helpers.models import TrainedModel
 from helpers.runs import invoke, score
 from streamscore.batch import REJECTED_DIR
-from streamscore.config import BatchOptions, Parallelism, ScoringOptions
+from streamscore.config import MAX_DEFAULT_CALLS, BatchOptions, Parallelism, ScoringOptions
 from streamscore.errors import UsageError
 from streamscore.mapping import build_feeds, plan_inputs
 from streamscore.model import resolve_model
@@ -286,3 +286,22 @@ def test_values_a_float16_input_cannot_hold_are_rejected_from_any_numeric_column
         "value 100000.0 in column 'b' (model input 'x') is out of range for float16",
     ]
     assert feeds.arrays["x"].tolist() == [[1.0, 1.5, 1.0]]
+
+
+def test_threads_are_one_thread_calls_at_once_on_cpu_and_intra_op_threads_otherwise(
+    tmp_path: Path,
+) -> None:
+    def placement(threads: int | None, parallelism: Parallelism, on_cpu: bool = True) -> Any:
+        scoring = ScoringOptions(model="m", threads=threads)
+        options = BatchOptions(tmp_path, tmp_path / "out", scoring, parallelism=parallelism)
+        return options.placement(on_cpu=on_cpu, cores=6)
+
+    assert placement(None, Parallelism.calls) == (1, 6)  # unset: every core
+    assert placement(0, Parallelism.calls) == (1, 6)
+    assert placement(3, Parallelism.calls) == (1, 3)
+    assert placement(3, Parallelism.calls, on_cpu=False) == (3, 1)  # a GPU: one call
+    assert placement(3, Parallelism.intra_op) == (3, 1)
+    assert placement(None, Parallelism.intra_op) == (1, 1)  # one thread per call by default
+    assert placement(0, Parallelism.intra_op) == (None, 1)  # ONNX Runtime decides
+    unset = BatchOptions(tmp_path, tmp_path / "out", ScoringOptions(model="m"))
+    assert unset.placement(on_cpu=True)[1] <= MAX_DEFAULT_CALLS

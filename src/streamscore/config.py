@@ -43,6 +43,11 @@ class Parallelism(str, Enum):
     intra_op = "intra-op"
 
 
+# Calls at once when --threads is unset: every core, up to this many. Each call holds one
+# read chunk (and its feeds and scores) in memory, and one reader thread feeds them all.
+MAX_DEFAULT_CALLS = 8
+
+
 def usable_cores() -> int:
     """The CPU cores this process may run on."""
     affinity = getattr(os, "sched_getaffinity", None)
@@ -213,11 +218,12 @@ class BatchOptions:
         """ONNX Runtime intra-op threads per call (None: it decides) and calls at once.
 
         With ``calls`` on CPU, ``--threads`` one-thread calls at once (unset or 0: ``cores``,
-        default every core this process may use); otherwise one call at a time.
+        default every core this process may use, up to :data:`MAX_DEFAULT_CALLS`); otherwise
+        one call at a time.
         """
         if self.parallelism is Parallelism.intra_op or not on_cpu:
             return self.scoring.call_threads, 1
-        return 1, self.scoring.threads or cores or usable_cores()
+        return 1, self.scoring.threads or cores or min(usable_cores(), MAX_DEFAULT_CALLS)
 
     @property
     def chunk_rows(self) -> int:

@@ -62,7 +62,8 @@ def batch(
     threads: Annotated[
         int | None,
         typer.Option(
-            help="CPU cores for the model (default: every core; with --ray, 1 per worker). "
+            help="CPU cores for the model (default: every core, up to 8; with --ray, 1 per "
+            "worker). "
             "Scores do not depend on it with --parallelism calls."
         ),
     ] = None,
