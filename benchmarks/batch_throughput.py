@@ -232,11 +232,13 @@ class Round:
     base: float
     base_cpu: float
 
-    def bound(self, cpu: float) -> float:
-        """The batch/raw ratio 2 cores allow with one model thread: the model can have a
-        core while the pipeline uses the other. (With two, raw's spinning workers inflate
-        its CPU time, so no bound is computed.)"""
-        return min(1.0, 2 * self.raw_cpu / cpu)
+    def bound(self, cpu: float, threads: int) -> float:
+        """The batch/raw ratio 2 cores allow at ``cpu`` seconds of CPU per row (all threads),
+        with perfect overlap: 2 / cpu rows/s against raw's. With one model thread the model
+        has at most one core, so batch cannot pass raw; with two, batch's one-thread calls
+        at once can (raw is one call over two intra-op threads)."""
+        ratio = 2 / cpu / self.raw
+        return min(1.0, ratio) if threads == 1 else ratio
 
     @staticmethod
     def line(name: str, threads: int, rounds: list[Round], baseline: bool) -> str:
@@ -249,7 +251,7 @@ class Round:
             f"{max(r.rss for r in rounds):>7} {med(lambda r: r.naive):>12,.0f} "
             f"{med(lambda r: r.batch / r.naive):>8.2f} {med(lambda r: r.raw_cpu) * 1e9:>8.0f} "
             f"{med(lambda r: r.batch_cpu) * 1e9:>9.0f} "
-            + (f"{med(lambda r: r.bound(r.batch_cpu)):>5.2f}" if threads == 1 else f"{'-':>5}")
+            + f"{med(lambda r: r.bound(r.batch_cpu, threads)):>5.2f}"
         )
         if baseline:
             text += (

@@ -6,8 +6,8 @@ thread hands each result to the sink. So the thread that owns the model does lit
 Queues are bounded, so memory stays a few batches deep whatever the input size. A live
 source's small batches, read while nothing is in flight, may be finished on the reader
 thread instead (``inline_rows``): for them the hand-offs cost more than they overlap.
-With ``score_workers`` above 1, that many batches are scored at once on a pool of threads
-(each model call on one core, say) and still handed to the sink in order.
+With ``score_workers`` above 1, that many batches are converted and scored at once on a pool
+of threads (each model call on one core, say) and still handed to the sink in order.
 """
 
 from __future__ import annotations
@@ -102,8 +102,9 @@ class PipelineStats:
     batches: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     # CPU seconds of each pipeline thread (read: reading and feed conversion, and whole
-    # batches finished inline; score: the model and output columns; write: the sink), to see
-    # which one limits a run.
+    # batches finished inline; score: the model and output columns, and with score_workers
+    # all the pool's threads and the conversion; write: the sink), to see which one limits
+    # a run.
     cpu_seconds: dict[str, float] = field(default_factory=dict)
 
     def add(self, scored: ScoredBatch) -> None:
@@ -178,12 +179,12 @@ def run_pipeline(
     flight go through the threads, so work still overlaps under load. Sink calls stay on
     one thread at a time: a batch goes inline only once every batch before it is written.
 
-    ``score_workers``: run the model on that many batches at once, each on a thread of a
-    pool (the scorer's ``run`` must be thread-safe; an ONNX Runtime session is). A model
-    given one core per call then uses N cores with no synchronisation inside a call, where
-    one call split over N intra-op threads waits for its slowest thread, and a core the
-    reader or writer takes slows every call. ``on_batch`` and the sink still see batches
-    one at a time, in source order.
+    ``score_workers``: convert and score that many batches at once, each on a thread of a
+    pool (the scorer's ``prepare`` and ``run`` must be thread-safe; an ONNX Runtime session
+    is), while the reader only reads. A model given one core per call then uses N cores
+    with no synchronisation inside a call, where one call split over N intra-op threads
+    waits for its slowest thread, and a core the reader or writer takes slows every call.
+    ``on_batch`` and the sink still see batches one at a time, in source order.
     """
     depth = max(depth, getattr(scorer, "in_flight", 0))
     stats = PipelineStats()
@@ -211,11 +212,20 @@ def run_pipeline(
             on_batch(batch, scored)
         return scored
 
+    pool = (
+        _ScoringPool(lambda batch: scorer.run(prepare(batch)), score_workers)
+        if score_workers > 1
+        else None
+    )
+
     def read() -> None:
         try:
             for batch in source.batches():
-                prepared = prepare(batch)
+                # A scoring pool's threads convert their own batches: the reader only reads.
+                prepared = prepare(batch) if pool is None else None
                 if batch.rows.num_rows <= inline_rows and handed.value == 0:
+                    if prepared is None:
+                        prepared = prepare(batch)
                     with inline:  # nothing ahead of it
                         if reader.stop.is_set():  # the run failed meanwhile: the sink aborts
                             return
@@ -247,7 +257,6 @@ def run_pipeline(
         finally:
             stats.cpu_seconds["write"] = time.thread_time()
 
-    pool = _ScoringPool(scorer.run, score_workers) if score_workers > 1 else None
     threads = [
         threading.Thread(target=read, name="streamscore-reader", daemon=True),
         threading.Thread(target=write, name="streamscore-writer", daemon=True),
@@ -312,17 +321,17 @@ class _ScoringPool:
     """Scores up to ``workers`` batches at once on a thread pool; the calling thread hands
     them on in source order."""
 
-    def __init__(self, run: Callable[[Any], ScoredBatch], workers: int) -> None:
-        self.run = run  # the scorer's: prepared feeds in, scores out
+    def __init__(self, score: Callable[[SourceBatch], ScoredBatch], workers: int) -> None:
+        self.score = score  # a batch's rows converted and scored
         self.workers = workers
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="streamscore-score")
         self.in_flight: deque[tuple[SourceBatch, Future[ScoredBatch]]] = deque()
         self.cpu = _Counter()
 
-    def _run(self, prepared: Any) -> ScoredBatch:
+    def _run(self, batch: SourceBatch) -> ScoredBatch:
         started = time.thread_time()
         try:
-            return self.run(prepared)
+            return self.score(batch)
         finally:
             self.cpu.add(time.thread_time() - started)
 
@@ -354,8 +363,8 @@ class _ScoringPool:
             elif isinstance(item, _Failure):
                 raise item.exc
             else:
-                batch, prepared = item
-                self.in_flight.append((batch, self.executor.submit(self._run, prepared)))
+                batch, _ = item  # not prepared: the pool converts it
+                self.in_flight.append((batch, self.executor.submit(self._run, batch)))
 
     def _full(self) -> bool:
         return len(self.in_flight) >= self.workers
