@@ -202,13 +202,24 @@ class Producer(KafkaClient):
         timeout = self._txn_timeout()
         started = time.monotonic()
         try:
-            within(timeout, self.handle.init_transactions)
+            within(timeout, self._connect_then_init)
         except ck.KafkaException as exc:
             kerr = kafka_error_of(exc)
             if kerr is not None and kerr.code() in UNREACHABLE_CODES:
                 action = "starting a transactional producer"
                 raise self.unreachable(action, round(time.monotonic() - started, 1)) from None
             raise translate(exc, self.settings, "starting a transactional producer") from None
+
+    def _connect_then_init(self, timeout_s: float) -> None:
+        """``init_transactions`` once a broker connection is up. librdkafka looks the
+        transaction coordinator up at once and, if no connection is up yet, asks again only
+        500 ms later: measured on the local broker, 1 bare init in 5 took 0.51 s instead of
+        0.06, every replay and tail paying it by chance. A metadata request waits for the
+        first connection; its failure is left to ``init_transactions`` to report."""
+        deadline = time.monotonic() + timeout_s
+        with contextlib.suppress(ck.KafkaException):
+            self.handle.list_topics(timeout=timeout_s)
+        self.handle.init_transactions(max(deadline - time.monotonic(), 0.001))
 
     def begin_transaction(self) -> None:
         try:
