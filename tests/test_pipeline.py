@@ -233,7 +233,6 @@ def test_score_workers_run_batches_at_once_and_hand_them_on_in_source_order() ->
     assert scorer.most == 3
     assert sink.written == seen == starts(sizes)
     assert stats.rows_scored == sum(sizes) and sink.closed and not sink.aborted
-    assert stats.cpu_seconds["score"] >= 0
 
 
 def test_a_failure_in_a_score_worker_aborts_the_run_after_the_batches_before_it() -> None:

@@ -267,19 +267,20 @@ def run_pipeline(
     try:
         if pool is not None:
             pool.serve(reader, writer, errors, scored_in_order)
-        while pool is None and not errors:
-            try:
-                # Not forever: a writer that failed must not wait for a slow reader.
-                item = reader.queue.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if item is _DONE:
-                break
-            if isinstance(item, _Failure):
-                raise item.exc
-            batch, prepared = item
-            if not writer.put((batch, score(batch, prepared))):
-                break
+        else:
+            while not errors:
+                try:
+                    # Not forever: a writer that failed must not wait for a slow reader.
+                    item = reader.queue.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if item is _DONE:
+                    break
+                if isinstance(item, _Failure):
+                    raise item.exc
+                batch, prepared = item
+                if not writer.put((batch, score(batch, prepared))):
+                    break
     except BaseException:
         writer.stop.set()
         _drain(writer.queue)
